@@ -1,0 +1,53 @@
+"""What the relay asks its adapter to do: plain data, no behaviour.
+
+Every call into :class:`~pipe_proto.relay.Relay` returns a list of these, to
+be carried out in order. They name connections by id (a socket id; pipes have
+one too). One :class:`Send` may name many targets: the adapter builds the
+WebSocket frame once and writes the same bytes to each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["Close", "Output", "Probe", "Send", "WebhookEvent"]
+
+
+class Send(NamedTuple):
+    """Send ``text`` as one text message to every connection in ``targets``."""
+
+    targets: tuple[str, ...]
+    text: str
+
+
+class Close(NamedTuple):
+    """Close connection ``target`` with a WebSocket close ``code`` and ``reason``.
+
+    The relay has already forgotten the connection: nothing more will be sent
+    to it, and the adapter need not report its closing back.
+    """
+
+    target: str
+    code: int
+    reason: str
+
+
+class Probe(NamedTuple):
+    """Send a WebSocket ping to ``target`` (pipe heartbeats)."""
+
+    target: str
+
+
+class WebhookEvent(NamedTuple):
+    """Queue one webhook event of app ``app_id`` for the webhook sender.
+
+    ``event`` is the JSON object that goes into the ``events`` array of a
+    webhook body; ``urls`` the targets configured for its kind.
+    """
+
+    app_id: str
+    urls: tuple[str, ...]
+    event: dict[str, Any]
+
+
+Output = Send | Close | Probe | WebhookEvent

@@ -1,0 +1,519 @@
+"""Pipe groups: who receives which event, in what order, until acked.
+
+Theory of operation (pipe-protocol.md 6).
+
+Every pipe belongs to a *group* of its app: a 1.0 pipe to the group it names
+(``default`` unless told), a 0.2 pipe to a group of its own. An event of type
+T (``socket_message``, ``auth``, ...) goes to every group that holds T, a
+group holding T while any of its sessions subscribed to T. Within a group it
+goes to one *session*, chosen by rendezvous hashing of the event's key (the
+socket id, or the channel name) over the sessions subscribed to T: all events
+of one socket reach the same process, in order, and when a member comes or
+goes only the keys of that member move.
+
+A session queues what it was given. A connected session has at most
+``window`` events in flight (sent, not acked); the rest wait, and acks make
+room (backpressure, no loss). Sequence numbers are given when an event is
+sent, so they run from 1 without gaps even when unsent events are dropped.
+When a 1.0 pipe disconnects its session stays for ``resume_grace``; events for
+its keys keep queueing. A pipe reconnecting with that session and
+``last_seq`` gets everything after ``last_seq`` again, with the same seq
+numbers. When the grace ends, the session's events move to the remaining
+sessions (those that had been sent marked ``redelivered``), or to the group
+buffer when none remain. A group without sessions receives nothing new.
+
+Memory is bounded per group: waiting and buffered events together stay
+within ``buffer_events`` and ``buffer_bytes`` (the oldest unsent event is
+dropped first) and buffered events live at most ``buffer_ttl``. Every drop
+is counted and reported to the session that lost it, or to the next session
+to join the group, as ``connection_established.gap`` and a ``gap``
+notification. 0.2 pipes have neither acks nor sessions: an event counts as
+delivered once written, as in 2011.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import _json
+from ..apps import App
+from ..errors import PipeCode
+from ..pipe.codec import PipeFrameError, notice_data
+from ..pipe.events import Gap, Notice
+
+__all__ = ["Group", "PipeHub", "Session"]
+
+#: Groups an app may have at once (sessions of all groups count against
+#: ``max_pipes`` too); groups remembered only for unreported drops included.
+MAX_GROUPS = 256
+
+
+class _Event:
+    """One event as produced, shared by every group that receives it."""
+
+    __slots__ = ("born", "key", "notice", "size", "texts", "type")
+
+    def __init__(self, type: str, key: str, notice: Notice, now: float) -> None:
+        self.type = type
+        self.key = key
+        self.notice = notice
+        self.born = now
+        self.texts: dict[str, str] = {}
+        self.size = len(self.data_text("1.0"))
+
+    def data_text(self, version: str) -> str:
+        """The notification's ``data`` as JSON for ``version``, encoded once."""
+        text = self.texts.get(version)
+        if text is None:
+            text = self.texts[version] = _json.dumps(notice_data(self.notice, version))
+        return text
+
+
+class _Pending:
+    """An event in one session's queue: its seq once sent, and whether it is a redelivery."""
+
+    __slots__ = ("event", "redelivered", "seq")
+
+    def __init__(self, event: _Event, redelivered: bool = False) -> None:
+        self.event = event
+        self.seq = 0
+        self.redelivered = redelivered
+
+
+def _score(key: str, session_id: str) -> int:
+    digest = hashlib.blake2b(f"{key}\x00{session_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Session:
+    """One member of a group: a pipe's place in it, kept across reconnects (1.0)."""
+
+    __slots__ = (
+        "acked",
+        "grace_until",
+        "group",
+        "id",
+        "inflight",
+        "next_seq",
+        "pipe",
+        "types",
+        "unreported",
+        "version",
+        "waiting",
+    )
+
+    def __init__(self, session_id: str, group: Group, version: str) -> None:
+        self.id = session_id
+        self.group = group
+        self.version = version
+        self.pipe: str | None = None
+        self.types: set[str] = set()
+        self.next_seq = 1
+        self.acked = 0
+        self.inflight: deque[_Pending] = deque()
+        self.waiting: deque[_Pending] = deque()
+        self.grace_until = math.inf
+        #: Drops not yet reported to this session.
+        self.unreported = 0
+
+    @property
+    def legacy(self) -> bool:
+        """A 0.2 session: no seq, no acks, no resume."""
+        return self.version == "0.2"
+
+
+class Group:
+    """The sessions of one app sharing work, and the events nobody holds."""
+
+    __slots__ = (
+        "buffer",
+        "delivered",
+        "dropped",
+        "name",
+        "pending_bytes",
+        "pending_count",
+        "redelivered",
+        "sessions",
+        "unreported",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sessions: dict[str, Session] = {}
+        self.buffer: deque[_Pending] = deque()
+        #: Unsent events (sessions' waiting queues and the buffer): count, bytes.
+        self.pending_count = 0
+        self.pending_bytes = 0
+        self.unreported = 0
+        self.delivered = 0
+        self.redelivered = 0
+        self.dropped = 0
+
+    def holds(self, type: str) -> bool:
+        """Whether any session of the group subscribed to ``type``."""
+        return any(type in s.types for s in self.sessions.values())
+
+    def owner(self, type: str, key: str) -> Session | None:
+        """The session that receives events of ``type`` for ``key``."""
+        best: Session | None = None
+        best_score = -1
+        for session in self.sessions.values():
+            if type in session.types:
+                score = _score(key, session.id)
+                if score > best_score:
+                    best, best_score = session, score
+        return best
+
+
+class PipeHub:
+    """The pipes of one app: groups, sessions and what they are owed.
+
+    Args:
+        app: the app.
+        send: called with a pipe id and a frame's text for every frame to send.
+    """
+
+    def __init__(self, app: App, send: Callable[[str, str], None]) -> None:
+        self.app = app
+        self._send = send
+        self.groups: dict[str, Group] = {}
+        self.sessions: dict[str, Session] = {}
+        self.by_pipe: dict[str, Session] = {}
+        self.type_counts: dict[str, int] = {}
+        #: Back-channel messages dropped because no pipe wanted them.
+        self.unrouted = 0
+
+    # ------------------------------------------------------------- queries
+
+    def wants(self, type: str) -> bool:
+        """Whether any group holds ``type`` (cheap: checked before building events)."""
+        return self.type_counts.get(type, 0) > 0
+
+    def holder(self, type: str) -> Group | None:
+        """The first group holding ``type`` (for ``auth``, the only one)."""
+        for group in self.groups.values():
+            if group.holds(type):
+                return group
+        return None
+
+    @property
+    def pipe_count(self) -> int:
+        """Pipes connected now."""
+        return len(self.by_pipe)
+
+    # ---------------------------------------------------------- membership
+
+    def join(
+        self,
+        pipe_id: str,
+        version: str,
+        group_name: str,
+        session_id: str,
+        wanted_session: str | None,
+        last_seq: int | None,
+        now: float,
+    ) -> tuple[Session, bool, int]:
+        """Attach a pipe; returns its session, whether it resumed, and the gap to report.
+
+        ``session_id`` is the id for a new session; ``wanted_session`` the one
+        the pipe asks to resume. After sending ``connection_established`` the
+        caller must call :meth:`start` to replay and pump.
+        """
+        session = self.sessions.get(wanted_session) if wanted_session else None
+        resumed = (
+            session is not None
+            and not session.legacy
+            and version != "0.2"
+            and session.group.name == group_name
+        )
+        if session is not None and resumed:
+            if session.pipe is not None:
+                # The process came back before its old connection was noticed dead.
+                self.by_pipe.pop(session.pipe, None)
+            if last_seq is not None:
+                self._acknowledge(session, last_seq)
+            # Everything still in flight goes out again, same seq, first.
+            session.waiting.extendleft(reversed(session.inflight))
+            for pending in session.inflight:
+                session.group.pending_count += 1
+                session.group.pending_bytes += pending.event.size
+            session.inflight.clear()
+        else:
+            if version == "0.2":
+                group_name = f"0.2:{pipe_id}"
+            group = self.groups.get(group_name)
+            if group is None:
+                if len(self.groups) >= MAX_GROUPS:
+                    raise PipeFrameError(PipeCode.TOO_MANY_TARGETS, "too many pipe groups")
+                group = self.groups[group_name] = Group(group_name)
+            session = Session(session_id, group, version)
+            group.sessions[session.id] = session
+            self.sessions[session.id] = session
+            # Drops that no session has heard of yet go to the newcomer.
+            session.unreported += group.unreported
+            group.unreported = 0
+        session.pipe = pipe_id
+        session.grace_until = math.inf
+        self.by_pipe[pipe_id] = session
+        return session, bool(resumed), session.unreported
+
+    def start(self, session: Session, now: float) -> None:
+        """Deliver what a newly attached session is owed (replay, buffer, gap)."""
+        group = session.group
+        if group.buffer and session.types:
+            self._drain_buffer(group, now)
+        self._pump(session, now)
+
+    def leave(self, pipe_id: str, now: float) -> Session | None:
+        """Detach a pipe: a 1.0 session enters its grace, a 0.2 one ends."""
+        session = self.by_pipe.pop(pipe_id, None)
+        if session is None:
+            return None
+        session.pipe = None
+        if session.legacy:
+            self._end(session, now)
+        else:
+            session.grace_until = now + self.app.pipe.resume_grace
+        return session
+
+    def subscribe(self, session: Session, types: tuple[str, ...], now: float) -> None:
+        """Add event types to a session.
+
+        Raises:
+            PipeFrameError: 4230 when ``auth`` is held by another group.
+        """
+        if "auth" in types:
+            holder = self.holder("auth")
+            if holder is not None and holder is not session.group:
+                raise PipeFrameError(
+                    PipeCode.AUTH_HELD_ELSEWHERE,
+                    f"auth is held by the group {holder.name!r} of this app",
+                )
+        for type in types:
+            if type not in session.types:
+                session.types.add(type)
+                self.type_counts[type] = self.type_counts.get(type, 0) + 1
+        if session.group.buffer:
+            self._drain_buffer(session.group, now)
+
+    def unsubscribe(self, session: Session, types: tuple[str, ...]) -> None:
+        """Remove event types from a session."""
+        for type in types:
+            if type in session.types:
+                session.types.discard(type)
+                self.type_counts[type] -= 1
+
+    def _end(self, session: Session, now: float) -> None:
+        """Remove a session for good; its events move on (see the module docstring)."""
+        group = session.group
+        self.unsubscribe(session, tuple(session.types))
+        del group.sessions[session.id]
+        del self.sessions[session.id]
+        if session.legacy:
+            group.pending_count = group.pending_bytes = 0
+            del self.groups[group.name]
+            return
+        orphans = list(session.inflight)
+        for pending in orphans:
+            pending.redelivered = True
+        orphans.extend(session.waiting)
+        for pending in session.waiting:
+            group.pending_count -= 1
+            group.pending_bytes -= pending.event.size
+        session.inflight.clear()
+        session.waiting.clear()
+        group.unreported += session.unreported
+        for pending in orphans:
+            if pending.redelivered:
+                group.redelivered += 1
+            pending.seq = 0
+            self._place(group, pending, now)
+        self._forget_if_idle(group)
+
+    def _forget_if_idle(self, group: Group) -> None:
+        if not group.sessions and not group.buffer and not group.unreported:
+            del self.groups[group.name]
+
+    # ------------------------------------------------------------ delivery
+
+    def publish(self, type: str, key: str, notice: Notice, now: float) -> int:
+        """Give an event to every group holding ``type``; returns how many took it."""
+        if not self.wants(type):
+            return 0
+        event = _Event(type, key, notice, now)
+        taken = 0
+        for group in list(self.groups.values()):
+            owner = group.owner(type, key)
+            if owner is not None:
+                self._queue(owner, _Pending(event), now)
+                taken += 1
+        return taken
+
+    def _place(self, group: Group, pending: _Pending, now: float) -> None:
+        """Queue a moved event with its key's owner in the group, or buffer it."""
+        owner = group.owner(pending.event.type, pending.event.key)
+        if owner is None:
+            group.buffer.append(pending)
+            group.pending_count += 1
+            group.pending_bytes += pending.event.size
+            self._bound(group)
+        else:
+            self._queue(owner, pending, now)
+
+    def _queue(self, session: Session, pending: _Pending, now: float) -> None:
+        if session.legacy:
+            if session.pipe is not None:
+                self._transmit(session, pending)
+            return
+        group = session.group
+        session.waiting.append(pending)
+        group.pending_count += 1
+        group.pending_bytes += pending.event.size
+        self._bound(group)
+        if session.pipe is not None:
+            self._pump(session, now)
+
+    def _pump(self, session: Session, now: float) -> None:
+        """Send waiting events while the session's window has room."""
+        if session.pipe is None:
+            return
+        window = self.app.pipe.window
+        group = session.group
+        if session.unreported and len(session.inflight) < window:
+            gap = _Pending(_Event("gap", "", Gap(dropped=session.unreported), now))
+            session.unreported = 0
+            self._send_pending(session, gap)
+        while session.waiting and (session.legacy or len(session.inflight) < window):
+            pending = session.waiting.popleft()
+            group.pending_count -= 1
+            group.pending_bytes -= pending.event.size
+            self._send_pending(session, pending)
+
+    def _send_pending(self, session: Session, pending: _Pending) -> None:
+        if not session.legacy:
+            if not pending.seq:
+                pending.seq = session.next_seq
+                session.next_seq += 1
+            session.inflight.append(pending)
+        self._transmit(session, pending)
+
+    def _transmit(self, session: Session, pending: _Pending) -> None:
+        assert session.pipe is not None
+        event = pending.event
+        text = (
+            '{"id":null,"error":null,"result":{"event":"'
+            + event.notice.event
+            + '","data":'
+            + event.data_text(session.version)
+        )
+        if not session.legacy:
+            text += f',"seq":{pending.seq},"time_ms":{int(event.born * 1000)}'
+            if pending.redelivered:
+                text += ',"redelivered":true'
+        session.group.delivered += 1
+        self._send(session.pipe, text + "}}")
+
+    def _drain_buffer(self, group: Group, now: float) -> None:
+        held = list(group.buffer)
+        group.buffer.clear()
+        for pending in held:
+            group.pending_count -= 1
+            group.pending_bytes -= pending.event.size
+            self._place(group, pending, now)
+
+    def ack(self, session: Session, seq: int, now: float) -> None:
+        """Cumulative ack: every event with seq <= ``seq`` is processed."""
+        self._acknowledge(session, seq)
+        self._pump(session, now)
+
+    @staticmethod
+    def _acknowledge(session: Session, seq: int) -> None:
+        inflight = session.inflight
+        while inflight and inflight[0].seq <= seq:
+            inflight.popleft()
+        session.acked = max(session.acked, min(seq, session.next_seq - 1))
+
+    def _bound(self, group: Group) -> None:
+        limits = self.app.pipe
+        while group.pending_count > limits.buffer_events or group.pending_bytes > limits.buffer_bytes:
+            if not self._drop_oldest(group):
+                break
+
+    def _drop_oldest(self, group: Group) -> bool:
+        queues: list[tuple[deque[_Pending], Session | None]] = [(group.buffer, None)]
+        queues.extend((s.waiting, s) for s in group.sessions.values())
+        candidates = [(q[0].event.born, i) for i, (q, _) in enumerate(queues) if q]
+        if not candidates:
+            return False
+        _, index = min(candidates)
+        queue, session = queues[index]
+        dropped = queue.popleft()
+        group.pending_count -= 1
+        group.pending_bytes -= dropped.event.size
+        group.dropped += 1
+        if session is None:
+            group.unreported += 1
+        else:
+            session.unreported += 1
+        return True
+
+    # -------------------------------------------------------------- timers
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` next has work (a grace ends, a buffered event ages out)."""
+        deadline = math.inf
+        for session in self.sessions.values():
+            deadline = min(deadline, session.grace_until)
+        ttl = self.app.pipe.buffer_ttl
+        for group in self.groups.values():
+            if group.buffer:
+                deadline = min(deadline, group.buffer[0].event.born + ttl)
+        return deadline
+
+    def tick(self, now: float) -> list[Session]:
+        """End sessions whose grace is over and age out buffered events.
+
+        Returns:
+            The sessions that ended (their pending auth requests fail).
+        """
+        ended = [s for s in self.sessions.values() if s.grace_until <= now]
+        for session in ended:
+            self._end(session, now)
+        ttl = self.app.pipe.buffer_ttl
+        for group in list(self.groups.values()):
+            while group.buffer and group.buffer[0].event.born + ttl <= now:
+                dropped = group.buffer.popleft()
+                group.pending_count -= 1
+                group.pending_bytes -= dropped.event.size
+                group.dropped += 1
+                group.unreported += 1
+            self._forget_if_idle(group)
+        return ended
+
+    def shutdown(self) -> Iterator[str]:
+        """The pipes to close when the relay stops."""
+        yield from list(self.by_pipe)
+
+    def stats(self) -> dict[str, Any]:
+        """Per group: members connected, sessions, pending, in flight, counters."""
+        return {
+            "pipes": self.pipe_count,
+            "unrouted": self.unrouted,
+            "groups": {
+                name: {
+                    "members": sum(1 for s in g.sessions.values() if s.pipe is not None),
+                    "sessions": len(g.sessions),
+                    "pending": g.pending_count,
+                    "pending_bytes": g.pending_bytes,
+                    "in_flight": sum(len(s.inflight) for s in g.sessions.values()),
+                    "delivered": g.delivered,
+                    "redelivered": g.redelivered,
+                    "dropped": g.dropped,
+                }
+                for name, g in self.groups.items()
+            },
+        }

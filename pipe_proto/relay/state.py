@@ -1,0 +1,141 @@
+"""The relay's records: sockets, channels, members, pipes, apps.
+
+Plain slotted classes, no behaviour beyond bookkeeping; the rules live in
+:mod:`pipe_proto.relay.relay`. They are kept small on purpose: a relay holds
+tens of thousands of sockets, and a socket's record is what it costs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..names import ChannelType
+
+if TYPE_CHECKING:
+    from ..apps import App
+    from ..pipe.server import PipeServerConnection
+    from ..pusher.connection import PusherConnection
+    from ..webhooks import WebhookScheduler
+    from .authorization import Member, SignedInUser
+    from .pipes import PipeHub, Session
+
+__all__ = ["AppState", "Cached", "Channel", "PendingAuth", "Pipe", "PresenceMember", "Socket", "SocketDetails"]
+
+
+class SocketDetails(NamedTuple):
+    """Where a socket came from, as the adapter saw its HTTP upgrade.
+
+    ``headers`` holds every request header, names lowercased; the relay keeps
+    only those the app exposes to pipes.
+    """
+
+    remote_addr: str | None = None
+    origin: str | None = None
+    user_agent: str | None = None
+    query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+
+
+class Socket:
+    """One end-user connection."""
+
+    __slots__ = (
+        "app",
+        "auths",
+        "back_count",
+        "back_window",
+        "channels",
+        "client_count",
+        "client_window",
+        "conn",
+        "details",
+        "id",
+        "user",
+    )
+
+    def __init__(self, socket_id: str, app: AppState, conn: PusherConnection, details: dict[str, Any]) -> None:
+        self.id = socket_id
+        self.app = app
+        self.conn = conn
+        #: Channel name -> presence member key (``None`` on other channels).
+        self.channels: dict[str, str | None] = {}
+        self.user: SignedInUser | None = None
+        self.client_window = 0.0
+        self.client_count = 0
+        self.back_window = 0.0
+        self.back_count = 0
+        #: The ``socket`` object pipes get in 1.0 notifications.
+        self.details = details
+        #: Pending pipe authorizations (request ids), ``None`` when there are none.
+        self.auths: list[str] | None = None
+
+
+class PresenceMember:
+    """A user present on a channel, through one or more sockets."""
+
+    __slots__ = ("info", "sockets", "user_id")
+
+    def __init__(self, member: Member, socket_id: str) -> None:
+        self.user_id = member.user_id
+        self.info = member.info
+        self.sockets = {socket_id}
+
+
+class Channel:
+    """An occupied channel (a channel with no subscriber has no record)."""
+
+    __slots__ = ("members", "name", "sockets", "type")
+
+    def __init__(self, name: str, type: ChannelType, presence: bool) -> None:
+        self.name = name
+        self.type = type
+        self.sockets: set[str] = set()
+        self.members: dict[str, PresenceMember] | None = {} if presence else None
+
+
+class Cached(NamedTuple):
+    """The last event of a cache channel."""
+
+    event: str
+    data: str
+    expires: float
+
+
+class Pipe:
+    """One connected pipe."""
+
+    __slots__ = ("app", "conn", "id", "session")
+
+    def __init__(self, pipe_id: str, app: AppState, conn: PipeServerConnection, session: Session) -> None:
+        self.id = pipe_id
+        self.app = app
+        self.conn = conn
+        self.session = session
+
+
+class PendingAuth(NamedTuple):
+    """A subscription or sign-in waiting for a pipe's ``auth_response``."""
+
+    socket_id: str
+    kind: str  # "channel" or "user"
+    channel: str | None
+    deadline: float
+
+
+class AppState:
+    """Everything the relay holds for one app."""
+
+    __slots__ = ("app", "cache", "channels", "hub", "socket_count", "users", "watchers", "webhooks")
+
+    def __init__(self, app: App, hub: PipeHub, webhooks: WebhookScheduler) -> None:
+        self.app = app
+        self.channels: dict[str, Channel] = {}
+        #: Signed-in user id -> its sockets.
+        self.users: dict[str, set[str]] = {}
+        #: Watched user id -> sockets watching it.
+        self.watchers: dict[str, set[str]] = {}
+        self.cache: OrderedDict[str, Cached] = OrderedDict()
+        self.socket_count = 0
+        self.hub = hub
+        self.webhooks = webhooks

@@ -1,0 +1,6 @@
+"""The Pusher HTTP REST API: request authentication and the endpoints' logic."""
+
+from .api import MAX_BODY_BYTES, RestResponse, handle
+from .auth import authenticate
+
+__all__ = ["MAX_BODY_BYTES", "RestResponse", "authenticate", "handle"]

@@ -1,0 +1,305 @@
+"""The Pusher HTTP API (pusher-channels.md 9) as a pure function.
+
+:func:`handle` takes a request (method, raw path, decoded query, body) and
+``now``, consults and updates the relay, and returns a :class:`RestResponse`:
+the status, the JSON body, and the relay's outputs to carry out (deliveries
+of triggered events, closes of terminated sockets). It never raises for any
+input: every failure is a 4xx with ``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import attrs
+
+from .. import _json
+from ..names import (
+    ChannelKind,
+    channel_name_error,
+    channel_type,
+    event_name_error,
+    socket_id_error,
+    user_id_error,
+)
+from ..relay.outputs import Output
+from ..relay.relay import Relay
+from .auth import authenticate
+
+__all__ = ["MAX_BODY_BYTES", "RestResponse", "handle"]
+
+#: Bodies larger than this are refused (413) before they are read.
+MAX_BODY_BYTES = 1024 * 1024
+
+_APP_PATH = re.compile(r"/apps/([^/]+)(/.*)?")
+_USERS_TERMINATE = re.compile(r"/users/([^/]+)/terminate_connections")
+_CHANNEL = re.compile(r"/channels/([^/]+)")
+_CHANNEL_USERS = re.compile(r"/channels/([^/]+)/users")
+
+
+@attrs.frozen(kw_only=True)
+class RestResponse:
+    """An HTTP answer: status, JSON body, and what the relay must do."""
+
+    status: int
+    body: Any
+    outputs: list[Output] = attrs.Factory(list)
+
+
+class _Fail(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> RestResponse:
+    return RestResponse(status=status, body={"error": message})
+
+
+def handle(
+    relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
+) -> RestResponse:
+    """Answer one REST request.
+
+    Args:
+        relay: the relay whose apps and state the request concerns.
+        method: the HTTP method, e.g. ``"POST"``.
+        path: the path exactly as sent (signatures cover it).
+        query: the percent-decoded query parameters.
+        body: the raw body.
+        now: current time, seconds since the epoch.
+    """
+    try:
+        return _handle(relay, method.upper(), path, query, body, now)
+    except _Fail as exc:
+        return _error(exc.status, exc.message)
+
+
+def _handle(
+    relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
+) -> RestResponse:
+    terminate = _USERS_TERMINATE.fullmatch(path)
+    if terminate is not None:
+        # The Python SDK posts here without /apps/{id} (pusher-channels.md 9.6).
+        app = relay.apps.by_key(query.get("auth_key", ""))
+        if app is None:
+            return _error(401, "Unknown auth_key")
+        sub = path
+    else:
+        match = _APP_PATH.fullmatch(path)
+        if match is None:
+            return _error(404, f"No such resource: {path}")
+        app = relay.apps.by_id(match.group(1))
+        if app is None:
+            return _error(404, f"Unknown app id {match.group(1)!r}")
+        sub = match.group(2) or ""
+    refusal = authenticate(app, method, path, query, body, now)
+    if refusal is not None:
+        return _error(*refusal)
+
+    def expect(wanted: str) -> None:
+        if method != wanted:
+            raise _Fail(405, f"{sub or path} accepts {wanted} only")
+
+    if sub == "/events":
+        expect("POST")
+        return _trigger(relay, app.id, _body(body), now)
+    if sub == "/batch_events":
+        expect("POST")
+        return _batch(relay, app.id, _body(body), now)
+    if sub == "/channels":
+        expect("GET")
+        return _channels(relay, app.id, query)
+    users_match = _CHANNEL_USERS.fullmatch(sub)
+    if users_match is not None:
+        expect("GET")
+        return _users(relay, app.id, unquote(users_match.group(1)))
+    channel_match = _CHANNEL.fullmatch(sub)
+    if channel_match is not None:
+        expect("GET")
+        return _channel(relay, app.id, unquote(channel_match.group(1)), query, now)
+    terminate = _USERS_TERMINATE.fullmatch(sub)
+    if terminate is not None:
+        expect("POST")
+        user_id = terminate.group(1)
+        problem = user_id_error(user_id)
+        if problem:
+            raise _Fail(400, problem)
+        return RestResponse(status=200, body={}, outputs=relay.terminate_user(app.id, user_id, now))
+    return _error(404, f"No such resource: {path}")
+
+
+def _body(body: bytes) -> dict[str, Any]:
+    try:
+        data = _json.loads(body)
+    except ValueError:
+        raise _Fail(400, "Body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise _Fail(400, "Body must be a JSON object")
+    return data
+
+
+def _info(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        raise _Fail(400, "info must be a comma-separated string")
+    return [v for v in value.split(",") if v]
+
+
+class _Event:
+    __slots__ = ("channels", "data", "exclude", "info", "name")
+
+    def __init__(self, item: dict[str, Any], relay: Relay, app_id: str, batch: bool) -> None:
+        app = relay.apps.by_id(app_id)
+        assert app is not None
+        limits = app.limits
+        name = item.get("name")
+        problem = event_name_error(name)
+        if problem:
+            raise _Fail(400, problem)
+        assert isinstance(name, str)
+        if "data" not in item:
+            raise _Fail(400, "Missing data")
+        data = item["data"]
+        text = data if isinstance(data, str) else _json.dumps(data)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limits.max_event_bytes:
+            raise _Fail(413, f"Event data is {size} bytes; the limit is {limits.max_event_bytes} bytes")
+        if batch or "channels" not in item:
+            channels = [item.get("channel")]
+        else:
+            channels = item["channels"]
+            if not isinstance(channels, list):
+                raise _Fail(400, "channels must be a list")
+        if not channels or channels == [None]:
+            raise _Fail(400, "Missing channels")
+        if len(channels) > limits.max_channels_per_trigger:
+            raise _Fail(400, f"An event may go to at most {limits.max_channels_per_trigger} channels")
+        names: list[str] = []
+        for channel in channels:
+            problem = channel_name_error(channel, limits.max_channel_name)
+            if problem:
+                raise _Fail(400, problem)
+            names.append(str(channel))
+        if len(names) > 1 and any(channel_type(c).kind is ChannelKind.ENCRYPTED for c in names):
+            raise _Fail(400, "An event to an encrypted channel must name that channel alone")
+        exclude = item.get("socket_id")
+        if exclude is not None:
+            problem = socket_id_error(exclude)
+            if problem:
+                raise _Fail(400, problem)
+        self.name = name
+        self.data = text
+        self.channels = list(dict.fromkeys(names))
+        self.exclude: str | None = exclude
+        self.info = _info(item.get("info"))
+
+
+def _attributes(relay: Relay, app_id: str, channel: str, info: list[str]) -> dict[str, Any]:
+    state = relay.state_of(app_id)
+    assert state is not None
+    found = state.channels.get(channel)
+    attributes: dict[str, Any] = {}
+    if "user_count" in info and channel_type(channel).kind is ChannelKind.PRESENCE:
+        attributes["user_count"] = len(found.members or {}) if found else 0
+    if "subscription_count" in info:
+        attributes["subscription_count"] = len(found.sockets) if found else 0
+    return attributes
+
+
+def _trigger(relay: Relay, app_id: str, item: dict[str, Any], now: float) -> RestResponse:
+    event = _Event(item, relay, app_id, batch=False)
+    outputs = relay.publish(app_id, event.channels, event.name, event.data, event.exclude, now)
+    body: dict[str, Any] = {}
+    if event.info:
+        body["channels"] = {c: _attributes(relay, app_id, c, event.info) for c in event.channels}
+    return RestResponse(status=200, body=body, outputs=outputs)
+
+
+def _batch(relay: Relay, app_id: str, body: dict[str, Any], now: float) -> RestResponse:
+    app = relay.apps.by_id(app_id)
+    assert app is not None
+    items = body.get("batch")
+    if not isinstance(items, list) or not items:
+        raise _Fail(400, "batch must be a non-empty list of events")
+    if len(items) > app.limits.max_batch_events:
+        raise _Fail(400, f"A batch holds at most {app.limits.max_batch_events} events")
+    events = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _Fail(400, f"batch[{index}] must be an object")
+        try:
+            events.append(_Event(item, relay, app_id, batch=True))
+        except _Fail as exc:
+            raise _Fail(exc.status, f"batch[{index}]: {exc.message}") from None
+    outputs: list[Output] = []
+    for event in events:
+        outputs.extend(relay.publish(app_id, event.channels, event.name, event.data, event.exclude, now))
+    if not any(e.info for e in events):
+        return RestResponse(status=200, body={}, outputs=outputs)
+    attributes = [_attributes(relay, app_id, e.channels[0], e.info) for e in events]
+    return RestResponse(status=200, body={"batch": attributes}, outputs=outputs)
+
+
+def _channels(relay: Relay, app_id: str, query: Mapping[str, str]) -> RestResponse:
+    prefix = query.get("filter_by_prefix", "")
+    info = _info(query.get("info"))
+    unknown = set(info) - {"user_count", "subscription_count"}
+    if unknown:
+        raise _Fail(400, f"Unknown info attribute(s): {', '.join(sorted(unknown))}")
+    if "user_count" in info and not prefix.startswith("presence-"):
+        raise _Fail(400, "info=user_count needs filter_by_prefix starting with presence-")
+    state = relay.state_of(app_id)
+    assert state is not None
+    channels = {
+        name: _attributes(relay, app_id, name, info)
+        for name in state.channels
+        if name.startswith(prefix)
+    }
+    return RestResponse(status=200, body={"channels": channels})
+
+
+def _valid_channel(relay: Relay, app_id: str, channel: str) -> None:
+    app = relay.apps.by_id(app_id)
+    assert app is not None
+    problem = channel_name_error(channel, app.limits.max_channel_name)
+    if problem:
+        raise _Fail(400, problem)
+
+
+def _channel(relay: Relay, app_id: str, channel: str, query: Mapping[str, str], now: float) -> RestResponse:
+    _valid_channel(relay, app_id, channel)
+    info = _info(query.get("info"))
+    unknown = set(info) - {"user_count", "subscription_count", "cache"}
+    if unknown:
+        raise _Fail(400, f"Unknown info attribute(s): {', '.join(sorted(unknown))}")
+    ctype = channel_type(channel)
+    if "user_count" in info and ctype.kind is not ChannelKind.PRESENCE:
+        raise _Fail(400, "info=user_count is only for presence channels")
+    state = relay.state_of(app_id)
+    assert state is not None
+    body: dict[str, Any] = {"occupied": channel in state.channels}
+    body.update(_attributes(relay, app_id, channel, info))
+    if "cache" in info:
+        cached = relay.cached_event(app_id, channel, now) if ctype.cached else None
+        body["cache"] = None if cached is None else {
+            "data": cached.data,
+            "ttl": max(0, int(cached.expires - now)),
+        }
+    return RestResponse(status=200, body=body)
+
+
+def _users(relay: Relay, app_id: str, channel: str) -> RestResponse:
+    _valid_channel(relay, app_id, channel)
+    if channel_type(channel).kind is not ChannelKind.PRESENCE:
+        raise _Fail(400, "users is only for presence channels")
+    state = relay.state_of(app_id)
+    assert state is not None
+    found = state.channels.get(channel)
+    members = found.members or {} if found else {}
+    return RestResponse(status=200, body={"users": [{"id": str(m.user_id)} for m in members.values()]})

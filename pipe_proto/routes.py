@@ -1,0 +1,80 @@
+"""Which handler an HTTP request on the relay's single port goes to.
+
+One port serves everything (pusher-channels.md 1.1 R): WebSocket upgrades on
+``/app/{key}`` are Pusher sockets, upgrades on ``/app/{app_id}`` signed with
+``protocol_version`` are pipes (pipe-protocol.md 1), ``/apps/...`` (and the
+Python SDK's ``/users/{id}/terminate_connections``) is the REST API, ``/`` the
+status, ``/pipe-client.js`` the browser helper. An upgrade on any other path
+is accepted and closed with 4005 so pusher-js stops retrying (pusher-channels.md
+1.2); any other plain request gets 404.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from urllib.parse import parse_qsl, unquote
+
+import attrs
+
+from .pipe.handshake import is_pipe_query
+
+__all__ = ["Route", "RouteKind", "route", "split_target"]
+
+
+class RouteKind(Enum):
+    """Where a request goes."""
+
+    SOCKET = "socket"
+    PIPE = "pipe"
+    WEBSOCKET_NOT_FOUND = "websocket not found"
+    REST = "rest"
+    STATUS = "status"
+    PIPE_CLIENT_JS = "pipe-client.js"
+    NOT_FOUND = "not found"
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """A routed request: its kind, raw path, decoded query and path parameter.
+
+    ``name`` is the app key (sockets) or app id (pipes); empty otherwise.
+    """
+
+    kind: RouteKind
+    path: str
+    query: dict[str, str]
+    name: str = ""
+
+
+_APP = re.compile(r"/app/([^/]+)")
+_TERMINATE = re.compile(r"/users/[^/]+/terminate_connections")
+
+
+def split_target(target: str) -> tuple[str, dict[str, str]]:
+    """The raw path and the percent-decoded query of a request target.
+
+    A key repeated in the query keeps its last value.
+    """
+    path, _, query = target.partition("?")
+    return path, dict(parse_qsl(query, keep_blank_values=True))
+
+
+def route(method: str, target: str, *, upgrade: bool) -> Route:
+    """Route a request by method, target and whether it asks for a WebSocket."""
+    path, query = split_target(target)
+    if upgrade:
+        match = _APP.fullmatch(path)
+        if match is None:
+            return Route(kind=RouteKind.WEBSOCKET_NOT_FOUND, path=path, query=query)
+        name = unquote(match.group(1))
+        kind = RouteKind.PIPE if is_pipe_query(query) else RouteKind.SOCKET
+        return Route(kind=kind, path=path, query=query, name=name)
+    if path.startswith("/apps/") or (method == "POST" and _TERMINATE.fullmatch(path)):
+        return Route(kind=RouteKind.REST, path=path, query=query)
+    if method in ("GET", "HEAD"):
+        if path == "/":
+            return Route(kind=RouteKind.STATUS, path=path, query=query)
+        if path == "/pipe-client.js":
+            return Route(kind=RouteKind.PIPE_CLIENT_JS, path=path, query=query)
+    return Route(kind=RouteKind.NOT_FOUND, path=path, query=query)
