@@ -1,0 +1,194 @@
+"""``pipe-relay``: the command line.
+
+``pipe-relay serve`` runs a relay. Apps come from ``--app ID:KEY:SECRET``
+(repeatable), ``--config FILE`` (TOML, see :func:`pipe_proto.apps_from_config`),
+or the environment (``PIPE_RELAY_APP_ID``, ``PIPE_RELAY_APP_KEY``,
+``PIPE_RELAY_APP_SECRET``); with none of these it runs a demo app and prints
+its credentials and a pusher-js snippet. SIGINT and SIGTERM stop it
+gracefully: no new connections, every client told to reconnect (4200), done
+within ``--shutdown-timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import ssl
+import sys
+import tomllib
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from pipe_proto import App, ConfigError, Relay, __version__, apps_from_config
+
+from .server import RelayServer, serve
+
+__all__ = ["build_parser", "load_apps", "main"]
+
+DEMO_APP = App(id="1", key="demo-key", secret="demo-secret", name="demo")
+
+log = logging.getLogger("pipe_trio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pipe-relay``."""
+    parser = argparse.ArgumentParser(prog="pipe-relay", description="A Pusher-compatible realtime relay with a Pipe.")
+    parser.add_argument("--version", action="version", version=f"pipe-relay {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="run the relay")
+    run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=6001, help="port for HTTP and WebSocket (default 6001)")
+    run.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="ID:KEY:SECRET",
+        help="an app with client events and user sign-in on and the default limits (repeatable)",
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML file with [[apps]] tables")
+    run.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS")
+    run.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
+    run.add_argument(
+        "--max-socket-buffer",
+        type=int,
+        default=256 * 1024,
+        metavar="BYTES",
+        help="bytes queued for a socket before it is closed as too slow (4101; default 262144)",
+    )
+    run.add_argument(
+        "--max-pipe-buffer",
+        type=int,
+        default=16 * 1024 * 1024,
+        metavar="BYTES",
+        help="bytes queued for a pipe before it is closed as too slow (default 16 MiB)",
+    )
+    run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _parse_app(spec: str) -> App:
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ConfigError(f"--app wants ID:KEY:SECRET, not {spec!r}")
+    return App(id=parts[0], key=parts[1], secret=parts[2])
+
+
+def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[list[App], bool]:
+    """The apps to serve, and whether they are the demo default.
+
+    Raises:
+        ConfigError: an app specification or the configuration file is invalid.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    apps = [_parse_app(spec) for spec in args.app]
+    if args.config:
+        try:
+            with open(args.config, "rb") as file:
+                config = tomllib.load(file)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {args.config}: {exc}") from None
+        apps.extend(apps_from_config(config))
+    if not apps and environ.get("PIPE_RELAY_APP_KEY"):
+        apps.append(
+            App(
+                id=environ.get("PIPE_RELAY_APP_ID", "1"),
+                key=environ["PIPE_RELAY_APP_KEY"],
+                secret=environ.get("PIPE_RELAY_APP_SECRET", ""),
+            )
+        )
+    if apps:
+        return apps, False
+    return [DEMO_APP], True
+
+
+def _banner(app: App, host: str, port: int, scheme: str) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"""
+pipe-relay {__version__} is serving the demo app on {scheme}://{host}:{port}
+
+  app_id: {app.id}
+  key:    {app.key}
+  secret: {app.secret}
+
+Connect from a page with pusher-js 8:
+
+  <script src="https://js.pusher.com/8.4/pusher.min.js"></script>
+  <script src="{"https" if scheme == "wss" else "http"}://{shown}:{port}/pipe-client.js"></script>
+  <script>
+    const pusher = new Pusher("{app.key}", {{
+      cluster: "mt1", wsHost: "{shown}", wsPort: {port}, wssPort: {port},
+      forceTLS: {"true" if scheme == "wss" else "false"}, enabledTransports: ["ws", "wss"],
+    }});
+    pusher.subscribe("my-channel").bind("my-event", (data) => console.log(data));
+  </script>
+
+Publish with any Pusher server SDK (host {shown}, port {port}) or from a backend
+on the Pipe (examples/quickstart/). Stop with Ctrl-C.
+"""
+
+
+async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000)
+    async with trio.open_nursery() as nursery:
+        server: RelayServer = await nursery.start(
+            partial(
+                serve,
+                relay,
+                args.host,
+                args.port,
+                ssl_context=ssl_context,
+                max_socket_buffer=args.max_socket_buffer,
+                max_pipe_buffer=args.max_pipe_buffer,
+            )
+        )
+        scheme = "wss" if ssl_context else "ws"
+        if demo:
+            print(_banner(apps[0], args.host, args.port, scheme), flush=True)
+        log.info(
+            "pipe-relay %s listening on %s:%d (%s), %d app(s)",
+            __version__, args.host, args.port, scheme, len(apps),
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                await server.shutdown(args.shutdown_timeout)
+                break
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pipe-relay``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        apps, demo = load_apps(args)
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+    except ConfigError as exc:
+        print(f"pipe-relay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run, args, apps, demo)
+    except OSError as exc:
+        print(f"pipe-relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""The relay's single port: HTTP and WebSocket on h11 and wsproto, under Trio.
+
+This module moves bytes and nothing else. Each TCP connection gets one task:
+it reads HTTP requests with h11 and asks the core where they go
+(:func:`pipe_proto.routes.route`). REST, status and the browser helper are
+answered in place; a WebSocket upgrade is completed by hand (h11 sends the
+101, wsproto takes the bytes after it) and the task becomes the connection's
+reader, reporting every message to the :class:`~pipe_proto.Relay` and
+carrying out the outputs it returns. Outputs are carried out synchronously:
+a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
+the same bytes to each socket's bounded buffer; a socket whose buffer is full
+is closed as a slow consumer (4101) instead of stalling anyone else.
+
+Time: the core wants seconds since the epoch. The server reads Trio's clock
+plus a fixed offset taken at start, so a ``MockClock`` drives the core too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import h11
+import trio
+from wsproto.utilities import generate_accept_token
+
+from pipe_proto import Close, Probe, PusherCode, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto.pipe.handshake import PipeAccepted
+from pipe_proto.relay.outputs import Output
+from pipe_proto.rest import MAX_BODY_BYTES
+from pipe_proto.rest import handle as handle_rest
+from pipe_proto.routes import Route, RouteKind, route
+
+from ._websocket import WebSocket, broadcast_frame
+from .webhooks import WebhookSender
+
+__all__ = ["RelayServer", "serve"]
+
+log = logging.getLogger("pipe_trio")
+
+#: Seconds an HTTP connection may sit idle, or take to send its request head.
+HTTP_IDLE_TIMEOUT = 60.0
+#: Largest HTTP request head accepted.
+MAX_HEAD_BYTES = 16 * 1024
+#: Longest the timer loop sleeps: timers fire at most this late.
+TIMER_GRANULARITY = 1.0
+
+
+class _Upgrade:
+    """What the HTTP phase hands to the WebSocket phase (and nothing more)."""
+
+    __slots__ = ("accepted", "details", "route", "trailing")
+
+    def __init__(
+        self, route: Route, trailing: bytes, details: SocketDetails, accepted: PipeAccepted | None
+    ) -> None:
+        self.route = route
+        self.trailing = trailing
+        self.details = details
+        self.accepted = accepted
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RelayServer:
+    """Serves a :class:`~pipe_proto.Relay` on listeners.
+
+    Args:
+        relay: the core.
+        max_socket_buffer: bytes queued for one socket before it is closed
+            as a slow consumer (4101).
+        max_pipe_buffer: the same for pipes.
+        max_body: largest REST request body (413 beyond, refused unread).
+        secure: whether the listeners are TLS (apps with ``tls_only`` refuse
+            plain sockets with 4000).
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        max_socket_buffer: int = 256 * 1024,
+        max_pipe_buffer: int = 16 * 1024 * 1024,
+        max_body: int = MAX_BODY_BYTES,
+        secure: bool = False,
+    ) -> None:
+        self.relay = relay
+        self.max_socket_buffer = max_socket_buffer
+        self.max_pipe_buffer = max_pipe_buffer
+        self.max_body = max_body
+        self.webhooks = WebhookSender(relay.apps, self.now)
+        self.secure = secure
+        self.conns: dict[str, WebSocket] = {}
+        self._pipes: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._listen_scope = trio.CancelScope()
+        self._offset = 0.0
+        self._started = 0.0
+        self._tcp_tasks = 0
+        self._all_closed: trio.Event | None = None
+        self._stopping = False
+        self._wake_timers = trio.Event()
+
+    # --------------------------------------------------------------- running
+
+    def now(self) -> float:
+        """The core's clock: seconds since the epoch, advancing with Trio's clock."""
+        return trio.current_time() + self._offset
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled or :meth:`shutdown`; ``nursery.start`` returns once listening."""
+        self._offset = time.time() - trio.current_time()
+        self._started = self.now()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self.webhooks.run)
+            nursery.start_soon(self._accept, listeners)
+            task_status.started(self)
+
+    async def _accept(self, listeners: Sequence[trio.abc.Listener[Any]]) -> None:
+        assert self._nursery is not None
+        with self._listen_scope:
+            await trio.serve_listeners(self._handle_tcp, list(listeners), handler_nursery=self._nursery)
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop gracefully: stop accepting, send every client 4200, wait at most ``timeout``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._listen_scope.cancel()
+        self.execute(self.relay.shutdown(self.now()))
+        if self._tcp_tasks:
+            self._all_closed = trio.Event()
+            with trio.move_on_after(timeout):
+                await self._all_closed.wait()
+        with trio.move_on_after(max(0.0, timeout / 2)):
+            await self.webhooks.drain()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.relay.next_deadline()
+            wait = min(TIMER_GRANULARITY, max(0.0, deadline - self.now()))
+            if wait > 0:
+                with trio.move_on_after(wait):
+                    await self._wake_timers.wait()
+                if self._wake_timers.is_set():
+                    self._wake_timers = trio.Event()
+            if self.relay.next_deadline() <= self.now():
+                self.execute(self.relay.tick(self.now()))
+
+    # ------------------------------------------------------------- outputs
+
+    def execute(self, outputs: list[Output]) -> None:
+        """Carry out the core's outputs, in order, without blocking."""
+        overflowing: list[WebSocket] = []
+        conns = self.conns
+        for output in outputs:
+            if type(output) is Send:
+                targets = output.targets
+                frame = broadcast_frame(output.text)
+                if len(targets) == 1:
+                    conn = conns.get(targets[0])
+                    if conn is not None and not conn.push(frame):
+                        overflowing.append(conn)
+                    continue
+                for target in targets:
+                    conn = conns.get(target)
+                    if conn is not None and not conn.push(frame):
+                        overflowing.append(conn)
+            elif type(output) is Close:
+                conn = conns.pop(output.target, None)
+                if conn is not None:
+                    conn.close(output.code, output.reason)
+            elif type(output) is Probe:
+                conn = conns.get(output.target)
+                if conn is not None:
+                    conn.ping()
+            elif type(output) is WebhookEvent:
+                self.webhooks.add(output.app_id, output.urls, output.event)
+        for conn in overflowing:
+            self._slow_consumer(conn)
+
+    def _slow_consumer(self, conn: WebSocket) -> None:
+        if conn.id not in self.conns:
+            return
+        log.info("closing %s: slow consumer (outbound buffer of %d bytes full)", conn.id, conn.max_buffer)
+        conn.discard_queue()
+        reason = "Client too slow: outbound buffer full"
+        if conn.id in self._pipes:
+            self.conns.pop(conn.id)
+            conn.close(PusherCode.SLOW_CONSUMER, reason)
+            self.execute(self.relay.pipe_closed(conn.id, self.now()))
+        else:
+            self.execute(self.relay.close_socket(conn.id, PusherCode.SLOW_CONSUMER, reason, self.now()))
+
+    # ---------------------------------------------------------------- HTTP
+
+    async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
+        self._tcp_tasks += 1
+        try:
+            upgrade = await self._http(stream)
+            if upgrade is not None:
+                await self._websocket(stream, upgrade)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+        except Exception:  # pragma: no cover - a bug; keep serving everyone else
+            log.exception("connection handler failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+            self._tcp_tasks -= 1
+            if self._tcp_tasks == 0 and self._all_closed is not None:
+                self._all_closed.set()
+
+    async def _http(self, stream: trio.abc.Stream) -> _Upgrade | None:
+        """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        while True:
+            with trio.move_on_after(HTTP_IDLE_TIMEOUT):
+                try:
+                    request = await self._next(stream, conn)
+                except h11.RemoteProtocolError as exc:
+                    await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                    return None
+            if not isinstance(request, h11.Request):
+                return None
+            method = request.method.decode("ascii", "replace")
+            target = request.target.decode("latin-1")
+            headers = request.headers
+            upgrade = (_header(headers, b"upgrade") or "").lower() == "websocket"
+            found = route(method, target, upgrade=upgrade)
+            if upgrade:
+                return await self._accept_websocket(stream, conn, found, request)
+            if found.kind is RouteKind.REST:
+                await self._rest(stream, conn, method, found, headers)
+            elif found.kind is RouteKind.STATUS:
+                await self._respond(stream, conn, 200, self.status())
+            elif found.kind is RouteKind.PIPE_CLIENT_JS:
+                script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
+                await self._respond(stream, conn, 200, script, "application/javascript; charset=utf-8")
+            else:
+                await self._respond(stream, conn, 404, {"error": f"Not found: {found.path}"})
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return None
+            conn.start_next_cycle()
+
+    @staticmethod
+    async def _next(stream: trio.abc.Stream, conn: h11.Connection) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            return event
+
+    @staticmethod
+    async def _respond(
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        status: int,
+        body: Any,
+        content_type: str = "application/json",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = h11.Response(
+            status_code=status,
+            headers=[
+                ("content-type", content_type),
+                ("content-length", str(len(data))),
+                ("access-control-allow-origin", "*"),
+                *headers,
+            ],
+        )
+        head = conn.send(response) or b""
+        payload = conn.send(h11.Data(data=data)) or b""
+        await stream.send_all(head + payload + (conn.send(h11.EndOfMessage()) or b""))
+
+    async def _rest(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        method: str,
+        found: Route,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        length = _header(headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self._next(stream, conn)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.max_body:
+                    await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+                    return
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return
+        path, _, _ = found.path.partition("?")
+        answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
+        self.execute(answer.outputs)
+        await self._respond(stream, conn, answer.status, answer.body)
+
+    def status(self) -> dict[str, Any]:
+        """The small health document ``GET /`` answers."""
+        stats = self.relay.stats()
+        return {
+            "name": "pipe-relay",
+            "version": __version__,
+            "status": "stopping" if self._stopping else "ok",
+            "uptime": round(self.now() - self._started, 3),
+            "sockets": stats["sockets"],
+            "pipes": stats["pipes"],
+        }
+
+    # ----------------------------------------------------------- WebSocket
+
+    async def _accept_websocket(
+        self, stream: trio.abc.Stream, conn: h11.Connection, found: Route, request: h11.Request
+    ) -> _Upgrade | None:
+        headers = request.headers
+        key = _header(headers, b"sec-websocket-key")
+        version = _header(headers, b"sec-websocket-version")
+        connection = (_header(headers, b"connection") or "").lower()
+        if request.method != b"GET" or key is None or "upgrade" not in connection:
+            await self._respond(stream, conn, 400, {"error": "Malformed WebSocket upgrade request"})
+            return None
+        if version != "13":
+            await self._respond(
+                stream, conn, 426, {"error": "WebSocket version 13 required"}, headers=[("sec-websocket-version", "13")]
+            )
+            return None
+        while True:  # a GET upgrade has no body: read up to its end
+            event = await self._next(stream, conn)
+            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                break
+            if not isinstance(event, h11.Data):
+                return None
+        accepted = None
+        if found.kind is RouteKind.PIPE:
+            decision = self.relay.pipe_handshake(found.name, found.query, self.now())
+            if not isinstance(decision, PipeAccepted):
+                log.info("pipe refused for app %s: %d %s", found.name, decision.status, decision.message)
+                await self._respond(stream, conn, decision.status, {"error": decision.message})
+                return None
+            accepted = decision
+        if self._stopping:
+            await self._respond(stream, conn, 503, {"error": "Server is shutting down"})
+            return None
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                ("sec-websocket-accept", generate_accept_token(key.encode())),
+            ],
+        )
+        await stream.send_all(conn.send(response))
+        remote = None
+        try:
+            peer = stream.socket.getpeername()  # type: ignore[attr-defined]
+            remote = str(peer[0])
+        except (AttributeError, OSError, IndexError, TypeError):
+            pass
+        details = SocketDetails(
+            remote_addr=remote,
+            origin=_header(headers, b"origin"),
+            user_agent=_header(headers, b"user-agent"),
+            query=found.query,
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+        )
+        return _Upgrade(found, conn.trailing_data[0], details, accepted)
+
+    async def _websocket(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> None:
+        found = upgrade.route
+        now = self.now()
+        if found.kind is RouteKind.PIPE:
+            await self._run_pipe(stream, upgrade)
+            return
+        ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self._spawn)
+        if found.kind is RouteKind.WEBSOCKET_NOT_FOUND:
+            ws.id = "-"
+            ws.push_text(json.dumps({"event": "pusher:error", "data": {"code": 4005, "message": "Path not found"}}))
+            ws.close(PusherCode.PATH_NOT_FOUND, "Path not found")
+            await ws.run(_ignore, _nothing, _ignore_int, 1)
+            await ws.aclose()
+            return
+        socket_id, outputs = self.relay.open_socket(
+            found.name,
+            found.query,
+            now,
+            nonce=secrets.randbelow(10**10),
+            details=upgrade.details,
+            secure=self.secure,
+        )
+        ws.id = socket_id
+        self.conns[socket_id] = ws
+        refused = any(type(o) is Close for o in outputs)
+        self.execute(outputs)
+        relay = self.relay
+        if not refused:
+            log.info("socket %s connected (app key %s, from %s)", socket_id, found.name, upgrade.details.remote_addr)
+
+        def on_text(text: str) -> None:
+            self.execute(relay.socket_message(socket_id, text, self.now()))
+
+        def on_heard() -> None:
+            relay.socket_heard(socket_id, self.now())
+
+        def on_oversized(size: int) -> None:
+            self.execute(relay.socket_oversized(socket_id, size))
+
+        app = relay.apps.by_key(found.name)
+        limit = app.limits.max_socket_message_bytes if app is not None else 1
+        try:
+            code, reason = await ws.run(on_text, on_heard, on_oversized, limit)
+        finally:
+            self.conns.pop(socket_id, None)
+            if not refused:
+                self.execute(relay.socket_closed(socket_id, self.now()))
+            await ws.aclose()
+        if not refused:
+            log.info("socket %s disconnected (%s %s)", socket_id, code, reason)
+
+    async def _run_pipe(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> None:
+        accepted = upgrade.accepted
+        assert accepted is not None
+        ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self._spawn)
+        relay = self.relay
+        pipe_id, outputs = relay.open_pipe(accepted, self.now(), nonce=secrets.randbelow(10**10))
+        ws.id = pipe_id
+        self.conns[pipe_id] = ws
+        self._pipes.add(pipe_id)
+        self.execute(outputs)
+        log.info(
+            "pipe %s connected (app %s, protocol %s, group %s)",
+            pipe_id, accepted.app.id, accepted.version, accepted.group,
+        )
+
+        def on_text(text: str) -> None:
+            self.execute(relay.pipe_message(pipe_id, text, self.now()))
+
+        def on_heard() -> None:
+            relay.pipe_heard(pipe_id, self.now())
+
+        def on_oversized(size: int) -> None:
+            self.execute(relay.pipe_oversized(pipe_id, self.now()))
+
+        try:
+            code, reason = await ws.run(on_text, on_heard, on_oversized, accepted.app.pipe.max_frame_bytes)
+        finally:
+            self.conns.pop(pipe_id, None)
+            self._pipes.discard(pipe_id)
+            self.execute(relay.pipe_closed(pipe_id, self.now()))
+            await ws.aclose()
+        log.info("pipe %s disconnected (%s %s)", pipe_id, code, reason)
+
+
+def _ignore(_text: str) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
+def _ignore_int(_size: int) -> None:
+    pass
+
+
+async def serve(
+    relay: Relay,
+    host: str = "127.0.0.1",
+    port: int = 6001,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve ``relay`` on ``host:port`` (TLS when ``ssl_context`` is given) until cancelled.
+
+    ``await nursery.start(serve, relay, host, port)`` returns the running
+    :class:`RelayServer` once it listens (its listeners' ports are bound, so
+    ``port=0`` works).
+    """
+    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
+    server = RelayServer(relay, secure=ssl_context is not None, **options)
+    server.listeners = listeners  # type: ignore[attr-defined]
+    await server.serve(listeners, task_status=task_status)
+
