@@ -7,7 +7,23 @@ webhook sender and the ``pipe-relay`` command line.
 
 from pipe_proto import __version__
 
+from .client import PusherClient, SignInFailed, SubscriptionFailed, connect
+from .pipe import AuthAnswer, Pipe, PipeError, PipeRefusedError, open_pipe
 from .server import RelayServer, serve
 from .webhooks import WebhookSender
 
-__all__ = ["RelayServer", "WebhookSender", "__version__", "serve"]
+__all__ = [
+    "AuthAnswer",
+    "Pipe",
+    "PipeError",
+    "PipeRefusedError",
+    "PusherClient",
+    "RelayServer",
+    "SignInFailed",
+    "SubscriptionFailed",
+    "WebhookSender",
+    "__version__",
+    "connect",
+    "open_pipe",
+    "serve",
+]

@@ -102,6 +102,7 @@ class RelayServer:
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
         self.conns: dict[str, WebSocket] = {}
+        self.listeners: list[trio.abc.Listener[Any]] = []
         self._pipes: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._listen_scope = trio.CancelScope()
@@ -113,6 +114,13 @@ class RelayServer:
         self._wake_timers = trio.Event()
 
     # --------------------------------------------------------------- running
+
+    @property
+    def port(self) -> int:
+        """The TCP port of the first listener (useful after listening on port 0)."""
+        listener = self.listeners[0]
+        inner = getattr(listener, "transport_listener", listener)
+        return int(inner.socket.getsockname()[1])
 
     def now(self) -> float:
         """The core's clock: seconds since the epoch, advancing with Trio's clock."""
@@ -127,6 +135,7 @@ class RelayServer:
         """Serve until cancelled or :meth:`shutdown`; ``nursery.start`` returns once listening."""
         self._offset = time.time() - trio.current_time()
         self._started = self.now()
+        self.listeners = list(listeners)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_loop)
@@ -517,6 +526,5 @@ async def serve(
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     server = RelayServer(relay, secure=ssl_context is not None, **options)
-    server.listeners = listeners  # type: ignore[attr-defined]
     await server.serve(listeners, task_status=task_status)
 

@@ -1,0 +1,224 @@
+"""The backend's side of a pipe: requests out, notifications in, acks, resume.
+
+Theory of operation. A :class:`PipeClientConnection` lives across
+reconnections: it remembers the session the relay gave it and the highest
+seq it has *processed*, so the next connection can ask to resume
+(``session`` and ``last_seq`` in the URL, :meth:`url_params`). Each
+connection starts CONNECTING; ``connection_established`` makes it OPEN (a
+``resumed: false`` answer means a fresh session: what was remembered is
+dropped). :meth:`receive` turns frames into :class:`Incoming` items:
+notifications to hand to the application, replies to match with requests,
+errors. Replayed notifications the application has already processed (seq
+at or below the last processed one) are filtered out here, so a replay after
+a resume never reaches the application twice.
+
+The application reports each notification done with :meth:`processed`; acks
+are cumulative and go out in batches (:meth:`take_ack`) so that the relay's
+window keeps moving without one ack per event. Requests get ids from a
+counter; replies are matched and unknown ones ignored. Liveness: a ``ping``
+request after ``heartbeat`` seconds of silence, and the connection is given
+up (the caller reconnects) when ``heartbeat`` more pass without a word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+import attrs
+
+from ..errors import LocalProtocolError
+from ..liveness import Liveness, LivenessAction
+from .codec import decode_server_frame, encode_request
+from .events import (
+    Ack,
+    ErrorNotification,
+    ErrorReply,
+    Established,
+    Notification,
+    PingCall,
+    PipeCall,
+    Reply,
+    Request,
+)
+
+__all__ = ["ClientState", "Incoming", "PipeClientConnection"]
+
+#: Processed notifications after which an ack goes out even if more are coming.
+ACK_EVERY = 100
+
+
+class ClientState(Enum):
+    """Lifecycle of one connection of a pipe client."""
+
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[tuple[ClientState, str], ClientState] = {
+    (ClientState.CONNECTING, "established"): ClientState.OPEN,
+    (ClientState.CONNECTING, "close"): ClientState.CLOSED,
+    (ClientState.OPEN, "close"): ClientState.CLOSED,
+    (ClientState.CLOSED, "close"): ClientState.CLOSED,
+    (ClientState.CLOSED, "connect"): ClientState.CONNECTING,
+}
+
+
+@attrs.frozen(kw_only=True)
+class Incoming:
+    """One thing read from the relay.
+
+    Exactly one of ``notification``, ``reply`` or ``error`` is set.
+    ``established`` is the ``connection_established`` notice when this frame
+    opened the connection.
+    """
+
+    notification: Notification | None = None
+    reply: Reply | ErrorReply | None = None
+    error: ErrorNotification | None = None
+    established: Established | None = None
+
+
+class PipeClientConnection:
+    """Client-side pipe state, kept across reconnections.
+
+    Args:
+        heartbeat: seconds of silence before pinging the relay (the relay
+            announces its own; the smaller is used).
+    """
+
+    def __init__(self, *, heartbeat: float = 25.0) -> None:
+        self.state = ClientState.CLOSED
+        self.session: str | None = None
+        self.socket_id: str | None = None
+        self.resumed = False
+        #: Highest seq the application finished; acked up to ``_acked``.
+        self.last_processed = 0
+        self._acked = 0
+        self._next_id = 1
+        self._pending: dict[int, str] = {}
+        self._heartbeat = heartbeat
+        self.liveness = Liveness(0.0, heartbeat, heartbeat)
+
+    def _move(self, event: str) -> None:
+        try:
+            self.state = _TRANSITIONS[(self.state, event)]
+        except KeyError:
+            state, self.state = self.state, ClientState.CLOSED
+            raise LocalProtocolError(f"cannot {event} when {state.value}") from None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connecting(self, now: float) -> dict[str, str]:
+        """A new connection is being opened; returns the URL parameters to resume."""
+        self._move("connect")
+        self.liveness = Liveness(now, self._heartbeat, self._heartbeat)
+        self._pending.clear()
+        return self.url_params()
+
+    def url_params(self) -> dict[str, str]:
+        """``session`` and ``last_seq`` to resume, when there is a session."""
+        if self.session is None:
+            return {}
+        return {"session": self.session, "last_seq": str(self.last_processed)}
+
+    def closed(self) -> None:
+        """The connection ended (the session is kept for resuming)."""
+        self._move("close")
+
+    # ----------------------------------------------------------- requests
+
+    def request(self, call: PipeCall, *, reply: bool = True) -> tuple[int | None, str]:
+        """Encode a request; returns its id (``None`` when no reply is wanted) and text.
+
+        Raises:
+            LocalProtocolError: the connection is not open.
+        """
+        if self.state is not ClientState.OPEN:
+            raise LocalProtocolError("the pipe is not connected")
+        request_id: int | None = None
+        if reply:
+            request_id = self._next_id
+            self._next_id += 1
+            self._pending[request_id] = call.method
+        return request_id, encode_request(Request(id=request_id, call=call))
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------ reading
+
+    def receive(self, text: str, now: float) -> Iterator[Incoming]:
+        """Read one frame from the relay.
+
+        Yields nothing for a replayed notification already processed, and
+        for replies to requests nobody waits for.
+
+        Raises:
+            RemoteProtocolError: the frame is not a Pipe frame.
+        """
+        self.liveness.heard(now)
+        frame = decode_server_frame(text)
+        if isinstance(frame, Notification):
+            notice = frame.notice
+            if isinstance(notice, Established):
+                self._established(notice)
+                yield Incoming(notification=frame, established=notice)
+                return
+            if frame.seq is not None and frame.seq <= self.last_processed:
+                return  # a replay of something already processed
+            yield Incoming(notification=frame)
+        elif isinstance(frame, ErrorNotification):
+            yield Incoming(error=frame)
+        else:
+            if isinstance(frame.id, int) and self._pending.pop(frame.id, None) is not None:
+                yield Incoming(reply=frame)
+
+    def _established(self, notice: Established) -> None:
+        if self.state is ClientState.CONNECTING:
+            self._move("established")
+        self.socket_id = notice.socket_id
+        self.resumed = notice.resumed
+        if notice.heartbeat:
+            self.liveness.idle = self.liveness.grace = min(self._heartbeat, notice.heartbeat)
+        if not notice.resumed or notice.session != self.session:
+            self.session = notice.session
+            self.last_processed = self._acked = 0
+
+    # --------------------------------------------------------------- acks
+
+    def processed(self, seq: int | None) -> None:
+        """The application finished the notification with this seq."""
+        if seq is not None and seq > self.last_processed:
+            self.last_processed = seq
+
+    def take_ack(self, *, force: bool = False) -> str | None:
+        """The ack to send now, if one is due (``force``: whatever is unacked)."""
+        if self.state is not ClientState.OPEN or self.last_processed <= self._acked:
+            return None
+        if not force and self.last_processed - self._acked < ACK_EVERY:
+            return None
+        self._acked = self.last_processed
+        _, text = self.request(Ack(seq=self.last_processed), reply=False)
+        return text
+
+    # ----------------------------------------------------------- liveness
+
+    def tick(self, now: float) -> str | bool | None:
+        """Heartbeat: a ping request to send, ``True`` when the relay went silent, else ``None``."""
+        if self.state is not ClientState.OPEN:
+            return None
+        action = self.liveness.poll(now)
+        if action is LivenessAction.PROBE:
+            _, text = self.request(PingCall())
+            return text
+        if action is LivenessAction.EXPIRE:
+            return True
+        return None
+
+    def deadline(self) -> float:
+        """When :meth:`tick` next has something to do."""
+        return self.liveness.deadline()
+

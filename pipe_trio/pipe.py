@@ -1,0 +1,579 @@
+"""``open_pipe``: a backend's connection to the relay, in Trio style.
+
+::
+
+    async with open_pipe("ws://127.0.0.1:6001", app_id="1", key=KEY, secret=SECRET) as pipe:
+        @pipe.sockets.on("event:eventFromBrowser")
+        async def answer(socket_id, data):
+            await pipe.socket(socket_id).trigger("acknowledge", {"message": "Rodger"})
+
+        await pipe.wait_closed()       # or: async for event in pipe: ...
+
+The pipe speaks protocol 1.0. It reconnects with back-off when the relay
+goes away and resumes its session, so events pending on the relay are
+replayed, not lost. Every notification is handed to the registered handlers
+(sync or async; called in order, one at a time) and to whoever iterates the
+pipe, and is acked only after that returns: delivery is *at least once*.
+Events replayed after a resume never reach the application twice (the pipe
+drops those it has processed); an event moved from a member that died
+before acking arrives with ``redelivered`` set (see :meth:`Pipe.events`) and
+may already have been processed there. Make such handlers idempotent, or
+deduplicate on something in the event itself.
+
+Backpressure: the relay sends a member at most ``window`` unacked events; a
+slow handler therefore slows the stream instead of growing a buffer here.
+An exception escaping a handler ends ``open_pipe`` with that exception.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from pipe_proto import PipeCode, __version__
+from pipe_proto._json import dumps
+from pipe_proto.errors import ProtocolError
+from pipe_proto.pipe import events as ev
+from pipe_proto.pipe.client import PipeClientConnection
+from pipe_proto.pipe.handshake import pipe_url
+
+__all__ = ["AuthAnswer", "Pipe", "PipeError", "PipeRefusedError", "open_pipe"]
+
+log = logging.getLogger("pipe_trio.pipe")
+
+#: Notifications held before the reader stops reading (the relay's window
+#: keeps the real number far lower; this only guards against a broken relay).
+MAX_QUEUED = 20000
+
+Handler = Callable[..., Any]
+
+
+class PipeError(ProtocolError):
+    """The relay answered a request with an error (``code`` from :class:`~pipe_proto.PipeCode`)."""
+
+
+class PipeRefusedError(PipeError):
+    """The relay refused the pipe's handshake (``code`` is the HTTP status)."""
+
+
+class PipeDisconnectedError(PipeError):
+    """The request could not be sent: the pipe is not connected right now."""
+
+
+@attrs.frozen(kw_only=True)
+class AuthAnswer:
+    """What an auth handler may return for full control over the answer."""
+
+    allow: bool
+    data: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+class _Emitter:
+    """Handlers by event name, as the 2011 client's EventEmitters had them."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {}
+
+    def on(self, name: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for ``name``; usable as a decorator."""
+        if handler is None:
+            return lambda fn: self.on(name, fn)
+        self._handlers.setdefault(name, []).append(handler)
+        return handler
+
+    def off(self, name: str, handler: Handler) -> None:
+        """Remove a handler."""
+        if handler in self._handlers.get(name, []):
+            self._handlers[name].remove(handler)
+
+    async def emit(self, name: str, *args: Any) -> None:
+        for handler in list(self._handlers.get(name, ())):
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                await result
+
+
+class SocketRef(_Emitter):
+    """``pipe.socket(id)``: send to one socket, and its own handlers."""
+
+    def __init__(self, pipe: Pipe, socket_id: str) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.id = socket_id
+
+    async def trigger(self, event: str, data: Any = None, *, channel: str | None = None) -> int:
+        """Send ``event`` to this socket; returns how many sockets got it (0 or 1)."""
+        call = ev.SendToSocket(socket_ids=[self.id], event=event, data=_text(data), channel=channel)
+        result = await self.pipe.request(call)
+        return int(result.get("delivered", 0)) if isinstance(result, dict) else 0
+
+    async def disconnect(self, code: int = 4009, reason: str = "") -> bool:
+        """Close this socket."""
+        return await self.pipe.disconnect_socket(self.id, code, reason)
+
+
+class ChannelRef(_Emitter):
+    """``pipe.channel(name)``: publish to a channel, and its handlers."""
+
+    def __init__(self, pipe: Pipe, name: str) -> None:
+        super().__init__()
+        self.pipe = pipe
+        self.name = name
+
+    async def trigger(self, event: str, data: Any = None, *, exclude: str | None = None) -> int:
+        """Publish ``event`` to every subscriber but ``exclude``; returns deliveries."""
+        call = ev.SendToChannel(channels=[self.name], event=event, data=_text(data), exclude=exclude)
+        result = await self.pipe.request(call)
+        return int(result.get("delivered", 0)) if isinstance(result, dict) else 0
+
+
+def _text(data: Any) -> str:
+    return data if isinstance(data, str) else dumps(data)
+
+
+class Pipe:
+    """A connected pipe (made by :func:`open_pipe`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        app_id: str,
+        key: str,
+        secret: str,
+        events: Iterable[str],
+        group: str | None,
+        auth: Callable[[ev.AuthRequest], Any] | None,
+        ssl_context: ssl.SSLContext | None,
+        reconnect: bool,
+        max_backoff: float,
+        client_name: str,
+    ) -> None:
+        self._base = url.rstrip("/")
+        self.app_id = app_id
+        self._key = key
+        self._secret = secret
+        self.types = list(dict.fromkeys([*events, *(["auth"] if auth is not None else [])]))
+        self.group = group
+        self._auth = auth
+        self._ssl = ssl_context
+        self._reconnect = reconnect
+        self._max_backoff = max_backoff
+        self._client_name = client_name
+        self.core = PipeClientConnection()
+        self.sockets = _Emitter()
+        self.channels = _Emitter()
+        self._emitter = _Emitter()
+        self._sockets: dict[str, SocketRef] = {}
+        self._channels: dict[str, ChannelRef] = {}
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._queue: deque[ev.Notification] = deque()
+        self._queued = trio.Event()
+        self._room = trio.Event()
+        self._iterators = 0
+        self._handoff_send, self._handoff_receive = trio.open_memory_channel[ev.Notification](0)
+        self._connected = trio.Event()
+        self._closed = trio.Event()
+        self.connections = 0
+
+    # ----------------------------------------------------------------- API
+
+    def on(self, name: str, handler: Handler | None = None) -> Any:
+        """Register a handler for a notification (``socket_opened``, ``member_added``, ...).
+
+        The handler gets the typed notice (e.g. :class:`~pipe_proto.pipe.MemberAdded`).
+        """
+        return self._emitter.on(name, handler)
+
+    def socket(self, socket_id: str) -> SocketRef:
+        """The socket ``socket_id`` (its handlers are kept until it closes)."""
+        ref = self._sockets.get(socket_id)
+        if ref is None:
+            ref = self._sockets[socket_id] = SocketRef(self, socket_id)
+        return ref
+
+    def channel(self, name: str) -> ChannelRef:
+        """The channel ``name``."""
+        ref = self._channels.get(name)
+        if ref is None:
+            ref = self._channels[name] = ChannelRef(self, name)
+        return ref
+
+    @property
+    def session(self) -> str | None:
+        """The relay's session id for this pipe (kept across reconnects)."""
+        return self.core.session
+
+    @property
+    def socket_id(self) -> str | None:
+        """This pipe's own connection id."""
+        return self.core.socket_id
+
+    async def request(self, call: ev.PipeCall) -> Any:
+        """Send a request and wait for its reply.
+
+        Raises:
+            PipeError: the relay answered with an error.
+            PipeDisconnectedError: the pipe is not connected.
+        """
+        ws = self._ws
+        if ws is None or self.core.state.value != "open":
+            raise PipeDisconnectedError("the pipe is not connected", code=None)
+        request_id, text = self.core.request(call)
+        assert request_id is not None
+        done = trio.Event()
+        box: list[Any] = []
+        self._replies[request_id] = (done, box)
+        try:
+            try:
+                await ws.send_message(text)
+            except trio_websocket.ConnectionClosed:
+                raise PipeDisconnectedError("the pipe disconnected", code=None) from None
+            await done.wait()
+        finally:
+            self._replies.pop(request_id, None)
+        reply = box[0]
+        if isinstance(reply, ev.ErrorReply):
+            raise PipeError(reply.message, code=reply.code)
+        if reply is None:
+            raise PipeDisconnectedError("the pipe disconnected before the reply", code=None)
+        return reply.result
+
+    async def subscribe(self, *types: str) -> None:
+        """Receive more event types (kept across reconnects)."""
+        self.types.extend(t for t in types if t not in self.types)
+        await self.request(ev.SubscribeEvents(events=types))
+
+    async def unsubscribe(self, *types: str) -> None:
+        """Stop receiving event types."""
+        self.types = [t for t in self.types if t not in types]
+        await self.request(ev.UnsubscribeEvents(events=types))
+
+    async def send_to_sockets(self, socket_ids: Iterable[str], event: str, data: Any = None) -> int:
+        """Send one event to several sockets; returns how many got it."""
+        call = ev.SendToSocket(socket_ids=list(socket_ids), event=event, data=_text(data))
+        result = await self.request(call)
+        return int(result.get("delivered", 0))
+
+    async def disconnect_socket(self, socket_id: str, code: int = 4009, reason: str = "") -> bool:
+        """Close a socket (pusher-js does not reconnect after 4000-4099)."""
+        result = await self.request(ev.DisconnectSocket(socket_id=socket_id, code=code, reason=reason))
+        return bool(result.get("disconnected"))
+
+    async def terminate_user(self, user_id: str) -> int:
+        """Close every socket signed in as ``user_id``; returns how many."""
+        result = await self.request(ev.TerminateUser(user_id=user_id))
+        return int(result.get("terminated", 0))
+
+    async def ping(self) -> None:
+        """Round trip to the relay."""
+        await self.request(ev.PingCall())
+
+    def __aiter__(self) -> AsyncIterator[ev.Notice]:
+        return self._iterate(meta=False)
+
+    def events(self, *, meta: bool = False) -> AsyncIterator[Any]:
+        """Iterate notices; with ``meta``, the :class:`~pipe_proto.pipe.Notification` envelopes
+        (``seq``, ``time_ms``, ``redelivered``)."""
+        return self._iterate(meta=meta)
+
+    async def _iterate(self, *, meta: bool) -> AsyncIterator[Any]:
+        self._iterators += 1
+        try:
+            while True:
+                try:
+                    notification = await self._handoff_receive.receive()
+                except trio.EndOfChannel:
+                    return
+                yield notification if meta else notification.notice
+        finally:
+            self._iterators -= 1
+
+    async def wait_connected(self) -> None:
+        """Wait until the pipe is connected (again)."""
+        await self._connected.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the pipe ends (it does not on its own while ``reconnect`` is on)."""
+        await self._closed.wait()
+
+    # ------------------------------------------------------------- running
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        attempt = 0
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatch)
+                while True:
+                    try:
+                        await self._connection(nursery, None if self.connections else task_status)
+                        attempt = 0
+                    except PipeRefusedError:
+                        if not self.connections or not self._reconnect:
+                            raise
+                        log.warning("pipe refused by the relay; retrying")
+                    except (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
+                        if not self.connections and not self._reconnect:
+                            raise PipeDisconnectedError(f"cannot connect: {exc}", code=None) from exc
+                        log.info("pipe connection failed: %s", exc)
+                    if not self._reconnect:
+                        break
+                    attempt += 1
+                    delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
+                    log.info("pipe reconnecting in %.1fs", delay)
+                    await trio.sleep(delay)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closed.set()
+            self._handoff_send.close()
+
+    async def _connection(self, nursery: trio.Nursery, task_status: Any) -> None:
+        params = self.core.connecting(trio.current_time())
+        url = pipe_url(
+            self._base,
+            app_id=self.app_id,
+            key=self._key,
+            secret=self._secret,
+            now=time.time(),
+            group=self.group,
+            session=params.get("session"),
+            last_seq=int(params["last_seq"]) if "last_seq" in params else None,
+            client=self._client_name,
+        )
+        try:
+            ws = await trio_websocket.connect_websocket_url(
+                nursery, url, ssl_context=self._ssl, max_message_size=16 * 1024 * 1024
+            )
+        except trio_websocket.ConnectionRejected as exc:
+            self.core.closed()
+            body = (exc.body or b"").decode("utf-8", "replace")
+            raise PipeRefusedError(f"relay refused the pipe: {exc.status_code} {body}", code=exc.status_code) from None
+        except BaseException:
+            self.core.closed()
+            raise
+        self._ws = ws
+        self.connections += 1
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._heartbeat, ws)
+                await self._read(ws, task_status, inner)
+                inner.cancel_scope.cancel()
+        finally:
+            self._ws = None
+            self._connected = trio.Event()
+            if self.core.state.value != "closed":
+                self.core.closed()
+            for done, box in self._replies.values():
+                box.append(None)
+                done.set()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await ws.aclose()
+
+    async def _read(self, ws: trio_websocket.WebSocketConnection, task_status: Any, inner: trio.Nursery) -> None:
+        while True:
+            try:
+                text = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            if not isinstance(text, str):
+                continue
+            try:
+                items = list(self.core.receive(text, trio.current_time()))
+            except ProtocolError as exc:
+                log.warning("unreadable frame from the relay: %s", exc)
+                continue
+            for item in items:
+                if item.established is not None:
+                    await self._on_established(ws, item.established, inner)
+                    if task_status is not None:
+                        task_status.started()
+                        task_status = None
+                elif item.reply is not None:
+                    waiter = self._replies.get(item.reply.id)  # type: ignore[arg-type]
+                    if waiter is not None:
+                        waiter[1].append(item.reply)
+                        waiter[0].set()
+                elif item.error is not None:
+                    log.warning("relay error %s: %s", item.error.code, item.error.message)
+                elif item.notification is not None:
+                    while len(self._queue) >= MAX_QUEUED:
+                        self._room = trio.Event()
+                        await self._room.wait()
+                    self._queue.append(item.notification)
+                    self._queued.set()
+
+    async def _on_established(self, ws: trio_websocket.WebSocketConnection, notice: ev.Established, inner: trio.Nursery) -> None:
+        log.info("pipe connected as %s (session %s, resumed %s, gap %s)", notice.socket_id, notice.session, notice.resumed, notice.gap)
+        if not notice.resumed and self.types:
+            # A fresh session knows no subscriptions: (re)subscribe, without
+            # waiting for the reply here (the reader must go on reading).
+            _, text = self.core.request(ev.SubscribeEvents(events=self.types), reply=False)
+            await ws.send_message(text)
+        self._connected.set()
+
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            await trio.sleep_until(max(self.core.deadline(), trio.current_time() + 0.01))
+            action = self.core.tick(trio.current_time())
+            if action is True:
+                log.info("relay silent for two heartbeats; reconnecting")
+                await ws.aclose(code=4201, reason="relay silent")
+                return
+            if isinstance(action, str):
+                await ws.send_message(action)
+
+    async def _dispatch(self) -> None:
+        while True:
+            while not self._queue:
+                self._queued = trio.Event()
+                if self._ws is not None:
+                    ack = self.core.take_ack(force=True)
+                    if ack is not None:
+                        await self._send_quietly(ack)
+                await self._queued.wait()
+            notification = self._queue.popleft()
+            self._room.set()
+            await self._deliver(notification)
+            self.core.processed(notification.seq)
+            ack = self.core.take_ack()
+            if ack is not None:
+                await self._send_quietly(ack)
+
+    async def _send_quietly(self, text: str) -> None:
+        ws = self._ws
+        if ws is not None:
+            try:
+                await ws.send_message(text)
+            except trio_websocket.ConnectionClosed:
+                pass
+
+    async def _deliver(self, notification: ev.Notification) -> None:
+        notice = notification.notice
+        if isinstance(notice, ev.SocketMessage):
+            if notice.channel is not None:
+                await self.channels.emit("event", notice.name, notice.channel, notice.socket_id, notice.data)
+                await self.channels.emit(f"event:{notice.name}", notice.channel, notice.socket_id, notice.data)
+                channel = self._channels.get(notice.channel)
+                if channel is not None:
+                    await channel.emit("event", notice.name, notice.socket_id, notice.data)
+                    await channel.emit(f"event:{notice.name}", notice.socket_id, notice.data)
+            else:
+                await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
+                await self.sockets.emit(f"event:{notice.name}", notice.socket_id, notice.data)
+                socket = self._sockets.get(notice.socket_id)
+                if socket is not None:
+                    await socket.emit("event", notice.name, notice.data)
+                    await socket.emit(f"event:{notice.name}", notice.data)
+        elif isinstance(notice, ev.SocketOpened):
+            await self.sockets.emit("open", notice.socket_id)
+        elif isinstance(notice, ev.SocketClosed):
+            await self.sockets.emit("close", notice.socket_id)
+            socket = self._sockets.pop(notice.socket_id, None)
+            if socket is not None:
+                await socket.emit("close")
+        elif isinstance(notice, ev.AuthRequest) and self._auth is not None:
+            await self._answer_auth(notice)
+        await self._emitter.emit(notice.event, notice)
+        if self._iterators:
+            await self._handoff_send.send(notification)
+
+    async def _answer_auth(self, request: ev.AuthRequest) -> None:
+        assert self._auth is not None
+        answer = self._auth(request)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if not isinstance(answer, AuthAnswer):
+            if isinstance(answer, dict):
+                answer = AuthAnswer(allow=True, data=answer)
+            else:
+                answer = AuthAnswer(allow=bool(answer))
+        key = "user_data" if request.kind == "user" else "channel_data"
+        call = ev.AuthResponse(
+            request_id=request.request_id,
+            allow=answer.allow,
+            reason=answer.reason,
+            **{key: answer.data},
+        )
+        try:
+            await self.request(call)
+        except PipeError as exc:
+            if exc.code != PipeCode.UNKNOWN_REQUEST_ID:
+                raise
+            log.info("auth answer for %s came too late", request.request_id)
+
+
+@asynccontextmanager
+async def open_pipe(
+    url: str,
+    *,
+    app_id: str,
+    key: str,
+    secret: str,
+    events: Iterable[str] = ("socket_existence", "socket_message"),
+    group: str | None = None,
+    auth: Callable[[ev.AuthRequest], Any] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    reconnect: bool = True,
+    max_backoff: float = 10.0,
+    client_name: str = f"pipe_trio/{__version__}",
+) -> AsyncIterator[Pipe]:
+    """Connect a backend to the relay at ``url`` (``ws[s]://host:port``).
+
+    Args:
+        url: the relay's base URL.
+        app_id, key, secret: the app's credentials.
+        events: event types to receive (``socket_existence``,
+            ``socket_message``, ``channel_existence``, ``presence``, ``auth``).
+        group: the group to share work with (``default`` when ``None``).
+        auth: answers ``auth_request`` notices: return ``True``/``False``, a
+            dict (allow with that ``channel_data``/``user_data``), or an
+            :class:`AuthAnswer`; may be async. Subscribes to ``auth``.
+        ssl_context: for ``wss://``.
+        reconnect: reconnect (and resume) when the connection is lost.
+        max_backoff: longest pause between reconnection attempts.
+        client_name: sent to the relay for its logs.
+
+    Returns once the first connection is established.
+
+    Raises:
+        PipeRefusedError: the relay refused the handshake (bad credentials,
+            unknown app, ...).
+    """
+    pipe = Pipe(
+        url,
+        app_id=str(app_id),
+        key=key,
+        secret=secret,
+        events=events,
+        group=group,
+        auth=auth,
+        ssl_context=ssl_context,
+        reconnect=reconnect,
+        max_backoff=max_backoff,
+        client_name=client_name,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipe._run)
+        try:
+            yield pipe
+        finally:
+            ack = pipe.core.take_ack(force=True)
+            if ack is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await pipe._send_quietly(ack)
+            nursery.cancel_scope.cancel()
+
