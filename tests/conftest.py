@@ -1,0 +1,17 @@
+"""Shared fixtures (helpers live in tests/support.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from pipe_trio import RelayServer
+from tests.support import start_relay
+
+
+@pytest.fixture
+async def relay_server(nursery: trio.Nursery) -> AsyncIterator[RelayServer]:
+    """A relay with the default test apps on a free port, stopped at the end of the test."""
+    yield await start_relay(nursery)

@@ -1,0 +1,34 @@
+"""Test helpers shared by every suite: the test apps and a relay on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from pipe_proto import App, Features, Limits, Relay
+from pipe_trio import RelayServer, serve
+
+APP_ID, APP_KEY, APP_SECRET = "1", "app-key", "app-secret"
+
+
+def default_apps() -> list[App]:
+    """App 1 (everything on), app 2 (client events off), app 3 (disabled)."""
+    return [
+        App(id=APP_ID, key=APP_KEY, secret=APP_SECRET),
+        App(id="2", key="quiet-key", secret="quiet-secret", features=Features(client_events=False)),
+        App(id="3", key="off-key", secret="off-secret", enabled=False),
+        App(id="4", key="tiny-key", secret="tiny-secret", limits=Limits(max_connections=1)),
+    ]
+
+
+async def start_relay(nursery: trio.Nursery, apps: Sequence[App] | None = None, **options: object) -> RelayServer:
+    """Serve a new relay on 127.0.0.1 and a free port; returns the running server."""
+    relay = Relay(list(apps) if apps is not None else default_apps(), id_base=1000)
+    server: RelayServer = await nursery.start(lambda task_status: serve(relay, "127.0.0.1", 0, task_status=task_status, **options))
+    return server
+
+
+def url_of(server: RelayServer, scheme: str = "ws") -> str:
+    """The base URL of a server started by :func:`start_relay`."""
+    return f"{scheme}://127.0.0.1:{server.port}"
