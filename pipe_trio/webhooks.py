@@ -32,14 +32,14 @@ log = logging.getLogger("pipe_trio.webhooks")
 
 
 class _Target:
-    __slots__ = ("app_id", "queue", "running", "url", "wake")
+    __slots__ = ("app_id", "dropped", "queue", "running", "url")
 
     def __init__(self, app_id: str, url: str, max_queue: int) -> None:
         self.app_id = app_id
         self.url = url
         self.queue: deque[dict[str, Any]] = deque(maxlen=max_queue)
-        self.wake = trio.Event()
         self.running = False
+        self.dropped = 0
 
 
 class WebhookSender:
@@ -69,6 +69,7 @@ class WebhookSender:
         self.timeout = timeout
         self._targets: dict[tuple[str, str], _Target] = {}
         self._nursery: trio.Nursery | None = None
+        self._idle: trio.Event | None = None
         self.stats = {"sent": 0, "failed_attempts": 0, "dropped": 0}
 
     def add(self, app_id: str, urls: tuple[str, ...], event: dict[str, Any]) -> None:
@@ -79,12 +80,13 @@ class WebhookSender:
                 target = self._targets[(app_id, url)] = _Target(app_id, url, self.max_queue)
             if len(target.queue) == target.queue.maxlen:
                 self.stats["dropped"] += 1
-                log.warning("webhook queue for %s full: dropped the oldest event", url)
+                target.dropped += 1
+                if target.dropped % 1000 == 1:  # the first, then one line per thousand
+                    log.warning("webhook queue for %s full: dropped %d events so far", url, target.dropped)
             target.queue.append(event)
             if not target.running and self._nursery is not None:
                 target.running = True
                 self._nursery.start_soon(self._deliver, target)
-            target.wake.set()
 
     async def run(self) -> None:
         """Run the sender's tasks until cancelled."""
@@ -97,9 +99,10 @@ class WebhookSender:
             await trio.sleep_forever()
 
     async def drain(self) -> None:
-        """Wait until every queue is empty (used at shutdown, under a timeout)."""
+        """Wait until every queue is empty and nothing is being sent (shutdown, under a timeout)."""
         while any(t.queue or t.running for t in self._targets.values()):
-            await trio.sleep(0.05)
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     async def _deliver(self, target: _Target) -> None:
         try:
@@ -112,6 +115,8 @@ class WebhookSender:
                 await self._send_with_retries(target, request, len(batch))
         finally:
             target.running = False
+            if self._idle is not None and not any(t.running for t in self._targets.values()):
+                self._idle.set()
 
     async def _send_with_retries(self, target: _Target, request: WebhookRequest, count: int) -> None:
         made = self.clock()
@@ -160,7 +165,8 @@ async def post(url: str, body: bytes, headers: tuple[tuple[str, str], ...]) -> i
                 *headers,
             ],
         )
-        await stream.send_all(conn.send(request) + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        head = conn.send(request) or b""
+        await stream.send_all(head + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
         status = 0
         while True:
             event = conn.next_event()

@@ -118,7 +118,8 @@ def _decode_from_client(msg: dict[str, Any], name: str) -> PusherEvent:
         return Unsubscribe(channel=_req_str(_obj(msg.get("data"), "data"), "channel"))
     if name == "pusher:signin":
         data = _obj(msg.get("data"), "data")
-        return SignIn(auth=_req_str(data, "auth"), user_data=_req_str(data, "user_data"))
+        # user_data may be absent when the pipe is to decide (empty auth).
+        return SignIn(auth=_opt_str(data, "auth") or "", user_data=_opt_str(data, "user_data") or "")
     if name.startswith(("pusher:", "pusher_internal:")):
         raise _Bad(f"unsupported event {name!r}")
     return Message(event=name, data=msg.get("data"), channel=_opt_str(msg, "channel"))

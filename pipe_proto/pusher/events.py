@@ -118,10 +118,13 @@ class Unsubscribe(PusherEvent):
 
 @attrs.frozen(kw_only=True)
 class SignIn(PusherEvent):
-    """``pusher:signin``; ``user_data`` is the exact signed JSON string."""
+    """``pusher:signin``; ``user_data`` is the exact signed JSON string.
 
-    auth: str = attrs.field(validator=_str)
-    user_data: str = attrs.field(validator=_str)
+    Both are empty when the client leaves the decision to the app's pipe.
+    """
+
+    auth: str = attrs.field(default="", validator=_str)
+    user_data: str = attrs.field(default="", validator=_str)
 
 
 @attrs.frozen(kw_only=True)

@@ -739,7 +739,11 @@ class Relay:
             return []
         try:
             request = pipe.conn.receive(text, now)
-            result = self._execute(pipe, request.call, now)
+            try:
+                result = self._execute(pipe, request.call, now)
+            except PipeFrameError as exc:
+                exc.request_id = request.id
+                raise
         except PipeFrameError as exc:
             code = exc.code or PipeCode.MALFORMED_REQUEST
             if exc.request_id is None:
