@@ -106,5 +106,7 @@ class Liveness:
         try:
             action, self.state = _TRANSITIONS[(self.state, event)]
         except KeyError:
-            raise LocalProtocolError(f"{event.value} is not possible when {self.state.value}") from None
+            # An illegal move ends the machine, as a missing key does everywhere.
+            state, self.state = self.state, LivenessState.EXPIRED
+            raise LocalProtocolError(f"{event.value} is not possible when {state.value}") from None
         return action

@@ -90,6 +90,10 @@ class WebhookScheduler:
 
     def event(self, kind: str, now: float, **fields: Any) -> None:
         """Record that ``kind`` happened, with the event's ``fields``."""
+        if self._delayed:
+            # Departures already due go out first: only a return within the
+            # delay cancels one, even if the owner has not ticked since.
+            self.tick(now)
         departure = _CANCELS.get(kind)
         key = (departure or kind, fields.get("channel", ""), str(fields.get("user_id", "")))
         if departure is not None and self._delayed.pop(key, None) is not None:

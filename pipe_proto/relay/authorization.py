@@ -124,7 +124,9 @@ def authorize_subscription(
         problem = check_channel_auth(app.key, app.secret, socket_id, name, request.auth)
         if problem:
             return _auth_error(problem)
-        return Allow(member=Member(user.id, user.info, user.id))
+        # The presence limits (user_id length, user_info size) apply to signed-in members too.
+        member = member_from_data({"user_id": user.id, "user_info": user.info}, app.limits)
+        return member if isinstance(member, Refuse) else Allow(member=member)
     # Only the three-part form: see the module docstring.
     problem = check_channel_auth(
         app.key, app.secret, socket_id, name, request.auth, request.channel_data,

@@ -19,8 +19,9 @@ When a 1.0 pipe disconnects its session stays for ``resume_grace``; events for
 its keys keep queueing. A pipe reconnecting with that session and
 ``last_seq`` gets everything after ``last_seq`` again, with the same seq
 numbers. When the grace ends, the session's events move to the remaining
-sessions (those that had been sent marked ``redelivered``), or to the group
-buffer when none remain. A group without sessions receives nothing new.
+sessions marked ``redelivered`` (sent or not: the new owner may already
+hold newer events of those keys, so order is only promised for unmarked
+events), or to the group buffer when none remain. A group without sessions receives nothing new.
 
 Memory is bounded per group: waiting and buffered events together stay
 within ``buffer_events`` and ``buffer_bytes`` (the oldest unsent event is
@@ -100,6 +101,7 @@ class Session:
         "inflight",
         "next_seq",
         "pipe",
+        "replay",
         "types",
         "unreported",
         "version",
@@ -115,6 +117,8 @@ class Session:
         self.next_seq = 1
         self.acked = 0
         self.inflight: deque[_Pending] = deque()
+        #: Sent before a reconnect and not acked: sent again first after a resume.
+        self.replay: deque[_Pending] = deque()
         self.waiting: deque[_Pending] = deque()
         self.grace_until = math.inf
         #: Drops not yet reported to this session.
@@ -186,6 +190,8 @@ class PipeHub:
         self.type_counts: dict[str, int] = {}
         #: Back-channel messages dropped because no pipe wanted them.
         self.unrouted = 0
+        #: Events dropped by any group of this app since the start (bounds, age).
+        self.dropped = 0
 
     # ------------------------------------------------------------- queries
 
@@ -236,11 +242,9 @@ class PipeHub:
                 self.by_pipe.pop(session.pipe, None)
             if last_seq is not None:
                 self._acknowledge(session, last_seq)
-            # Everything still in flight goes out again, same seq, first.
-            session.waiting.extendleft(reversed(session.inflight))
-            for pending in session.inflight:
-                session.group.pending_count += 1
-                session.group.pending_bytes += pending.event.size
+            # Everything still in flight goes out again, same seq, first
+            # (outside the group's bounds: the window bounded it already).
+            session.replay.extend(session.inflight)
             session.inflight.clear()
         else:
             if version == "0.2":
@@ -317,20 +321,25 @@ class PipeHub:
             group.pending_count = group.pending_bytes = 0
             del self.groups[group.name]
             return
-        orphans = list(session.inflight)
-        for pending in orphans:
-            pending.redelivered = True
-        orphans.extend(session.waiting)
+        orphans = [*session.inflight, *session.replay, *session.waiting]
         for pending in session.waiting:
             group.pending_count -= 1
             group.pending_bytes -= pending.event.size
         session.inflight.clear()
+        session.replay.clear()
         session.waiting.clear()
         group.unreported += session.unreported
         for pending in orphans:
-            if pending.redelivered:
-                group.redelivered += 1
+            notice = pending.event.notice
+            if isinstance(notice, Gap):
+                # An unacked gap report: the drops are still unreported.
+                group.unreported += notice.dropped
+                continue
+            # Marked whether or not it had been sent: the new owner may
+            # already hold newer events of the same key.
+            pending.redelivered = True
             pending.seq = 0
+            group.redelivered += 1
             self._place(group, pending, now)
         self._forget_if_idle(group)
 
@@ -383,15 +392,23 @@ class PipeHub:
             return
         window = self.app.pipe.window
         group = session.group
-        if session.unreported and len(session.inflight) < window:
-            gap = _Pending(_Event("gap", "", Gap(dropped=session.unreported), now))
-            session.unreported = 0
-            self._send_pending(session, gap)
-        while session.waiting and (session.legacy or len(session.inflight) < window):
-            pending = session.waiting.popleft()
-            group.pending_count -= 1
-            group.pending_bytes -= pending.event.size
-            self._send_pending(session, pending)
+        waiting = session.waiting
+        while session.legacy or len(session.inflight) < window:
+            # Replays (they keep their seq) go first, then the gap report,
+            # then new events: seqs increase along the in-flight queue.
+            if session.replay:
+                self._send_pending(session, session.replay.popleft())
+            elif session.unreported:
+                gap = _Pending(_Event("gap", "", Gap(dropped=session.unreported), now))
+                session.unreported = 0
+                self._send_pending(session, gap)
+            elif waiting:
+                pending = waiting.popleft()
+                group.pending_count -= 1
+                group.pending_bytes -= pending.event.size
+                self._send_pending(session, pending)
+            else:
+                break
 
     def _send_pending(self, session: Session, pending: _Pending) -> None:
         if not session.legacy:
@@ -435,6 +452,9 @@ class PipeHub:
         inflight = session.inflight
         while inflight and inflight[0].seq <= seq:
             inflight.popleft()
+        replay = session.replay
+        while replay and replay[0].seq <= seq:
+            replay.popleft()
         session.acked = max(session.acked, min(seq, session.next_seq - 1))
 
     def _bound(self, group: Group) -> None:
@@ -455,6 +475,7 @@ class PipeHub:
         group.pending_count -= 1
         group.pending_bytes -= dropped.event.size
         group.dropped += 1
+        self.dropped += 1
         if session is None:
             group.unreported += 1
         else:
@@ -490,6 +511,7 @@ class PipeHub:
                 group.pending_count -= 1
                 group.pending_bytes -= dropped.event.size
                 group.dropped += 1
+                self.dropped += 1
                 group.unreported += 1
             self._forget_if_idle(group)
         return ended
@@ -503,13 +525,14 @@ class PipeHub:
         return {
             "pipes": self.pipe_count,
             "unrouted": self.unrouted,
+            "dropped": self.dropped,
             "groups": {
                 name: {
                     "members": sum(1 for s in g.sessions.values() if s.pipe is not None),
                     "sessions": len(g.sessions),
                     "pending": g.pending_count,
                     "pending_bytes": g.pending_bytes,
-                    "in_flight": sum(len(s.inflight) for s in g.sessions.values()),
+                    "in_flight": sum(len(s.inflight) + len(s.replay) for s in g.sessions.values()),
                     "delivered": g.delivered,
                     "redelivered": g.redelivered,
                     "dropped": g.dropped,

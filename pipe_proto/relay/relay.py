@@ -191,9 +191,11 @@ class Relay:
         protocol = query.get("protocol")
         if protocol is None:
             return PusherCode.NO_PROTOCOL_VERSION, "No protocol version supplied"
-        if not protocol.isdigit():
+        # str.isdigit() also accepts non-ASCII digits such as '²' that int()
+        # refuses, and int() refuses strings over 4300 digits: check both first.
+        if not (protocol.isascii() and protocol.isdigit()):
             return PusherCode.INVALID_VERSION_FORMAT, "Invalid version string format"
-        if int(protocol) not in SUPPORTED_PROTOCOLS:
+        if len(protocol) > 9 or int(protocol) not in SUPPORTED_PROTOCOLS:
             return PusherCode.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol}"
         limit = app.limits.max_connections
         if limit is not None and self._states[app.id].socket_count >= limit:
@@ -559,6 +561,10 @@ class Relay:
         first = not sockets
         sockets.add(sock.id)
         self._send(sock.id, _frame(SignInSuccess(user_data=user.user_data)))
+        if first:
+            # Before registering this socket's own watchlist: a user watching
+            # itself learns it is online from the snapshot below, once.
+            self._watchlist_change(state, user.id, "online")
         if state.app.features.watchlist:
             if user.watchlist_truncated:
                 limit = state.app.limits.max_watchlist
@@ -573,26 +579,26 @@ class Relay:
             if online:
                 change = WatchlistChange(name="online", user_ids=online)
                 self._send(sock.id, _frame(WatchlistEvents(events=[change])))
-        if first:
-            self._watchlist_change(state, user.id, "online")
 
     def _sign_out(self, sock: Socket, now: float) -> None:
         state = sock.app
         user = sock.user
         assert user is not None
         sock.user = None
-        sockets = state.users.get(user.id)
-        if sockets is not None:
-            sockets.discard(sock.id)
-            if not sockets:
-                del state.users[user.id]
-                self._watchlist_change(state, user.id, "offline")
+        # Stop watching first: the socket is gone, and a user watching itself
+        # must not be sent its own 'offline'.
         for watched in user.watchlist:
             watchers = state.watchers.get(watched)
             if watchers is not None:
                 watchers.discard(sock.id)
                 if not watchers:
                     del state.watchers[watched]
+        sockets = state.users.get(user.id)
+        if sockets is not None:
+            sockets.discard(sock.id)
+            if not sockets:
+                del state.users[user.id]
+                self._watchlist_change(state, user.id, "offline")
 
     def _watchlist_change(self, state: AppState, user_id: str, name: str) -> None:
         watchers = state.watchers.get(user_id)

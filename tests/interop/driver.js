@@ -17,8 +17,9 @@
  *                  Auth endpoints are ordinary pusher-js options, e.g.
  *                  options.channelAuthorization = {endpoint: "http://...", params: {...}},
  *                  options.authEndpoint, options.userAuthentication = {endpoint: ...}.
- *   subscribe      {channel}                    pusher.subscribe; binds the channel's
- *                  pusher:* events and, on presence channels, the member events.
+ *   subscribe      {channel, events?}           pusher.subscribe; binds the channel's
+ *                  pusher:* events, on presence channels the member events, and
+ *                  the listed events (as bind does) before any frame can arrive.
  *   unsubscribe    {channel}
  *   bind           {event, channel?, target?}   channel.bind when channel is given,
  *                  pusher.connection.bind when target is "connection", else pusher.bind.
@@ -35,7 +36,9 @@
  *   disconnect     {}                           pusher.disconnect(); the client is forgotten.
  *
  * Reports (all carry "id", the client):
- *   {"type":"state", previous, current, socket_id}      every connection state change
+ *   {"type":"state", previous, current, socket_id}      every connection state change; the
+ *                  first one (previous null) is the state right after construction,
+ *                  since pusher-js starts connecting inside its constructor
  *   {"type":"error", code, message, error}               pusher.connection 'error'
  *                  (code/message lifted from the nested PusherError when present)
  *   {"type":"connecting_in", delay}                      pusher-js scheduled a retry
@@ -118,9 +121,11 @@ function connect(cmd) {
   const pusher = new Pusher(cmd.key, options);
   const id = cmd.id;
   clients.set(id, pusher);
-  pusher.connection.bind('state_change', ({ previous, current }) => {
+  const state = (previous, current) => {
     report({ type: 'state', id, previous, current, socket_id: pusher.connection.socket_id || null });
-  });
+  };
+  state(null, pusher.connection.state);
+  pusher.connection.bind('state_change', ({ previous, current }) => state(previous, current));
   pusher.connection.bind('error', (error) => {
     report(Object.assign({ type: 'error', id, error }, errorFields(error)));
   });
@@ -153,6 +158,9 @@ function subscribe(cmd) {
   if (name.startsWith('presence-')) {
     channel.bind('pusher:member_added', (member) => report({ type: 'member_added', id, channel: name, member }));
     channel.bind('pusher:member_removed', (member) => report({ type: 'member_removed', id, channel: name, member }));
+  }
+  for (const event of cmd.events || []) {
+    bind({ id, channel: name, event });
   }
 }
 

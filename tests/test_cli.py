@@ -1,0 +1,264 @@
+"""The ``pipe-relay`` command line: app loading, configuration errors, and a real process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+
+from pipe_proto import App, ConfigError, Features, Limits, WebhookTarget
+from pipe_trio.cli import DEMO_APP, build_parser, load_apps, main
+
+PIPE_RELAY = Path(sys.executable).with_name("pipe-relay")
+
+CONFIG = """
+[defaults.limits]
+max_presence_members = 200
+
+[[apps]]
+id = "7"
+key = "seven-key"
+secret = "seven-secret"
+name = "Seven"
+
+[apps.limits]
+max_connections = 5
+activity_timeout = 60
+
+[apps.features]
+client_events = false
+subscription_count = true
+
+[[apps.webhooks]]
+url = "http://localhost:8000/pusher/webhooks"
+kinds = ["channel_occupied", "channel_vacated"]
+
+[[apps]]
+id = "8"
+key = "eight-key"
+secret = "eight-secret"
+enabled = false
+
+[apps.limits]
+max_presence_members = 50
+"""
+
+#: A valid app table, for configuration files with one thing wrong added.
+ONE_APP = "[[apps]]\nid = '1'\nkey = 'k'\nsecret = 's'\n"
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    """``pipe-relay serve`` parsed with extra arguments."""
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_app_options() -> None:
+    """Each --app ID:KEY:SECRET becomes an app with the default limits and features."""
+    apps, demo = load_apps(serve_args("--app", "1:k1:s1", "--app", "2:k2:s2"), environ={})
+    assert not demo
+    assert apps == [App(id="1", key="k1", secret="s1"), App(id="2", key="k2", secret="s2")]
+    assert apps[0].limits == Limits()
+    assert apps[0].features == Features()
+
+
+def test_config_file(tmp_path: Path) -> None:
+    """A TOML file gives apps with their limits, features, webhooks and shared defaults, after any --app."""
+    config = tmp_path / "relay.toml"
+    config.write_text(CONFIG)
+    args = serve_args("--app", "1:k1:s1", "--config", str(config))
+    apps, demo = load_apps(args, environ={"PIPE_RELAY_APP_KEY": "ignored"})
+    assert not demo
+    assert [app.id for app in apps] == ["1", "7", "8"]
+    seven, eight = apps[1], apps[2]
+    assert seven.name == "Seven"
+    assert seven.limits == Limits(max_connections=5, activity_timeout=60, max_presence_members=200)
+    assert seven.features == Features(client_events=False, subscription_count=True)
+    hook = WebhookTarget(url="http://localhost:8000/pusher/webhooks", kinds={"channel_occupied", "channel_vacated"})
+    assert seven.webhooks == (hook,)
+    assert not eight.enabled
+    assert eight.limits.max_presence_members == 50  # the app's own setting wins over the defaults
+    assert apps[0].limits.max_presence_members == 100  # --app apps do not take the file's defaults
+
+
+def test_environment_app() -> None:
+    """Without --app or --config, PIPE_RELAY_APP_* define the app (id defaulting to 1)."""
+    environ = {"PIPE_RELAY_APP_KEY": "env-key", "PIPE_RELAY_APP_SECRET": "env-secret"}
+    apps, demo = load_apps(serve_args(), environ=environ)
+    assert (apps, demo) == ([App(id="1", key="env-key", secret="env-secret")], False)
+    environ["PIPE_RELAY_APP_ID"] = "99"
+    apps, _ = load_apps(serve_args(), environ=environ)
+    assert apps[0].id == "99"
+    apps, _ = load_apps(serve_args("--app", "1:k:s"), environ=environ)
+    assert [app.key for app in apps] == ["k"]  # --app wins over the environment
+
+
+def test_demo_default() -> None:
+    """With no apps configured anywhere, the demo app is served and flagged as such."""
+    assert load_apps(serve_args(), environ={}) == ([DEMO_APP], True)
+    assert load_apps(serve_args(), environ={"PIPE_RELAY_APP_KEY": ""}) == ([DEMO_APP], True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "environ", "message"),
+    [
+        (["--app", "1:key"], None, {}, "--app wants ID:KEY:SECRET"),
+        (["--app", "x:key:secret"], None, {}, "app id must be digits"),
+        (["--app", "1:bad key:secret"], None, {}, "app key must be"),
+        (["--app", "1:a:b", "--app", "1:c:d"], None, {}, "two apps have the id 1"),
+        (["--app", "1:a:b", "--app", "2:a:d"], None, {}, "two apps have the key a"),
+        ([], "[[apps]]\nid = 1\nkey = 'k'\n", {}, "app secret must be"),
+        ([], "[[apps", {}, "cannot read"),
+        ([], ONE_APP + "colour = 'red'\n", {}, "unknown setting(s) in apps[0]: colour"),
+        ([], ONE_APP + "[apps.limits]\nmax_connections = -1\n", {}, "max_connections must be a positive number"),
+        ([], ONE_APP + "[apps.features]\nteleport = true\n", {}, "teleport"),
+        ([], ONE_APP + "[[apps.webhooks]]\nurl = 'ftp://x'\n", {}, "apps[0].webhooks"),
+        ([], ONE_APP + "[[apps.webhooks]]\nurl = 'http://x'\nkinds = ['bogus']\n", {}, "unknown webhook kinds: bogus"),
+        ([], "apps = 3\n", {}, "apps must be an array"),
+        ([], None, {"PIPE_RELAY_APP_KEY": "env-key"}, "app secret must be"),
+        (["--tls-cert", "cert.pem"], None, {}, "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_bad_configuration_exits_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    config: str | None,
+    environ: dict[str, str],
+    message: str,
+) -> None:
+    """Invalid apps, configuration files or options end ``main`` with status 2 and a one-line message."""
+    for name in ("PIPE_RELAY_APP_ID", "PIPE_RELAY_APP_KEY", "PIPE_RELAY_APP_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    if config is not None:
+        path = tmp_path / "relay.toml"
+        path.write_text(config)
+        argv = [*argv, "--config", str(path)]
+    assert main(["serve", "--port", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pipe-relay: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --config file that does not exist is a configuration error naming the file."""
+    missing = tmp_path / "nope.toml"
+    assert main(["serve", "--config", str(missing)]) == 2
+    assert f"cannot read {missing}" in capsys.readouterr().err
+
+
+def test_load_apps_raises_config_error() -> None:
+    """load_apps itself reports bad input as ConfigError (main turns it into status 2)."""
+    with pytest.raises(ConfigError, match="ID:KEY:SECRET"):
+        load_apps(serve_args("--app", "nonsense"), environ={})
+
+
+def test_bad_option_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An option of the wrong type is refused by argparse with status 2 and the usage."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "not-a-number"])
+    assert exited.value.code == 2
+    assert "usage: pipe-relay" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ real process
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def get_status(port: int) -> dict[str, object]:
+    """GET / on 127.0.0.1:port, decoded."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(method="GET", target="/", headers=[("host", "127.0.0.1")])
+        await stream.send_all(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return dict(json.loads(body))
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
+    """Read ``stream`` until ``marker`` has appeared (fails on EOF)."""
+    seen = b""
+    while marker not in seen:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"output ended before {marker!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
+async def run_relay(*argv: str) -> tuple[bytes, trio.Process]:
+    """Start ``pipe-relay serve`` with ``argv``; returns its output up to the banner's end, and the process."""
+    assert PIPE_RELAY.exists(), PIPE_RELAY
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    process = await trio.lowlevel.open_process(
+        [str(PIPE_RELAY), "serve", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    assert process.stdout is not None
+    return await read_until(process.stdout, b"Stop with Ctrl-C."), process
+
+
+async def stop(process: trio.Process) -> int:
+    """SIGTERM the process and wait for it to exit; returns its status."""
+    process.send_signal(signal.SIGTERM)
+    return await process.wait()
+
+
+async def test_serve_demo_process() -> None:
+    """``pipe-relay serve --port P`` prints the demo banner, answers GET / and exits 0 on SIGTERM."""
+    port = free_port()
+    with trio.fail_after(30):
+        banner, process = await run_relay("--port", str(port))
+        try:
+            text = banner.decode()
+            assert f"serving the demo app on ws://127.0.0.1:{port}" in text
+            assert "key:    demo-key" in text
+            assert "secret: demo-secret" in text
+            assert f'wsPort: {port}' in text
+            status = await get_status(port)
+            assert status["status"] == "ok"
+            assert status["sockets"] == 0
+        finally:
+            with trio.fail_after(5):
+                code = await stop(process)
+        assert code == 0
+
+
+async def test_serve_on_any_free_port() -> None:
+    """With --port 0 the banner names the port actually bound, and that port answers."""
+    with trio.fail_after(30):
+        banner, process = await run_relay("--port", "0")
+        try:
+            line = next(line for line in banner.decode().splitlines() if "serving the demo app" in line)
+            port = int(line.rsplit(":", 1)[1])
+            assert port != 0
+            assert (await get_status(port))["name"] == "pipe-relay"
+        finally:
+            with trio.fail_after(5):
+                code = await stop(process)
+        assert code == 0
