@@ -219,7 +219,10 @@ class WebSocket:
                     if discarding:
                         discarding = not event.message_finished
                         continue
-                    size += len(event.data)
+                    # The limit is in bytes of UTF-8, as on the wire; for
+                    # ASCII text (the usual case) len() already is that.
+                    data = event.data
+                    size += len(data) if data.isascii() else len(data.encode())
                     if size > max_message:
                         on_oversized(size)
                         parts.clear()

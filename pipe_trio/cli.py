@@ -24,7 +24,7 @@ from functools import partial
 
 import trio
 
-from pipe_proto import App, ConfigError, Relay, __version__, apps_from_config
+from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
 
 from .server import RelayServer, serve
 
@@ -103,6 +103,7 @@ def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -
             )
         )
     if apps:
+        AppRegistry(apps)  # refuses two apps with the same id or key
         return apps, False
     return [DEMO_APP], True
 
@@ -152,11 +153,12 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
             )
         )
         scheme = "wss" if ssl_context else "ws"
+        port = server.port  # the bound port, also when --port 0 asked for any free one
         if demo:
-            print(_banner(apps[0], args.host, args.port, scheme), flush=True)
+            print(_banner(apps[0], args.host, port, scheme), flush=True)
         log.info(
             "pipe-relay %s listening on %s:%d (%s), %d app(s)",
-            __version__, args.host, args.port, scheme, len(apps),
+            __version__, args.host, port, scheme, len(apps),
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:

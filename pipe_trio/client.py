@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import urlencode
 
@@ -118,7 +118,10 @@ class PusherClient:
         kind = channel_type(channel).kind
         if kind not in (ChannelKind.PRIVATE, ChannelKind.ENCRYPTED, ChannelKind.PRESENCE):
             return "", None
-        data = None if channel_data is None else (channel_data if isinstance(channel_data, str) else dumps(channel_data))
+        if channel_data is None or isinstance(channel_data, str):
+            data = channel_data
+        else:
+            data = dumps(channel_data)
         if self._authorizer is not None:
             answer = self._authorizer(self.socket_id, channel)
             if inspect.isawaitable(answer):
@@ -232,20 +235,20 @@ class PusherClient:
                 except RemoteProtocolError:
                     continue
                 if isinstance(event, Ping):
-                    await self.send(Pong())
+                    with suppress(trio_websocket.ConnectionClosed):  # get_message() reports it next
+                        await self.send(Pong())
                     continue
                 if isinstance(event, (SubscriptionSucceeded, SubscriptionError)):
                     waiter = self._waiters.pop(event.channel, None)
                     if waiter is not None:
                         waiter[1].append(event)
                         waiter[0].set()
-                elif isinstance(event, SignInSuccess) or (
-                    isinstance(event, Error) and event.code == 4009 and self._signin is not None
+                elif self._signin is not None and (
+                    isinstance(event, SignInSuccess) or (isinstance(event, Error) and event.code == 4009)
                 ):
-                    if self._signin is not None:
-                        self._signin[1].append(event)
-                        self._signin[0].set()
-                        self._signin = None
+                    self._signin[1].append(event)
+                    self._signin[0].set()
+                    self._signin = None
                 await self._send_events.send(event)
         finally:
             self._send_events.close()
@@ -260,15 +263,39 @@ class PusherClient:
         while self.conn.state is ConnectionState.OPEN:
             await trio.sleep_until(self.conn.deadline())
             action = self.conn.tick(trio.current_time())
-            if action is not None and action.send is not None:
-                await self.ws.send_message(action.send)
-            if action is not None and action.close_code is not None:
-                await self.ws.aclose(code=4000, reason="no pong")
-                return
+            try:
+                if action is not None and action.send is not None:
+                    await self.ws.send_message(action.send)
+                if action is not None and action.close_code is not None:
+                    await self.ws.aclose(code=4000, reason="no pong")
+                    return
+            except trio_websocket.ConnectionClosed:
+                return  # the relay closed first: _read has recorded why
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection."""
         await self.ws.aclose(code=code, reason=reason)
+
+
+@asynccontextmanager
+async def _open_websocket(
+    url: str, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """``trio_websocket.open_websocket_url``, but the TCP stream is always closed at the end.
+
+    After a closing handshake the relay started, trio-websocket (0.12) waits
+    for the relay to end TCP and then never closes its own socket, leaving it
+    to the garbage collector (and a ResourceWarning).
+    """
+    opened: list[trio_websocket.WebSocketConnection] = []
+    try:
+        async with trio_websocket.open_websocket_url(url, ssl_context=ssl_context) as ws:
+            opened.append(ws)
+            yield ws
+    finally:
+        stream = getattr(opened[0], "_stream", None) if opened else None
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
@@ -294,7 +321,7 @@ async def connect(
     """
     params = {"protocol": str(protocol), "client": "pipe_trio", "version": __version__, **(query or {})}
     full = f"{url.rstrip('/')}/app/{key}?{urlencode(params)}"
-    async with trio_websocket.open_websocket_url(full, ssl_context=ssl_context) as ws:
+    async with _open_websocket(full, ssl_context) as ws:
         conn = PusherConnection(Role.CLIENT, now=trio.current_time(), activity_timeout=activity_timeout)
         try:
             first = await ws.get_message()

@@ -34,7 +34,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import attrs
@@ -369,7 +369,7 @@ class Pipe:
         try:
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._heartbeat, ws)
-                await self._read(ws, task_status, inner)
+                await self._read(ws, task_status)
                 inner.cancel_scope.cancel()
         finally:
             self._ws = None
@@ -383,7 +383,7 @@ class Pipe:
                 with trio.move_on_after(1):
                     await ws.aclose()
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection, task_status: Any, inner: trio.Nursery) -> None:
+    async def _read(self, ws: trio_websocket.WebSocketConnection, task_status: Any) -> None:
         while True:
             try:
                 text = await ws.get_message()
@@ -398,7 +398,7 @@ class Pipe:
                 continue
             for item in items:
                 if item.established is not None:
-                    await self._on_established(ws, item.established, inner)
+                    await self._on_established(ws, item.established)
                     if task_status is not None:
                         task_status.started()
                         task_status = None
@@ -416,8 +416,11 @@ class Pipe:
                     self._queue.append(item.notification)
                     self._queued.set()
 
-    async def _on_established(self, ws: trio_websocket.WebSocketConnection, notice: ev.Established, inner: trio.Nursery) -> None:
-        log.info("pipe connected as %s (session %s, resumed %s, gap %s)", notice.socket_id, notice.session, notice.resumed, notice.gap)
+    async def _on_established(self, ws: trio_websocket.WebSocketConnection, notice: ev.Established) -> None:
+        log.info(
+            "pipe connected as %s (session %s, resumed %s, gap %s)",
+            notice.socket_id, notice.session, notice.resumed, notice.gap,
+        )
         if not notice.resumed and self.types:
             # A fresh session knows no subscriptions: (re)subscribe, without
             # waiting for the reply here (the reader must go on reading).
@@ -456,10 +459,8 @@ class Pipe:
     async def _send_quietly(self, text: str) -> None:
         ws = self._ws
         if ws is not None:
-            try:
+            with suppress(trio_websocket.ConnectionClosed):
                 await ws.send_message(text)
-            except trio_websocket.ConnectionClosed:
-                pass
 
     async def _deliver(self, notification: ev.Notification) -> None:
         notice = notification.notice

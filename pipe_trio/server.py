@@ -152,7 +152,7 @@ class RelayServer:
         assert self._nursery is not None
         self._nursery.start_soon(fn)
 
-    async def shutdown(self, timeout: float = 10.0) -> None:
+    async def shutdown(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - the grace period is the API
         """Stop gracefully: stop accepting, send every client 4200, wait at most ``timeout``."""
         if self._stopping:
             return
@@ -233,8 +233,8 @@ class RelayServer:
             upgrade = await self._http(stream)
             if upgrade is not None:
                 await self._websocket(stream, upgrade)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, h11.RemoteProtocolError):
+            pass  # the peer went away or broke HTTP mid-request (its head errors are answered in _http)
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("connection handler failed")
         finally:
@@ -247,6 +247,7 @@ class RelayServer:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
+            request = None  # stays None when the idle timeout fires
             with trio.move_on_after(HTTP_IDLE_TIMEOUT):
                 try:
                     request = await self._next(stream, conn)
@@ -261,16 +262,24 @@ class RelayServer:
             upgrade = (_header(headers, b"upgrade") or "").lower() == "websocket"
             found = route(method, target, upgrade=upgrade)
             if upgrade:
-                return await self._accept_websocket(stream, conn, found, request)
+                with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # its end may never come
+                    return await self._accept_websocket(stream, conn, found, request)
+                return None
+            head = method == "HEAD"
             if found.kind is RouteKind.REST:
-                await self._rest(stream, conn, method, found, headers)
+                with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
+                    try:
+                        await self._rest(stream, conn, method, found, headers)
+                    except h11.RemoteProtocolError as exc:  # a malformed body
+                        await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                        return None
             elif found.kind is RouteKind.STATUS:
-                await self._respond(stream, conn, 200, self.status())
+                await self._respond(stream, conn, 200, self.status(), head=head)
             elif found.kind is RouteKind.PIPE_CLIENT_JS:
                 script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
-                await self._respond(stream, conn, 200, script, "application/javascript; charset=utf-8")
+                await self._respond(stream, conn, 200, script, "application/javascript; charset=utf-8", head=head)
             else:
-                await self._respond(stream, conn, 404, {"error": f"Not found: {found.path}"})
+                await self._respond(stream, conn, 404, {"error": f"Not found: {found.path}"}, head=head)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
@@ -292,7 +301,11 @@ class RelayServer:
         body: Any,
         content_type: str = "application/json",
         headers: Sequence[tuple[str, str]] = (),
+        *,
+        head: bool = False,
     ) -> None:
+        # A response to HEAD declares the body's length but carries no body
+        # (RFC 9110 9.3.2); h11 refuses to send one.
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -305,9 +318,9 @@ class RelayServer:
                 *headers,
             ],
         )
-        head = conn.send(response) or b""
-        payload = conn.send(h11.Data(data=data)) or b""
-        await stream.send_all(head + payload + (conn.send(h11.EndOfMessage()) or b""))
+        start = conn.send(response) or b""
+        payload = b"" if head else conn.send(h11.Data(data=data)) or b""
+        await stream.send_all(start + payload + (conn.send(h11.EndOfMessage()) or b""))
 
     async def _rest(
         self,
@@ -338,7 +351,7 @@ class RelayServer:
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
         self.execute(answer.outputs)
-        await self._respond(stream, conn, answer.status, answer.body)
+        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
 
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""

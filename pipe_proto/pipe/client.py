@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import Enum
+
 import attrs
 
 from ..errors import LocalProtocolError
@@ -172,9 +173,8 @@ class PipeClientConnection:
             yield Incoming(notification=frame)
         elif isinstance(frame, ErrorNotification):
             yield Incoming(error=frame)
-        else:
-            if isinstance(frame.id, int) and self._pending.pop(frame.id, None) is not None:
-                yield Incoming(reply=frame)
+        elif isinstance(frame.id, int) and self._pending.pop(frame.id, None) is not None:
+            yield Incoming(reply=frame)
 
     def _established(self, notice: Established) -> None:
         if self.state is ClientState.CONNECTING:
