@@ -33,9 +33,10 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -52,6 +53,10 @@ __all__ = ["AuthAnswer", "Pipe", "PipeError", "PipeRefusedError", "open_pipe"]
 
 log = logging.getLogger("pipe_trio.pipe")
 
+#: Seconds to connect and complete the WebSocket handshake.
+CONNECT_TIMEOUT = 10.0
+#: Seconds an auth handler may take; the relay has given up by then (5 s by default).
+AUTH_TIMEOUT = 30.0
 #: Notifications held before the reader stops reading (the relay's window
 #: keeps the real number far lower; this only guards against a broken relay).
 MAX_QUEUED = 20000
@@ -187,6 +192,7 @@ class Pipe:
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[ev.Notification](0)
         self._connected = trio.Event()
         self._closed = trio.Event()
+        self._tasks: trio.Nursery | None = None
         self.connections = 0
 
     # ----------------------------------------------------------------- API
@@ -313,34 +319,39 @@ class Pipe:
     # ------------------------------------------------------------- running
 
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        attempt = 0
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._dispatch)
-                while True:
-                    try:
-                        await self._connection(nursery, None if self.connections else task_status)
-                        attempt = 0
-                    except PipeRefusedError:
-                        if not self.connections or not self._reconnect:
-                            raise
-                        log.warning("pipe refused by the relay; retrying")
-                    except (OSError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
-                        if not self.connections and not self._reconnect:
-                            raise PipeDisconnectedError(f"cannot connect: {exc}", code=None) from exc
-                        log.info("pipe connection failed: %s", exc)
-                    if not self._reconnect:
-                        break
-                    attempt += 1
-                    delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
-                    log.info("pipe reconnecting in %.1fs", delay)
-                    await trio.sleep(delay)
-                nursery.cancel_scope.cancel()
+            with _unwrapped():
+                await self._loop(task_status)
         finally:
             self._closed.set()
             self._handoff_send.close()
 
-    async def _connection(self, nursery: trio.Nursery, task_status: Any) -> None:
+    async def _loop(self, task_status: Any) -> None:
+        attempt = 0
+        async with trio.open_nursery() as nursery:
+            self._tasks = nursery
+            nursery.start_soon(self._dispatch)
+            while True:
+                try:
+                    await self._connection(None if self.connections else task_status)
+                    attempt = 0
+                except PipeRefusedError:
+                    if not self.connections or not self._reconnect:
+                        raise
+                    log.warning("pipe refused by the relay; retrying")
+                except (OSError, trio.TooSlowError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
+                    if not self.connections and not self._reconnect:
+                        raise PipeDisconnectedError(f"cannot connect: {exc}", code=None) from exc
+                    log.info("pipe connection failed: %s", exc)
+                if not self._reconnect:
+                    break
+                attempt += 1
+                delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
+                log.info("pipe reconnecting in %.1fs", delay)
+                await trio.sleep(delay)
+            nursery.cancel_scope.cancel()
+
+    async def _connection(self, task_status: Any) -> None:
         params = self.core.connecting(trio.current_time())
         url = pipe_url(
             self._base,
@@ -353,17 +364,42 @@ class Pipe:
             last_seq=int(params["last_seq"]) if "last_seq" in params else None,
             client=self._client_name,
         )
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
+        refused: trio_websocket.ConnectionRejected | None = None
+        stream: trio.abc.Stream | None = None
         try:
-            ws = await trio_websocket.connect_websocket_url(
-                nursery, url, ssl_context=self._ssl, max_message_size=16 * 1024 * 1024
-            )
-        except trio_websocket.ConnectionRejected as exc:
-            self.core.closed()
-            body = (exc.body or b"").decode("utf-8", "replace")
-            raise PipeRefusedError(f"relay refused the pipe: {exc.status_code} {body}", code=exc.status_code) from None
-        except BaseException:
-            self.core.closed()
-            raise
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, port)
+                if parts.scheme == "wss":
+                    context = self._ssl or ssl.create_default_context()
+                    stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+            # The WebSocket's reader task lives in a nursery of this
+            # connection, so a refused handshake surfaces here, not in ours.
+            async with trio.open_nursery() as connection:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    ws = await trio_websocket.wrap_client_stream(
+                        connection,
+                        stream,
+                        parts.netloc,
+                        f"{parts.path}?{parts.query}",
+                        max_message_size=16 * 1024 * 1024,
+                    )
+                await self._session(ws, task_status)
+                connection.cancel_scope.cancel()
+        except* trio_websocket.ConnectionRejected as group:
+            refused = group.exceptions[0]  # type: ignore[assignment]
+        finally:
+            if self.core.state.value != "closed":
+                self.core.closed()
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        if refused is not None:
+            body = (refused.body or b"").decode("utf-8", "replace")
+            message = f"relay refused the pipe: {refused.status_code} {body}"
+            raise PipeRefusedError(message, code=refused.status_code)
+
+    async def _session(self, ws: trio_websocket.WebSocketConnection, task_status: Any) -> None:
         self._ws = ws
         self.connections += 1
         try:
@@ -374,14 +410,11 @@ class Pipe:
         finally:
             self._ws = None
             self._connected = trio.Event()
-            if self.core.state.value != "closed":
-                self.core.closed()
             for done, box in self._replies.values():
                 box.append(None)
                 done.set()
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1):
-                    await ws.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose()
 
     async def _read(self, ws: trio_websocket.WebSocketConnection, task_status: Any) -> None:
         while True:
@@ -486,8 +519,10 @@ class Pipe:
             socket = self._sockets.pop(notice.socket_id, None)
             if socket is not None:
                 await socket.emit("close")
-        elif isinstance(notice, ev.AuthRequest) and self._auth is not None:
-            await self._answer_auth(notice)
+        elif isinstance(notice, ev.AuthRequest) and self._auth is not None and self._tasks is not None:
+            # Each authorization is answered on its own: one slow decision
+            # must not hold up the others (the relay times each out anyway).
+            self._tasks.start_soon(self._answer_auth, notice)
         await self._emitter.emit(notice.event, notice)
         if self._iterators:
             await self._handoff_send.send(notification)
@@ -496,7 +531,11 @@ class Pipe:
         assert self._auth is not None
         answer = self._auth(request)
         if inspect.isawaitable(answer):
-            answer = await answer
+            with trio.move_on_after(AUTH_TIMEOUT) as scope:
+                answer = await answer
+            if scope.cancelled_caught:
+                log.info("auth handler for %s took over %ss; not answered", request.request_id, AUTH_TIMEOUT)
+                return
         if not isinstance(answer, AuthAnswer):
             if isinstance(answer, dict):
                 answer = AuthAnswer(allow=True, data=answer)
@@ -511,6 +550,8 @@ class Pipe:
         )
         try:
             await self.request(call)
+        except PipeDisconnectedError:
+            log.info("pipe disconnected before answering auth request %s", request.request_id)
         except PipeError as exc:
             if exc.code != PipeCode.UNKNOWN_REQUEST_ID:
                 raise
@@ -567,14 +608,34 @@ async def open_pipe(
         max_backoff=max_backoff,
         client_name=client_name,
     )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pipe._run)
-        try:
-            yield pipe
-        finally:
-            ack = pipe.core.take_ack(force=True)
-            if ack is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await pipe._send_quietly(ack)
-            nursery.cancel_scope.cancel()
+    with _unwrapped():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pipe._run)
+            try:
+                yield pipe
+            finally:
+                ack = pipe.core.take_ack(force=True)
+                if ack is not None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await pipe._send_quietly(ack)
+                nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _unwrapped() -> Iterator[None]:
+    """Let a lone :class:`PipeError` out of nurseries as itself, not wrapped in groups."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+        pending: list[BaseException] = [group]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, BaseExceptionGroup):
+                pending.extend(item.exceptions)
+            else:
+                leaves.append(item)
+        if len(leaves) == 1 and isinstance(leaves[0], PipeError):
+            raise leaves[0] from None
+        raise
 

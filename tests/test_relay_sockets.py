@@ -1413,7 +1413,7 @@ class RelayMachine(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         """A relay with small limits so that they are reached."""
-        app = make_app(limits=Limits(max_presence_members=3, client_events_per_second=3))
+        app = make_app(limits=Limits(max_presence_members=2, client_events_per_second=3))
         self.world = World(app)
         self.dead: list[str] = []
         #: Model: socket -> channel -> presence user key (None on other channels).
@@ -1433,6 +1433,10 @@ class RelayMachine(RuleBasedStateMachine):
         self.subs.pop(sid, None)
         self.users.pop(sid, None)
         self.dead.append(sid)
+
+    def subscribers(self, channel: str) -> set[str]:
+        """Sockets the model has on ``channel``."""
+        return {s for s, chans in self.subs.items() if channel in chans}
 
     def members(self, channel: str) -> set[str]:
         """Distinct presence users the model has on ``channel``."""
@@ -1519,7 +1523,7 @@ class RelayMachine(RuleBasedStateMachine):
             auth = self.auth(sid, channel, channel_data, bad)
         out = self.world.subscribe(sid, channel, auth, channel_data)
         joined = channel in self.subs.get(sid, {})
-        room = key in self.members(channel) or len(self.members(channel)) < 3
+        room = key in self.members(channel) or len(self.members(channel)) < 2
         ok = joined or (bad is None and room)
         self.expect_subscription(out, sid, channel, ok)
         if sid in self.subs and ok and not joined:
@@ -1553,8 +1557,12 @@ class RelayMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def client_event(self, data: st.DataObject) -> None:
         """Delivered to the other subscribers or to nobody; never to the sender."""
-        sid = self.pick(data)
-        # Mostly a channel the sender is in, so that events are relayed.
+        # Mostly a sender that shares a private or presence channel with others, so that events are relayed.
+        shared = sorted(
+            s for s, chans in self.subs.items()
+            if any(c.startswith(("private-", "presence-")) and len(self.subscribers(c)) > 1 for c in chans)
+        )
+        sid = data.draw(st.sampled_from(shared)) if shared and data.draw(st.booleans()) else self.pick(data)
         own = sorted(c for c in self.subs.get(sid, {}) if c.startswith(("private-", "presence-")))
         channel = data.draw(st.sampled_from(CHANNELS if not own or data.draw(st.integers(0, 4)) == 0 else own))
         out = self.world.client_event(sid, channel)
@@ -1637,7 +1645,7 @@ class RelayMachine(RuleBasedStateMachine):
                 continue
             assert channel.members is not None
             assert set(channel.members) == expected
-            assert len(expected) <= 3
+            assert len(expected) <= 2
             assert set().union(*(m.sockets for m in channel.members.values())) == channel.sockets
 
     @invariant()
@@ -1671,4 +1679,4 @@ class RelayMachine(RuleBasedStateMachine):
 
 
 TestRelayMachine = RelayMachine.TestCase
-TestRelayMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestRelayMachine.settings = settings(max_examples=200, stateful_step_count=80, deadline=None)

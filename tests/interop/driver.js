@@ -34,6 +34,10 @@
  *                  retrying/connecting tell whether pusher-js has a reconnect timer
  *                  or a connection attempt under way.
  *   disconnect     {}                           pusher.disconnect(); the client is forgotten.
+ *   back_trigger   {event, data}                pusher.back_channel.trigger (pipe-client.js).
+ *   back_bind      {event}                      pusher.back_channel.bind; reports back_channel.
+ * connect options pipeAuth / pipeSignin (true) use Pusher.pipeAuthorizer /
+ * Pusher.pipeUserAuthenticator from pipe-client.js.
  *
  * Reports (all carry "id", the client):
  *   {"type":"state", previous, current, socket_id}      every connection state change; the
@@ -53,12 +57,19 @@
  *   {"type":"signin_error", data}
  *   {"type":"user_event", event, data}                   pusher.user.bind
  *   {"type":"watchlist", event, data}                    pusher.user.watchlist.bind
+ *   {"type":"back_channel", event, data}                 a back_channel.bind callback fired
  *   {"type":"driver_error", error}                       a bug in this driver or a bad command
  */
 'use strict';
 
+const path = require('path');
 const readline = require('readline');
 const Pusher = require('pusher-js');
+
+// The browser helper the relay serves at /pipe-client.js (back_channel,
+// Pusher.pipeAuthorizer, Pusher.pipeUserAuthenticator), loaded as a page would.
+global.Pusher = Pusher;
+require(path.join(__dirname, '..', '..', 'pipe_trio', 'static', 'pipe-client.js'));
 
 // pusher-js logs through Pusher.log when set; keep stdout for reports only.
 Pusher.log = (message) => process.stderr.write(`[pusher-js] ${message}\n`);
@@ -118,6 +129,15 @@ function connect(cmd) {
     },
     cmd.options || {},
   );
+  // "pipe" options: authorize and sign in through the app's pipe (pipe-client.js).
+  if (options.pipeAuth) {
+    options.channelAuthorization = { customHandler: Pusher.pipeAuthorizer };
+    delete options.pipeAuth;
+  }
+  if (options.pipeSignin) {
+    options.userAuthentication = { customHandler: Pusher.pipeUserAuthenticator };
+    delete options.pipeSignin;
+  }
   const pusher = new Pusher(cmd.key, options);
   const id = cmd.id;
   clients.set(id, pusher);
@@ -232,6 +252,11 @@ const handlers = {
   user_bind: userBind,
   status,
   disconnect,
+  back_trigger: (cmd) => client(cmd.id).back_channel.trigger(cmd.event, cmd.data),
+  back_bind: (cmd) => {
+    const id = cmd.id;
+    client(id).back_channel.bind(cmd.event, (data) => report({ type: 'back_channel', id, event: cmd.event, data }));
+  },
 };
 
 function handle(line) {

@@ -182,13 +182,17 @@ class Driver:
 
 
 @asynccontextmanager
-async def open_driver() -> AsyncIterator[Driver]:
-    """Start driver.js (in tests/interop, so node_modules resolves); stop it on exit."""
+async def open_driver(script: str = "driver.js", *args: str) -> AsyncIterator[Driver]:
+    """Start a JSON-lines Node script (driver.js by default) in tests/interop; stop it on exit.
+
+    Other scripts speaking the same protocol: ``sdk.js`` (the ``pusher`` server
+    SDK) and ``pipe2011.js`` (the 2011 ``pusher-pipe`` client).
+    """
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not on PATH; the interop tests need Node 20 (see tests/run)")
     process = await trio.lowlevel.open_process(
-        [node, str(HERE / "driver.js")], cwd=str(HERE), stdin=PIPE, stdout=PIPE, stderr=PIPE
+        [node, str(HERE / script), *args], cwd=str(HERE), stdin=PIPE, stdout=PIPE, stderr=PIPE
     )
     driver = Driver(process)
     try:
