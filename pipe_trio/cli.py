@@ -119,7 +119,7 @@ pipe-relay {__version__} is serving the demo app on {scheme}://{host}:{port}
 
 Connect from a page with pusher-js 8:
 
-  <script src="https://js.pusher.com/8.4/pusher.min.js"></script>
+  <script src="https://js.pusher.com/8.4.0/pusher.min.js"></script>
   <script src="{"https" if scheme == "wss" else "http"}://{shown}:{port}/pipe-client.js"></script>
   <script>
     const pusher = new Pusher("{app.key}", {{

@@ -1,0 +1,70 @@
+"""Run a program in the background for a test and wait for lines of its output."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from subprocess import PIPE, STDOUT
+
+import trio
+
+
+class Lines:
+    """The output lines of a running process, waited on by content."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.ended = False
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            self.lines.extend(line.decode("utf-8", "replace") for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        self.ended = True
+        self._changed.set()
+
+    async def expect(self, text: str, timeout: float = 10.0) -> str:  # noqa: ASYNC109
+        """The first line containing ``text`` (waiting for it at most ``timeout`` seconds)."""
+        with trio.fail_after(timeout):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.ended:
+                    raise AssertionError(f"process ended without printing {text!r}; output:\n" + "\n".join(self.lines))
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def background(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> AsyncIterator[Lines]:
+    """Start ``argv`` (stderr merged into stdout); SIGTERM, then SIGKILL, on exit."""
+    process = await trio.lowlevel.open_process(
+        list(argv), stdout=PIPE, stderr=STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
+    )
+    lines = Lines(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lines._read)
+            try:
+                yield lines
+            finally:
+                with trio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        process.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(5):
+                        await process.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
