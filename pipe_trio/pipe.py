@@ -189,7 +189,7 @@ class Pipe:
         self._queued = trio.Event()
         self._room = trio.Event()
         self._iterators = 0
-        self._handoff_send, self._handoff_receive = trio.open_memory_channel[ev.Notification](0)
+        self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
         self._closed = trio.Event()
         self._tasks: trio.Nursery | None = None
@@ -222,6 +222,16 @@ class Pipe:
     def session(self) -> str | None:
         """The relay's session id for this pipe (kept across reconnects)."""
         return self.core.session
+
+    @property
+    def acked_seq(self) -> int:
+        """The highest seq acked to the relay (everything up to it is done)."""
+        return self.core.acked
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq the application has finished (acked soon after)."""
+        return self.core.last_processed
 
     @property
     def socket_id(self) -> str | None:
@@ -301,10 +311,15 @@ class Pipe:
         try:
             while True:
                 try:
-                    notification = await self._handoff_receive.receive()
+                    notification, done = await self._handoff_receive.receive()
                 except trio.EndOfChannel:
                     return
-                yield notification if meta else notification.notice
+                try:
+                    yield notification if meta else notification.notice
+                finally:
+                    # Runs when the consumer asks for the next event (or stops):
+                    # only then is this one processed, and may be acked.
+                    done.set()
         finally:
             self._iterators -= 1
 
@@ -525,7 +540,9 @@ class Pipe:
             self._tasks.start_soon(self._answer_auth, notice)
         await self._emitter.emit(notice.event, notice)
         if self._iterators:
-            await self._handoff_send.send(notification)
+            done = trio.Event()
+            await self._handoff_send.send((notification, done))
+            await done.wait()
 
     async def _answer_auth(self, request: ev.AuthRequest) -> None:
         assert self._auth is not None
@@ -572,6 +589,7 @@ async def open_pipe(
     reconnect: bool = True,
     max_backoff: float = 10.0,
     client_name: str = f"pipe_trio/{__version__}",
+    resume: tuple[str, int] | None = None,
 ) -> AsyncIterator[Pipe]:
     """Connect a backend to the relay at ``url`` (``ws[s]://host:port``).
 
@@ -588,6 +606,10 @@ async def open_pipe(
         reconnect: reconnect (and resume) when the connection is lost.
         max_backoff: longest pause between reconnection attempts.
         client_name: sent to the relay for its logs.
+        resume: ``(session, last_seq)`` saved by an earlier process (from
+            :attr:`Pipe.session` and :attr:`Pipe.last_seq`): continue that
+            session if the relay still holds it (within its resume grace),
+            so its pending events come here and not to other members.
 
     Returns once the first connection is established.
 
@@ -608,6 +630,8 @@ async def open_pipe(
         max_backoff=max_backoff,
         client_name=client_name,
     )
+    if resume is not None:
+        pipe.core.resume(*resume)
     with _unwrapped():
         async with trio.open_nursery() as nursery:
             await nursery.start(pipe._run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from subprocess import PIPE, STDOUT
 
@@ -14,10 +14,11 @@ import trio
 class Lines:
     """The output lines of a running process, waited on by content."""
 
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(self, process: trio.Process, on_line: Callable[[], None] | None = None) -> None:
         self.process = process
         self.lines: list[str] = []
         self._changed = trio.Event()
+        self._on_line = on_line
         self.ended = False
 
     async def _read(self) -> None:
@@ -29,6 +30,8 @@ class Lines:
             self.lines.extend(line.decode("utf-8", "replace") for line in complete)
             self._changed.set()
             self._changed = trio.Event()
+            if complete and self._on_line is not None:
+                self._on_line()
         self.ended = True
         self._changed.set()
 
@@ -45,12 +48,20 @@ class Lines:
 
 
 @asynccontextmanager
-async def background(argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> AsyncIterator[Lines]:
-    """Start ``argv`` (stderr merged into stdout); SIGTERM, then SIGKILL, on exit."""
+async def background(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    on_line: Callable[[], None] | None = None,
+) -> AsyncIterator[Lines]:
+    """Start ``argv`` (stderr merged into stdout); SIGTERM, then SIGKILL, on exit.
+
+    ``on_line`` is called whenever new lines arrived (to wake a waiter on many processes).
+    """
     process = await trio.lowlevel.open_process(
         list(argv), stdout=PIPE, stderr=STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
     )
-    lines = Lines(process)
+    lines = Lines(process, on_line)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lines._read)

@@ -246,3 +246,13 @@ def test_any_request_gets_a_well_formed_response(method: str, path: str, query: 
     json.dumps(answer.body)
     if answer.status != 200:
         assert isinstance(answer.body["error"], str) and answer.body["error"]
+
+
+def test_status_endpoint_reports_the_app_and_its_pipe_groups(relay: Relay) -> None:
+    """GET /apps/{id}/status (signed) answers the app's counts and its groups' delivery numbers."""
+    subscribe(relay, "news")
+    answer = call(relay, "GET", "/apps/3/status")
+    assert answer.status == 200
+    assert answer.body["sockets"] == 1 and answer.body["channels"] == 1
+    assert answer.body["pipe"] == {"pipes": 0, "unrouted": 0, "dropped": 0, "groups": {}}
+    assert handle(relay, "GET", "/apps/3/status", {}, b"", float(T)).status == 401

@@ -117,6 +117,16 @@ class PipeClientConnection:
         self._pending.clear()
         return self.url_params()
 
+    def resume(self, session: str, last_seq: int) -> None:
+        """Continue a session saved by an earlier process (before the first connection)."""
+        self.session = session
+        self.last_processed = self._acked = last_seq
+
+    @property
+    def acked(self) -> int:
+        """The highest seq acked so far."""
+        return self._acked
+
     def url_params(self) -> dict[str, str]:
         """``session`` and ``last_seq`` to resume, when there is a session."""
         if self.session is None:

@@ -1,5 +1,9 @@
 """The Pusher HTTP API (pusher-channels.md 9) as a pure function.
 
+Besides Pusher's endpoints, ``GET /apps/{app_id}/status`` (signed like the
+rest) answers the app's counts: sockets, channels, users, and per pipe group
+members connected, pending, in flight, delivered, redelivered and dropped.
+
 :func:`handle` takes a request (method, raw path, decoded query, body) and
 ``now``, consults and updates the relay, and returns a :class:`RestResponse`:
 the status, the JSON body, and the relay's outputs to carry out (deliveries
@@ -114,6 +118,10 @@ def _handle(
     if sub == "/channels":
         expect("GET")
         return _channels(relay, app.id, query)
+    if sub == "/status":
+        # This relay's own endpoint: the app's counts, and its pipe groups'.
+        expect("GET")
+        return RestResponse(status=200, body=relay.stats()["apps"][app.id])
     users_match = _CHANNEL_USERS.fullmatch(sub)
     if users_match is not None:
         expect("GET")

@@ -34,6 +34,7 @@
  *                  retrying/connecting tell whether pusher-js has a reconnect timer
  *                  or a connection attempt under way.
  *   disconnect     {}                           pusher.disconnect(); the client is forgotten.
+ *   send_events    {event, first, count}        count send_event calls with data {n: first + i}.
  *   back_trigger   {event, data}                pusher.back_channel.trigger (pipe-client.js).
  *   back_bind      {event}                      pusher.back_channel.bind; reports back_channel.
  * connect options pipeAuth / pipeSignin (true) use Pusher.pipeAuthorizer /
@@ -252,6 +253,14 @@ const handlers = {
   user_bind: userBind,
   status,
   disconnect,
+  // A burst of back-channel messages {n: first .. first+count-1}; result = how many sent.
+  send_events: (cmd) => {
+    let sent = 0;
+    for (let i = 0; i < cmd.count; i += 1) {
+      if (client(cmd.id).send_event(cmd.event, { n: cmd.first + i })) sent += 1;
+    }
+    return sent;
+  },
   back_trigger: (cmd) => client(cmd.id).back_channel.trigger(cmd.event, cmd.data),
   back_bind: (cmd) => {
     const id = cmd.id;
