@@ -102,6 +102,7 @@ class RelayServer:
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
         self.conns: dict[str, WebSocket] = {}
+        self._idle_http: set[trio.CancelScope] = set()
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._pipes: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -158,6 +159,8 @@ class RelayServer:
             return
         self._stopping = True
         self._listen_scope.cancel()
+        for waiting in list(self._idle_http):
+            waiting.cancel()
         self.execute(self.relay.shutdown(self.now()))
         if self._tcp_tasks:
             self._all_closed = trio.Event()
@@ -248,12 +251,18 @@ class RelayServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
             request = None  # stays None when the idle timeout fires
-            with trio.move_on_after(HTTP_IDLE_TIMEOUT):
+            with trio.move_on_after(HTTP_IDLE_TIMEOUT) as waiting:
+                # An idle keep-alive connection must not hold up a shutdown.
+                self._idle_http.add(waiting)
                 try:
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
                     await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
                     return None
+                finally:
+                    self._idle_http.discard(waiting)
+            if self._stopping and not isinstance(request, h11.Request):
+                return None
             if not isinstance(request, h11.Request):
                 return None
             method = request.method.decode("ascii", "replace")
