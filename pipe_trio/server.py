@@ -30,7 +30,7 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
-from pipe_proto import Close, Probe, PusherCode, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto import Close, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
 from pipe_proto.pipe.handshake import PipeAccepted
 from pipe_proto.relay.outputs import Output
 from pipe_proto.rest import MAX_BODY_BYTES
@@ -220,13 +220,7 @@ class RelayServer:
             return
         log.info("closing %s: slow consumer (outbound buffer of %d bytes full)", conn.id, conn.max_buffer)
         conn.discard_queue()
-        reason = "Client too slow: outbound buffer full"
-        if conn.id in self._pipes:
-            self.conns.pop(conn.id)
-            conn.close(PusherCode.SLOW_CONSUMER, reason)
-            self.execute(self.relay.pipe_closed(conn.id, self.now()))
-        else:
-            self.execute(self.relay.close_socket(conn.id, PusherCode.SLOW_CONSUMER, reason, self.now()))
+        self.execute(self.relay.slow_consumer(conn.id, self.now()))
 
     # ---------------------------------------------------------------- HTTP
 
@@ -439,15 +433,8 @@ class RelayServer:
             await self._run_pipe(stream, upgrade)
             return
         ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self._spawn)
-        if found.kind is RouteKind.WEBSOCKET_NOT_FOUND:
-            ws.id = "-"
-            ws.push_text(json.dumps({"event": "pusher:error", "data": {"code": 4005, "message": "Path not found"}}))
-            ws.close(PusherCode.PATH_NOT_FOUND, "Path not found")
-            await ws.run(_ignore, _nothing, _ignore_int, 1)
-            await ws.aclose()
-            return
         socket_id, outputs = self.relay.open_socket(
-            found.name,
+            None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name,
             found.query,
             now,
             nonce=secrets.randbelow(10**10),
@@ -515,18 +502,6 @@ class RelayServer:
             self.execute(relay.pipe_closed(pipe_id, self.now()))
             await ws.aclose()
         log.info("pipe %s disconnected (%s %s)", pipe_id, code, reason)
-
-
-def _ignore(_text: str) -> None:
-    pass
-
-
-def _nothing() -> None:
-    pass
-
-
-def _ignore_int(_size: int) -> None:
-    pass
 
 
 async def serve(

@@ -143,7 +143,7 @@ class Relay:
 
     def open_socket(
         self,
-        app_key: str,
+        app_key: str | None,
         query: Mapping[str, str],
         now: float,
         *,
@@ -151,17 +151,20 @@ class Relay:
         details: SocketDetails | None = None,
         secure: bool = False,
     ) -> tuple[str, list[Output]]:
-        """A WebSocket was accepted on ``/app/{app_key}``.
+        """A WebSocket was accepted on ``/app/{app_key}`` (``app_key`` ``None``: on another path).
 
         Returns:
             The connection's id and what to do: ``connection_established``,
-            or an error frame and a close (unknown key 4001, disabled 4003,
-            over quota 4004, bad protocol 4006/4007/4008, TLS only 4000). A
-            refused connection is not kept.
+            or an error frame and a close (path not found 4005, unknown key
+            4001, disabled 4003, over quota 4004, bad protocol
+            4006/4007/4008, TLS only 4000). A refused connection is not kept.
         """
         socket_id = self._new_id(nonce)
-        app = self.apps.by_key(app_key)
-        refusal = self._refusal(app, query, secure)
+        app = None if app_key is None else self.apps.by_key(app_key)
+        if app_key is None:
+            refusal: tuple[int, str] | None = (PusherCode.PATH_NOT_FOUND, "Path not found")
+        else:
+            refusal = self._refusal(app, query, secure)
         if refusal is not None or app is None:
             code, message = refusal or (PusherCode.APP_NOT_FOUND, "")
             self._error(socket_id, message, code)
@@ -266,13 +269,27 @@ class Relay:
         return self._take()
 
     def close_socket(self, socket_id: str, code: int, reason: str, now: float) -> list[Output]:
-        """Close a socket on the relay's initiative (a slow consumer, say).
-
-        Sends a ``pusher:error`` with ``code`` and closes with it.
-        """
+        """Close a socket on the relay's initiative: a ``pusher:error`` with ``code``, then the close."""
         sock = self._sockets.get(socket_id)
         if sock is not None:
             self._kick(sock, code, reason, now)
+        return self._take()
+
+    def slow_consumer(self, conn_id: str, now: float) -> list[Output]:
+        """A socket or pipe stopped reading and its outbound buffer filled up.
+
+        It is closed with 4101 (pusher-js reconnects after a pause; a 1.0
+        pipe resumes its session). The adapter has already dropped what was
+        queued for it, so the error frame and the close can go out.
+        """
+        reason = "Client too slow: outbound buffer full"
+        sock = self._sockets.get(conn_id)
+        if sock is not None:
+            self._kick(sock, PusherCode.SLOW_CONSUMER, reason, now)
+        pipe = self._pipes.pop(conn_id, None)
+        if pipe is not None:
+            pipe.app.hub.leave(conn_id, now)
+            self._out.append(Close(conn_id, PusherCode.SLOW_CONSUMER, reason))
         return self._take()
 
     def _kick(self, sock: Socket, code: int, reason: str, now: float) -> None:
