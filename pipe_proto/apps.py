@@ -51,6 +51,11 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be a positive number, not {value!r}")
 
 
+def _positive_int(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{attr.name} must be a positive whole number, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Limits:
     """Per-app limits of the Pusher side, with the documented defaults."""
@@ -75,7 +80,8 @@ class Limits:
     max_connections: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_positive)
     )
-    activity_timeout: int = attrs.field(default=120, validator=_positive)
+    #: Seconds, a whole number (the protocol announces an integer).
+    activity_timeout: int = attrs.field(default=120, validator=_positive_int)
     cache_ttl: float = attrs.field(default=1800.0, validator=_positive)
     #: Cache channels whose last event is kept; the oldest is forgotten first.
     max_cached_channels: int = attrs.field(default=10000, validator=_positive)

@@ -851,7 +851,7 @@ def test_client_event_rejected_when_not_subscribed() -> None:
 def test_client_event_rejected_when_disabled() -> None:
     """An app with client events off rejects them."""
     world = World(make_app(features=Features(client_events=False)))
-    a, b = private_room(world, n=2)
+    a, _ = private_room(world, n=2)
     out = world.client_event(a, "private-chat")
     assert delivered(out, "client-x") == set()
     assert len(errors(out, a)) == 1 and hooks(out) == []
@@ -888,7 +888,7 @@ def test_client_event_size_limit(size: int, accepted: bool) -> None:
 def test_client_event_name_too_long() -> None:
     """A client event named with more than 200 characters is rejected."""
     world = World()
-    a, b = private_room(world, n=2)
+    a, _ = private_room(world, n=2)
     out = world.client_event(a, "private-chat", event="client-" + "x" * 194)
     assert delivered(out, "client-" + "x" * 194) == set()
     assert errors(out, a)
@@ -897,7 +897,7 @@ def test_client_event_name_too_long() -> None:
 def test_client_event_with_unencodable_data() -> None:
     """Data JSON cannot re-encode (1e400 parses as infinity) is rejected, not crashed on."""
     world = World()
-    a, b = private_room(world, n=2)
+    a, _ = private_room(world, n=2)
     out = world.send(a, '{"event":"client-x","channel":"private-chat","data":[1e400]}')
     assert delivered(out, "client-x") == set()
     assert errors(out, a)
@@ -906,7 +906,7 @@ def test_client_event_with_unencodable_data() -> None:
 def test_client_events_are_not_cached() -> None:
     """A client event on a cache channel leaves the cache empty: a later subscriber gets cache_miss."""
     world = World()
-    a, b = private_room(world, "private-cache-x", n=2)
+    a, _ = private_room(world, "private-cache-x", n=2)
     world.client_event(a, "private-cache-x")
     c = world.connect()
     out = world.join_private(c, "private-cache-x")
@@ -924,7 +924,7 @@ def test_client_events_are_not_cached() -> None:
 def test_back_channel_without_pipe_is_dropped(message: dict[str, Any]) -> None:
     """A non-client event (or a client- event without channel) with no pipe goes nowhere and is counted."""
     world = World()
-    a, b = private_room(world, n=2)
+    a, _ = private_room(world, n=2)
     hub = world.relay.state_of("1").hub  # type: ignore[union-attr]
     before = hub.unrouted
     assert world.send(a, message) == []
@@ -1024,6 +1024,7 @@ def test_publish_to_a_user_reaches_all_its_sockets() -> None:
     world.subscribe(u1, "#server-to-user-U")
     out = world.publish(["#server-to-user-U"], "some-event", '{"message":"hi"}')
     assert delivered(out, "some-event") == {u1, u2}
+    assert frames(out, v) == frames(out, anon) == []
     assert frames(out, u2) == [{"event": "some-event", "channel": "#server-to-user-U", "data": '{"message":"hi"}'}]
     assert delivered(world.publish(["#server-to-user-U"], "e", "{}", exclude=u1), "e") == {u2}
     assert world.publish(["#server-to-user-nobody"], "e", "{}") == []
@@ -1345,7 +1346,7 @@ def test_webhooks_member_back_within_delay() -> None:
 def test_webhooks_client_event() -> None:
     """A relayed client event sends client_event with channel, event, data, socket_id; user_id on presence only."""
     world = World()
-    a, b = private_room(world, n=2)
+    a, _ = private_room(world, n=2)
     assert hooks(world.client_event(a, "private-chat", {"x": 1})) == [
         {"name": "client_event", "channel": "private-chat", "event": "client-x", "data": '{"x":1}', "socket_id": a}
     ]

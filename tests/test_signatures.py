@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pipe_proto import App
 from pipe_proto.pusher.events import SignIn, Subscribe
-from pipe_proto.relay.authorization import Allow, authorize_signin, authorize_subscription
+from pipe_proto.relay.authorization import Allow, Refuse, authorize_signin, authorize_subscription
 from pipe_proto.signatures import (
     channel_auth,
     check_channel_auth,
@@ -395,8 +395,9 @@ def test_channel_auth_matches_the_python_sdk(
     app = App(id="1", key=key, secret=secret)
     request = Subscribe(channel=channel, auth=response["auth"], channel_data=data)
     decision = authorize_subscription(app, socket_id, request, None)
-    if channel.startswith("presence-"):
-        assert custom_data is not None
+    if channel.startswith("presence-") and custom_data is None:
+        assert isinstance(decision, Refuse)  # no channel_data and no signed-in user
+    elif channel.startswith("presence-"):
         info_size = len(json.dumps(custom_data.get("user_info"), separators=(",", ":")))
         if len(str(custom_data["user_id"])) <= 128 and info_size <= 1024:
             assert isinstance(decision, Allow)
