@@ -5,6 +5,7 @@ then open ``index.html`` in a browser. Credentials default to the relay's demo
 app; set RELAY_URL, PIPE_APP_ID, PIPE_KEY and PIPE_SECRET for another one.
 """
 
+import contextlib
 import os
 
 import trio
@@ -38,7 +39,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(main)
-    except KeyboardInterrupt:
-        pass

@@ -77,7 +77,7 @@ async def test_python_sdk_queries(relay_server: RelayServer, nursery: trio.Nurse
             assert one == {"occupied": True, "user_count": 2, "subscription_count": 2}
             users = await trio.to_thread.run_sync(lambda: sdk.users_info("presence-room"))
             assert sorted(u["id"] for u in users["users"]) == ["1", "2"]
-            every = await trio.to_thread.run_sync(lambda: sdk.channels_info())
+            every = await trio.to_thread.run_sync(sdk.channels_info)
             assert set(every["channels"]) == {"presence-room", "news"}
 
 

@@ -21,11 +21,24 @@ from pipe_proto.pipe import Gap, SocketMessage
 from pipe_trio import open_pipe
 
 
+def saved_state(state_file: str) -> tuple[str, int] | None:
+    """The session and last processed seq an earlier run saved, if any."""
+    if not os.path.exists(state_file):
+        return None
+    with open(state_file) as file:
+        session, last_seq = file.read().split()
+    return session, int(last_seq)
+
+
+def save_state(state_file: str, session: str, seq: int) -> None:
+    # Written whole then renamed: a SIGKILL never leaves half a file.
+    with open(state_file + ".tmp", "w") as file:
+        file.write(f"{session} {seq}")
+    os.replace(state_file + ".tmp", state_file)
+
+
 async def main(url: str, app_id: str, key: str, secret: str, group: str, state_file: str) -> None:
-    resume = None
-    if os.path.exists(state_file):
-        session, last_seq = open(state_file).read().split()
-        resume = (session, int(last_seq))
+    resume = saved_state(state_file)
     async with open_pipe(url, app_id=app_id, key=key, secret=secret, group=group, events=["socket_message"], resume=resume) as pipe:
         print(f"READY {pipe.session} resumed={pipe.core.resumed}", flush=True)
         async for note in pipe.events(meta=True):
@@ -36,9 +49,8 @@ async def main(url: str, app_id: str, key: str, secret: str, group: str, state_f
             if not isinstance(message, SocketMessage):
                 continue
             print(f"P {message.data['n']} {message.socket_id} {note.seq} {int(note.redelivered)} {pipe.acked_seq}", flush=True)
-            with open(state_file + ".tmp", "w") as file:
-                file.write(f"{pipe.session} {note.seq}")
-            os.replace(state_file + ".tmp", state_file)
+            assert pipe.session is not None
+            save_state(state_file, pipe.session, note.seq)
 
 
 if __name__ == "__main__":
