@@ -91,6 +91,7 @@ class PusherClient:
         self._waiters: dict[str, tuple[trio.Event, list[PusherEvent]]] = {}
         self._signin: tuple[trio.Event, list[PusherEvent]] | None = None
         self.channels: set[str] = set()
+        self._bindings: dict[tuple[str, str | None], list[Callable[[Message], Any]]] = {}
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
@@ -184,6 +185,20 @@ class PusherClient:
         assert isinstance(result, SignInSuccess)
         return result.user_data
 
+    def bind(self, event: str, handler: Callable[[Message], Any], *, channel: str | None = None) -> None:
+        """Call ``handler(message)`` (sync or async) for every ``event`` (on ``channel``, if given).
+
+        Handlers run in the reader, before the event is queued for
+        :meth:`next_event`; a slow one slows reading.
+        """
+        self._bindings.setdefault((event, channel), []).append(handler)
+
+    def unbind(self, event: str, handler: Callable[[Message], Any], *, channel: str | None = None) -> None:
+        """Remove a handler added with :meth:`bind`."""
+        handlers = self._bindings.get((event, channel), [])
+        if handler in handlers:
+            handlers.remove(handler)
+
     async def ping(self) -> None:
         """Send ``pusher:ping`` (the relay answers ``pusher:pong``)."""
         await self.send(Ping())
@@ -249,6 +264,14 @@ class PusherClient:
                     self._signin[1].append(event)
                     self._signin[0].set()
                     self._signin = None
+                if isinstance(event, Message) and self._bindings:
+                    handlers = list(self._bindings.get((event.event, None), ()))
+                    if event.channel is not None:
+                        handlers += self._bindings.get((event.event, event.channel), ())
+                    for handler in handlers:
+                        result = handler(event)
+                        if inspect.isawaitable(result):
+                            await result
                 await self._send_events.send(event)
         finally:
             self._send_events.close()

@@ -251,3 +251,29 @@ async def test_idle_client_kept_alive(nursery: trio.Nursery, autojump_clock: tri
             assert client.socket_id in server.conns
             assert client.close_code is None
             await settle(client)
+
+
+async def test_bind_calls_handlers_by_event_and_channel(relay_server: RelayServer) -> None:
+    """bind() handlers fire for their event, globally or on one channel only; unbind stops them."""
+    url = url_of(relay_server)
+    seen: list[tuple[str, str | None]] = []
+    with trio.fail_after(10):
+        async with connect(url, APP_KEY) as client:
+            await client.subscribe("a")
+            await client.subscribe("b")
+
+            def anywhere(message: Message) -> None:
+                seen.append(("anywhere", message.channel))
+
+            async def only_a(message: Message) -> None:
+                seen.append(("only a", message.channel))
+
+            client.bind("tick", anywhere)
+            client.bind("tick", only_a, channel="a")
+            for channel in ("a", "b"):
+                relay_server.execute(relay_server.relay.publish(APP_ID, [channel], "tick", "{}", None, relay_server.now()))
+                await client.next_event("tick", channel=channel)
+            client.unbind("tick", anywhere)
+            relay_server.execute(relay_server.relay.publish(APP_ID, ["b"], "tick", "{}", None, relay_server.now()))
+            await client.next_event("tick", channel="b")
+    assert seen == [("anywhere", "a"), ("only a", "a"), ("anywhere", "b")]

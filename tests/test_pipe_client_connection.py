@@ -1,0 +1,147 @@
+"""The client side of a pipe without I/O: lifecycle, replies, replays, acks, liveness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipe_proto import LocalProtocolError
+from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents
+from pipe_proto.pipe.client import _TRANSITIONS, ACK_EVERY, ClientState, PipeClientConnection
+from pipe_proto.relay.outputs import Send
+from tests.pipe_helpers import APP, Harness
+
+
+def established(session: str = "s1", resumed: bool = False, gap: int = 0) -> str:
+    data = {"socket_id": "1.2", "session": session, "resumed": resumed, "gap": gap, "heartbeat": 25, "protocol_version": "1.0"}
+    return json.dumps({"id": None, "error": None, "result": {"event": "connection_established", "data": data}})
+
+
+def message(seq: int, n: int = 0) -> str:
+    result = {"event": "socket_message", "data": {"socket_id": "3.4", "event": "e", "data": {"n": n}}, "seq": seq, "time_ms": 1}
+    return json.dumps({"id": None, "error": None, "result": result})
+
+
+def opened(session: str = "s1") -> PipeClientConnection:
+    conn = PipeClientConnection()
+    conn.connecting(0.0)
+    list(conn.receive(established(session), 0.0))
+    return conn
+
+
+@pytest.mark.parametrize(("state", "event"), [(s, e) for s in ClientState for e in ("established", "close", "connect")])
+def test_every_state_and_input(state: ClientState, event: str) -> None:
+    """Each (state, input) either follows the table or raises and leaves the connection CLOSED."""
+    conn = PipeClientConnection()
+    conn.state = state
+    expected = _TRANSITIONS.get((state, event))
+    if expected is None:
+        with pytest.raises(LocalProtocolError):
+            conn._move(event)
+        assert conn.state is ClientState.CLOSED
+    else:
+        conn._move(event)
+        assert conn.state is expected
+
+
+def test_requests_need_an_open_connection_and_get_counted_ids() -> None:
+    """Requests before connection_established are refused; open, ids count up and replies are matched once."""
+    conn = PipeClientConnection()
+    with pytest.raises(LocalProtocolError):
+        conn.request(PingCall())
+    conn = opened()
+    first, text = conn.request(SendToSocket(socket_ids=["1.1"], event="e", data="{}"))
+    second, _ = conn.request(PingCall())
+    assert (first, second) == (1, 2)
+    assert json.loads(text) == {"id": 1, "method": "send_to_socket", "params": {"event": "e", "data": "{}", "socket_id": "1.1"}}
+    assert conn.pending_requests == 2
+    reply = json.dumps({"id": 1, "error": None, "result": {"delivered": 1}})
+    (item,) = conn.receive(reply, 1.0)
+    assert item.reply is not None and item.reply.result == {"delivered": 1}
+    assert list(conn.receive(reply, 1.0)) == []  # a second reply to the same id is ignored
+    assert conn.pending_requests == 1
+    assert conn.request(SubscribeEvents(events=["auth"]), reply=False)[0] is None
+
+
+def test_resume_parameters_and_replay_filtering() -> None:
+    """The session and last processed seq go into the next URL; replays up to it are dropped."""
+    conn = opened("s1")
+    assert [i.notification.seq for m in (1, 2, 3) for i in conn.receive(message(m), 0.0)] == [1, 2, 3]
+    conn.processed(1)
+    conn.processed(2)
+    conn.closed()
+    assert conn.connecting(5.0) == {"session": "s1", "last_seq": "2"}
+    list(conn.receive(established("s1", resumed=True), 5.0))
+    assert conn.resumed and conn.session == "s1"
+    assert list(conn.receive(message(2), 5.0)) == []
+    assert [i.notification.seq for i in conn.receive(message(3), 5.0)] == [3]
+
+
+def test_a_fresh_session_forgets_the_old_one() -> None:
+    """resumed false means a new session: the processed seq starts over."""
+    conn = opened("s1")
+    list(conn.receive(message(1), 0.0))
+    conn.processed(1)
+    conn.closed()
+    conn.connecting(1.0)
+    list(conn.receive(established("s2", resumed=False), 1.0))
+    assert conn.session == "s2" and conn.last_processed == 0
+    assert [i.notification.seq for i in conn.receive(message(1), 1.0)] == [1]
+
+
+def test_acks_are_cumulative_and_batched() -> None:
+    """No ack until ACK_EVERY are processed, unless forced; never the same ack twice."""
+    conn = opened()
+    for seq in range(1, ACK_EVERY):
+        conn.processed(seq)
+        assert conn.take_ack() is None
+    assert json.loads(conn.take_ack(force=True) or "") == {"id": None, "method": "ack", "params": {"seq": ACK_EVERY - 1}}
+    assert conn.take_ack(force=True) is None
+    for seq in range(ACK_EVERY, 2 * ACK_EVERY):
+        conn.processed(seq)
+    assert json.loads(conn.take_ack() or "")["params"] == {"seq": 2 * ACK_EVERY - 1}
+    assert conn.acked == 2 * ACK_EVERY - 1
+
+
+def test_saved_session_is_resumed_on_the_first_connection() -> None:
+    """resume() before connecting makes the first URL ask for that session."""
+    conn = PipeClientConnection()
+    conn.resume("old", 41)
+    assert conn.connecting(0.0) == {"session": "old", "last_seq": "41"}
+
+
+def test_heartbeat_pings_then_gives_up() -> None:
+    """After a heartbeat of silence the client pings; after another it reports the relay silent."""
+    conn = opened()
+    assert conn.tick(24.0) is None
+    ping = conn.tick(25.0)
+    assert isinstance(ping, str) and json.loads(ping)["method"] == "ping"
+    list(conn.receive(json.dumps({"id": 1, "error": None, "result": {}}), 30.0))
+    assert conn.tick(54.0) is None
+    assert isinstance(conn.tick(55.0), str)
+    assert conn.tick(80.1) is True
+
+
+def test_mirror_of_the_relay() -> None:
+    """Frames the relay sends decode on the client side into what the relay meant."""
+    h = Harness()
+    pipe, out = h.open_pipe(APP)
+    conn = PipeClientConnection()
+    conn.connecting(h.now)
+    for output in out:
+        assert isinstance(output, Send)
+        (item,) = conn.receive(output.text, h.now)
+        assert item.established is not None and item.established.socket_id == pipe
+    _, text = conn.request(SubscribeEvents(events=["socket_existence"]))
+    out = h.relay.pipe_message(pipe, text, h.now)
+    (reply,) = [i for o in out if isinstance(o, Send) for i in conn.receive(o.text, h.now)]
+    assert reply.reply is not None and reply.reply.result == {}
+    _, out = h.open_socket()
+    (note,) = [i for o in out if isinstance(o, Send) and pipe in o.targets for i in conn.receive(o.text, h.now)]
+    assert note.notification is not None and note.notification.seq == 1
+    conn.processed(1)
+    out = h.relay.pipe_message(pipe, conn.take_ack(force=True) or "", h.now)
+    assert out == []
+    assert not h.relay.state_of("1").hub.by_pipe[pipe].inflight
+    assert Ack(seq=1).seq == 1
