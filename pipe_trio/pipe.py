@@ -118,9 +118,19 @@ class SocketRef(_Emitter):
         self.pipe = pipe
         self.id = socket_id
 
-    async def trigger(self, event: str, data: Any = None, *, channel: str | None = None) -> int:
-        """Send ``event`` to this socket; returns how many sockets got it (0 or 1)."""
+    async def trigger(
+        self, event: str, data: Any = None, *, channel: str | None = None, wait: bool = True
+    ) -> int | None:
+        """Send ``event`` to this socket; returns how many sockets got it (0 or 1).
+
+        With ``wait=False`` the request goes out without waiting for the
+        relay's reply (``None`` is returned; a failure is logged when the
+        relay reports it): much faster in a loop.
+        """
         call = ev.SendToSocket(socket_ids=[self.id], event=event, data=_text(data), channel=channel)
+        if not wait:
+            await self.pipe.send(call)
+            return None
         result = await self.pipe.request(call)
         return int(result.get("delivered", 0)) if isinstance(result, dict) else 0
 
@@ -137,9 +147,17 @@ class ChannelRef(_Emitter):
         self.pipe = pipe
         self.name = name
 
-    async def trigger(self, event: str, data: Any = None, *, exclude: str | None = None) -> int:
-        """Publish ``event`` to every subscriber but ``exclude``; returns deliveries."""
+    async def trigger(
+        self, event: str, data: Any = None, *, exclude: str | None = None, wait: bool = True
+    ) -> int | None:
+        """Publish ``event`` to every subscriber but ``exclude``; returns deliveries.
+
+        ``wait=False``: as for :meth:`SocketRef.trigger`.
+        """
         call = ev.SendToChannel(channels=[self.name], event=event, data=_text(data), exclude=exclude)
+        if not wait:
+            await self.pipe.send(call)
+            return None
         result = await self.pipe.request(call)
         return int(result.get("delivered", 0)) if isinstance(result, dict) else 0
 
@@ -267,6 +285,24 @@ class Pipe:
         if reply is None:
             raise PipeDisconnectedError("the pipe disconnected before the reply", code=None)
         return reply.result
+
+    async def send(self, call: ev.PipeCall) -> None:
+        """Send a request without waiting for (or getting) a reply.
+
+        The relay answers only if the request fails, with an error
+        notification, which is logged.
+
+        Raises:
+            PipeDisconnectedError: the pipe is not connected.
+        """
+        ws = self._ws
+        if ws is None or self.core.state.value != "open":
+            raise PipeDisconnectedError("the pipe is not connected", code=None)
+        _, text = self.core.request(call, reply=False)
+        try:
+            await ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            raise PipeDisconnectedError("the pipe disconnected", code=None) from None
 
     async def subscribe(self, *types: str) -> None:
         """Receive more event types (kept across reconnects)."""

@@ -184,3 +184,19 @@ async def test_pipe_errors_surface_as_pipe_error(relay_server: RelayServer) -> N
             with pytest.raises(PipeError) as error:
                 await pipe.socket("not-an-id").trigger("e", {})
             assert error.value.code == 4212
+
+
+async def test_fire_and_forget_sends(relay_server: RelayServer) -> None:
+    """trigger(wait=False) delivers without a reply, in order with other sends; failures only get logged."""
+    url = url_of(relay_server)
+    with trio.fail_after(10):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET) as pipe, open_driver() as js:
+            socket_id = await js.connected("a", relay_server)
+            await js.call("bind", "a", event="n")
+            for n in range(20):
+                assert await pipe.socket(socket_id).trigger("n", {"n": n}, wait=False) is None
+            await pipe.channel("bad name").trigger("n", {}, wait=False)  # answered with an error notification
+            await pipe.ping()
+            for n in range(20):
+                report = await js.expect({"type": "event", "id": "a", "event": "n"})
+                assert report["data"] == {"n": n}
