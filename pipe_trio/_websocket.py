@@ -1,31 +1,35 @@
 """One accepted WebSocket: its reader loop and its bounded outbound buffer.
 
-The reader feeds bytes to wsproto and hands complete text messages to a
-callback; it enforces the message size limit by discarding an oversized
-message as it streams in (so it never buffers more than the limit). The
-writer side is a list of ready-made frames: a broadcast frame is built once
-by the server and the same bytes object is appended to every subscriber's
-list. A flush task is started only while there is something to write, and
-it writes everything queued in one ``send_all`` (writes coalesce under load,
-and an idle connection has no writer task and no buffer).
+The reader feeds bytes to wsproto's frame protocol and hands complete text
+messages to the connection's :class:`Side` (the relay's socket or pipe entry
+points, shared by every connection of that kind, so a connection carries no
+closures of its own). It enforces the message size limit by discarding an
+oversized message as it streams in, so it never buffers more than the limit.
 
-When the queued bytes would pass ``max_buffer`` the connection is over its
-limit: :meth:`WebSocket.push` returns False and the server closes it as a
-slow consumer. Closing never waits on a peer that does not read for longer
-than ``CLOSE_TIMEOUT``.
+The writer side is a list of ready-made frames: a broadcast frame is built
+once by the server and the same bytes object is appended to every
+subscriber's list. A flush task runs only while there is something to write,
+and writes everything queued in one ``send_all`` (writes coalesce under load,
+and an idle connection has no writer task and no buffer). When the queued
+bytes would pass ``max_buffer``, :meth:`WebSocket.push` returns False and the
+server closes the connection as a slow consumer.
+
+Closing sends a close frame after what is queued and starts a watchdog: a
+peer that does not take its last frames and answer within ``CLOSE_TIMEOUT``
+is cut off. Kept lean on purpose: an idle connection is this object, wsproto's
+frame decoder, the stream and the reading task.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.frame_protocol import FrameProtocol
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-__all__ = ["CLOSE_TIMEOUT", "WebSocket", "broadcast_frame"]
+__all__ = ["CLOSE_TIMEOUT", "Side", "WebSocket", "broadcast_frame"]
 
 log = logging.getLogger("pipe_trio")
 
@@ -43,6 +47,19 @@ def broadcast_frame(text: str) -> bytes:
     return bytes(_FRAMER.send_data(text, fin=True))
 
 
+class Side(Protocol):
+    """Where a connection's traffic goes (the relay's socket or pipe entry points)."""
+
+    def text(self, conn_id: str, text: str) -> None:
+        """A complete text message arrived."""
+
+    def heard(self, conn_id: str) -> None:
+        """A WebSocket ping or pong arrived."""
+
+    def oversized(self, conn_id: str, size: int) -> None:
+        """A message over the limit was discarded."""
+
+
 class WebSocket:
     """A server-side WebSocket after the handshake.
 
@@ -58,15 +75,15 @@ class WebSocket:
         "_drained",
         "_flushing",
         "_out",
-        "_read_scope",
         "_size",
-        "_write_scope",
+        "_watchdog",
+        "close_sent",
         "closing",
+        "frames",
         "id",
         "max_buffer",
         "spawn",
         "stream",
-        "ws",
     )
 
     def __init__(
@@ -78,16 +95,19 @@ class WebSocket:
     ) -> None:
         self.id = ""
         self.stream = stream
-        self.ws = Connection(ConnectionType.SERVER, trailing_data=trailing_data)
+        self.frames = FrameProtocol(client=False, extensions=[])
+        if trailing_data:
+            self.frames.receive_bytes(trailing_data)
         self.max_buffer = max_buffer
         self.spawn = spawn
-        self._out: list[bytes] = []
+        # Created on first use: an idle connection has no buffer at all.
+        self._out: list[bytes] | None = None
         self._size = 0
         self._flushing = False
         self._drained: trio.Event | None = None
-        self._write_scope: trio.CancelScope | None = None
-        self._read_scope: trio.CancelScope | None = None
+        self._watchdog: trio.CancelScope | None = None
         self.closing = False
+        self.close_sent = False
 
     # ------------------------------------------------------------- writing
 
@@ -98,7 +118,10 @@ class WebSocket:
         size = self._size + len(frame)
         if size > self.max_buffer:
             return False
-        self._out.append(frame)
+        if self._out is None:
+            self._out = [frame]
+        else:
+            self._out.append(frame)
         self._size = size
         if not self._flushing:
             self._flushing = True
@@ -111,12 +134,12 @@ class WebSocket:
 
     def ping(self) -> None:
         """Queue a WebSocket ping (pipe heartbeats)."""
-        if self.ws.state is ConnectionState.OPEN:
-            self.push(self.ws.send(Ping()))
+        if not self.close_sent:
+            self.push(bytes(self.frames.ping()))
 
     def discard_queue(self) -> None:
         """Forget what is queued and not yet being written (a slow consumer)."""
-        self._out.clear()
+        self._out = None
         self._size = 0
 
     def close(self, code: int, reason: str) -> None:
@@ -127,135 +150,124 @@ class WebSocket:
         """
         if self.closing:
             return
-        if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            self._out.append(self.ws.send(CloseConnection(code=code, reason=reason[:120])))
-        self._begin_closing()
+        self._send_close(code, reason)
+        self.closing = True
+        self.spawn(self._watch)
+
+    def _send_close(self, code: int | None, reason: str) -> None:
+        if self.close_sent:
+            return
+        self.close_sent = True
+        if code is CloseReason.NO_STATUS_RCVD:
+            frame = self.frames.close()
+        else:
+            frame = self.frames.close(code, reason[:120])
+        if self._out is None:
+            self._out = []
+        self._out.append(bytes(frame))
         if not self._flushing:
             self._flushing = True
             self.spawn(self._flush)
 
-    def _begin_closing(self) -> None:
-        self.closing = True
-        deadline = trio.current_time() + CLOSE_TIMEOUT
-        for scope in (self._write_scope, self._read_scope):
-            if scope is not None:
-                scope.deadline = min(scope.deadline, deadline)
+    async def _watch(self) -> None:
+        with trio.CancelScope() as scope:
+            self._watchdog = scope
+            await trio.sleep(CLOSE_TIMEOUT)
+            # A peer that will not read or answer: stop waiting on it. Any
+            # task blocked on the stream gets ClosedResourceError.
+            await trio.aclose_forcefully(self.stream)
 
     async def _flush(self) -> None:
-        with trio.CancelScope() as scope:
-            self._write_scope = scope
-            if self.closing:
-                scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-            try:
-                while self._out:
-                    chunk = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-                    self._out.clear()
-                    self._size = 0
-                    await self.stream.send_all(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._out.clear()
-                self._begin_closing()
-            except Exception:  # pragma: no cover - a bug; never let it take the server down
-                log.exception("writer of %s failed", self.id)
-                self._begin_closing()
-        self._write_scope = None
-        self._flushing = False
-        if scope.cancelled_caught:
-            self._out.clear()
-        if self._drained is not None:
-            self._drained.set()
+        try:
+            while self._out:
+                out, self._out = self._out, None
+                chunk = out[0] if len(out) == 1 else b"".join(out)
+                self._size = 0
+                await self.stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._out = None
+            self.closing = True
+        except Exception:  # pragma: no cover - a bug; never let it take the server down
+            log.exception("writer of %s failed", self.id)
+            self.closing = True
+        finally:
+            self._flushing = False
+            if self._drained is not None:
+                self._drained.set()
 
     async def aclose(self) -> None:
         """Wait (boundedly) for queued frames to be written, then close the stream."""
-        self._begin_closing()
+        self.closing = True
         if self._flushing:
             self._drained = trio.Event()
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._drained.wait()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await trio.aclose_forcefully(self.stream)
 
     # ------------------------------------------------------------- reading
 
-    async def run(
-        self,
-        on_text: Callable[[str], None],
-        on_heard: Callable[[], None],
-        on_oversized: Callable[[int], None],
-        max_message: int,
-    ) -> tuple[int, str]:
+    async def run(self, side: Side, max_message: int) -> tuple[int, str]:
         """Read until the connection ends; returns the close code and reason.
 
-        ``on_text`` gets each complete text message; binary messages are
-        ignored (the Pusher protocol has none); pings are answered and,
-        like pongs, reported through ``on_heard``. A message longer than
-        ``max_message`` characters is dropped as it arrives and reported
-        through ``on_oversized``. Once the connection is closing, reading
-        goes on only until the peer's close frame, at most ``CLOSE_TIMEOUT``.
+        Text messages go to ``side.text``; binary messages are ignored (the
+        Pusher protocol has none); pings are answered and, like pongs,
+        reported to ``side.heard``. A message longer than ``max_message``
+        bytes is dropped as it arrives and reported to ``side.oversized``.
+        A peer that breaks the WebSocket framing is closed with the code
+        wsproto names (1002, 1007...).
         """
-        with trio.CancelScope() as scope:
-            self._read_scope = scope
-            try:
-                return await self._read(on_text, on_heard, on_oversized, max_message)
-            finally:
-                self._read_scope = None
-        return 1006, "closing timed out"
-
-    async def _read(
-        self,
-        on_text: Callable[[str], None],
-        on_heard: Callable[[], None],
-        on_oversized: Callable[[int], None],
-        max_message: int,
-    ) -> tuple[int, str]:
         parts: list[str] = []
         size = 0
         discarding = False
-        ws = self.ws
+        frames = self.frames
+        conn_id = self.id
         while True:
-            for event in ws.events():
-                if isinstance(event, TextMessage):
-                    if self.closing:
-                        continue
-                    if discarding:
-                        discarding = not event.message_finished
-                        continue
-                    # The limit is in bytes of UTF-8, as on the wire; for
-                    # ASCII text (the usual case) len() already is that.
-                    data = event.data
-                    size += len(data) if data.isascii() else len(data.encode())
-                    if size > max_message:
-                        on_oversized(size)
-                        parts.clear()
-                        size = 0
-                        discarding = not event.message_finished
-                    elif not event.message_finished:
-                        parts.append(event.data)
-                    else:
-                        if parts:
-                            parts.append(event.data)
-                            text = "".join(parts)
-                            parts.clear()
-                        else:
-                            text = event.data
-                        size = 0
-                        on_text(text)
-                elif isinstance(event, Ping):
-                    if ws.state is ConnectionState.OPEN:
-                        self.push(ws.send(event.response()))
-                    on_heard()
-                elif isinstance(event, Pong):
-                    on_heard()
-                elif isinstance(event, CloseConnection):
-                    if ws.state is ConnectionState.REMOTE_CLOSING:
-                        self.push(ws.send(event.response()))
-                    return event.code, event.reason or ""
-                elif isinstance(event, BytesMessage):
-                    pass
-            if ws.state is ConnectionState.CLOSED:
-                break
             try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                for frame in frames.received_frames():
+                    opcode = frame.opcode
+                    if opcode is Opcode.TEXT:
+                        if self.closing:
+                            continue
+                        if discarding:
+                            discarding = not frame.message_finished
+                            continue
+                        data: str = frame.payload  # type: ignore[assignment]
+                        # The limit is in bytes of UTF-8, as on the wire; for
+                        # ASCII text (the usual case) len() already is that.
+                        size += len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
+                        if size > max_message:
+                            side.oversized(conn_id, size)
+                            parts.clear()
+                            size = 0
+                            discarding = not frame.message_finished
+                        elif not frame.message_finished:
+                            parts.append(data)
+                        else:
+                            if parts:
+                                parts.append(data)
+                                data = "".join(parts)
+                                parts.clear()
+                            size = 0
+                            side.text(conn_id, data)
+                    elif opcode is Opcode.PING:
+                        if not self.close_sent:
+                            self.push(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
+                        side.heard(conn_id)
+                    elif opcode is Opcode.PONG:
+                        side.heard(conn_id)
+                    elif opcode is Opcode.CLOSE:
+                        code, reason = frame.payload  # type: ignore[misc]
+                        self._send_close(code, reason)
+                        return int(code), reason
+            except ParseFailed as exc:
+                self._send_close(exc.code, str(exc))
+                return int(exc.code), str(exc)
+            try:
+                data_in = await self.stream.receive_some(_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
-            ws.receive_data(data or None)
-        return 1006, ""
+                data_in = b""
+            if not data_in:
+                return 1006, ""
+            frames.receive_bytes(data_in)

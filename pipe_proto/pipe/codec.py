@@ -407,6 +407,11 @@ def encode_notification(notification: Notification, version: str) -> str:
 # ------------------------------------------------------- client side
 
 
+def _or_empty(user_id: str | int | None) -> str | int:
+    """A presence user id as sent (``0`` included), ``""`` when missing."""
+    return "" if user_id is None else user_id
+
+
 def _notice(event: str, data: Any) -> Notice:
     d = data if isinstance(data, dict) else {}
 
@@ -450,11 +455,11 @@ def _notice(event: str, data: Any) -> Notice:
         return ChannelVacated(channel=get("channel") or "")
     if event == "member_added":
         return MemberAdded(
-            channel=get("channel") or "", user_id=get("user_id", (str, int)) or "",
+            channel=get("channel") or "", user_id=_or_empty(get("user_id", (str, int))),
             user_info=d.get("user_info"),
         )
     if event == "member_removed":
-        return MemberRemoved(channel=get("channel") or "", user_id=get("user_id", (str, int)) or "")
+        return MemberRemoved(channel=get("channel") or "", user_id=_or_empty(get("user_id", (str, int))))
     if event == "auth_request":
         return AuthRequest(
             request_id=get("request_id") or "",
@@ -481,6 +486,8 @@ def decode_server_frame(text: str | bytes) -> Reply | ErrorReply | Notification 
         raise RemoteProtocolError(f"frame is not JSON: {exc}") from None
     if not isinstance(frame, dict) or not {"id", "error", "result"} <= frame.keys():
         raise RemoteProtocolError("frame must have id, error and result")
+    if isinstance(frame["id"], bool) or not isinstance(frame["id"], (str, int, float, type(None))):
+        raise RemoteProtocolError("id must be a string, a number or null")
     error = frame["error"]
     if error is not None:
         if not isinstance(error, dict):

@@ -180,7 +180,7 @@ class Relay:
         self._send(socket_id, conn.establish(socket_id))
         heapq.heappush(self._timers, (conn.deadline(), socket_id))
         if state.hub.wants("socket_existence"):
-            notice = pipe_events.SocketOpened(socket_id=socket_id, **sock.details)
+            notice = pipe_events.SocketOpened(socket_id=socket_id, **sock.describe())
             state.hub.publish("socket_existence", socket_id, notice, now)
         return socket_id, self._take()
 
@@ -206,18 +206,13 @@ class Relay:
         return None
 
     @staticmethod
-    def _socket_details(app: App, details: SocketDetails | None) -> dict[str, Any]:
+    def _socket_details(app: App, details: SocketDetails | None) -> SocketDetails | None:
+        # Kept small: a socket keeps only the headers its app exposes to pipes.
         if details is None:
-            details = SocketDetails()
+            return None
         headers = details.headers or {}
         exposed = {name: headers[name] for name in app.pipe.expose_headers if name in headers}
-        return {
-            "remote_addr": details.remote_addr,
-            "origin": details.origin,
-            "user_agent": details.user_agent,
-            "query": dict(details.query or {}),
-            "headers": exposed,
-        }
+        return details._replace(headers=exposed or None)
 
     def socket_message(self, socket_id: str, text: str, now: float) -> list[Output]:
         """A socket sent a text message."""
@@ -643,7 +638,7 @@ class Relay:
             sock.auths = []
         sock.auths.append(request_id)
         notice = pipe_events.AuthRequest(
-            request_id=request_id, socket_id=sock.id, kind=kind, channel=channel, socket=sock.details
+            request_id=request_id, socket_id=sock.id, kind=kind, channel=channel, socket=sock.describe()
         )
         state.hub.publish("auth", sock.id, notice, now)
 

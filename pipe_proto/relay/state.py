@@ -8,7 +8,9 @@ tens of thousands of sockets, and a socket's record is what it costs.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import parse_qsl
 
 from ..names import ChannelType
 
@@ -27,13 +29,15 @@ class SocketDetails(NamedTuple):
     """Where a socket came from, as the adapter saw its HTTP upgrade.
 
     ``headers`` holds every request header, names lowercased; the relay keeps
-    only those the app exposes to pipes.
+    only those the app exposes to pipes. ``query`` may be the raw query
+    string: it is kept as is and parsed only when a pipe asks (a socket's
+    parsed query would cost more than the rest of its record).
     """
 
     remote_addr: str | None = None
     origin: str | None = None
     user_agent: str | None = None
-    query: dict[str, str] | None = None
+    query: Mapping[str, str] | str | None = None
     headers: dict[str, str] | None = None
 
 
@@ -54,7 +58,9 @@ class Socket:
         "user",
     )
 
-    def __init__(self, socket_id: str, app: AppState, conn: PusherConnection, details: dict[str, Any]) -> None:
+    def __init__(
+        self, socket_id: str, app: AppState, conn: PusherConnection, details: SocketDetails | None
+    ) -> None:
         self.id = socket_id
         self.app = app
         self.conn = conn
@@ -65,10 +71,23 @@ class Socket:
         self.client_count = 0
         self.back_window = 0.0
         self.back_count = 0
-        #: The ``socket`` object pipes get in 1.0 notifications.
+        #: Where the socket came from (see :meth:`describe`).
         self.details = details
         #: Pending pipe authorizations (request ids), ``None`` when there are none.
         self.auths: list[str] | None = None
+
+
+    def describe(self) -> dict[str, Any]:
+        """The ``socket`` object 1.0 pipes get: remote address, origin, user agent, query, headers."""
+        details = self.details or SocketDetails()
+        query = details.query
+        return {
+            "remote_addr": details.remote_addr,
+            "origin": details.origin,
+            "user_agent": details.user_agent,
+            "query": dict(parse_qsl(query, keep_blank_values=True)) if isinstance(query, str) else dict(query or {}),
+            "headers": dict(details.headers or {}),
+        }
 
 
 class PresenceMember:
