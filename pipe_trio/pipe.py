@@ -209,6 +209,8 @@ class Pipe:
         self._iterators = 0
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
+        self._reconnected = trio.Event()
+        self._established = 0
         self._closed = trio.Event()
         self._tasks: trio.Nursery | None = None
         self.connections = 0
@@ -359,9 +361,16 @@ class Pipe:
         finally:
             self._iterators -= 1
 
-    async def wait_connected(self) -> None:
-        """Wait until the pipe is connected (again)."""
-        await self._connected.wait()
+    async def wait_connected(self, *, after: int = 0) -> None:
+        """Wait until the pipe is connected; with ``after=n``, by its connection number n+1 or later.
+
+        ``pipe.connections`` counts connections made so far, so
+        ``await pipe.wait_connected(after=pipe.connections)`` waits for a reconnection.
+        """
+        while not (self._connected.is_set() and self._established > after):
+            await self._connected.wait()
+            if self._established <= after:
+                await self._reconnected.wait()
 
     async def wait_closed(self) -> None:
         """Wait until the pipe ends (it does not on its own while ``reconnect`` is on)."""
@@ -510,7 +519,10 @@ class Pipe:
             # waiting for the reply here (the reader must go on reading).
             _, text = self.core.request(ev.SubscribeEvents(events=self.types), reply=False)
             await ws.send_message(text)
+        self._established += 1
         self._connected.set()
+        self._reconnected.set()
+        self._reconnected = trio.Event()
 
     async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:

@@ -8,9 +8,10 @@ connection starts CONNECTING; ``connection_established`` makes it OPEN (a
 ``resumed: false`` answer means a fresh session: what was remembered is
 dropped). :meth:`receive` turns frames into :class:`Incoming` items:
 notifications to hand to the application, replies to match with requests,
-errors. Replayed notifications the application has already processed (seq
-at or below the last processed one) are filtered out here, so a replay after
-a resume never reaches the application twice.
+errors. The replay after a resume starts after the last *processed* seq, but
+the application may still hold later ones (queued, or in a handler): every
+notification at or below the last *received* seq of the session is filtered
+out here, so a replay never reaches the application twice.
 
 The application reports each notification done with :meth:`processed`; acks
 are cumulative and go out in batches (:meth:`take_ack`) so that the relay's
@@ -95,6 +96,8 @@ class PipeClientConnection:
         self.resumed = False
         #: Highest seq the application finished; acked up to ``_acked``.
         self.last_processed = 0
+        #: Highest seq received in this session (the application may still hold it).
+        self.last_received = 0
         self._acked = 0
         self._next_id = 1
         self._pending: dict[int, str] = {}
@@ -120,7 +123,7 @@ class PipeClientConnection:
     def resume(self, session: str, last_seq: int) -> None:
         """Continue a session saved by an earlier process (before the first connection)."""
         self.session = session
-        self.last_processed = self._acked = last_seq
+        self.last_processed = self.last_received = self._acked = last_seq
 
     @property
     def acked(self) -> int:
@@ -178,8 +181,10 @@ class PipeClientConnection:
                 self._established(notice)
                 yield Incoming(notification=frame, established=notice)
                 return
-            if frame.seq is not None and frame.seq <= self.last_processed:
-                return  # a replay of something already processed
+            if frame.seq is not None:
+                if frame.seq <= self.last_received:
+                    return  # a replay of something already here (processed or queued)
+                self.last_received = frame.seq
             yield Incoming(notification=frame)
         elif isinstance(frame, ErrorNotification):
             yield Incoming(error=frame)
@@ -195,7 +200,7 @@ class PipeClientConnection:
             self.liveness.idle = self.liveness.grace = min(self._heartbeat, notice.heartbeat)
         if not notice.resumed or notice.session != self.session:
             self.session = notice.session
-            self.last_processed = self._acked = 0
+            self.last_processed = self.last_received = self._acked = 0
 
     # --------------------------------------------------------------- acks
 

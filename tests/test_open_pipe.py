@@ -1,0 +1,119 @@
+"""open_pipe against a real relay: reconnection, resume, backpressure, acks after processing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from pipe_proto import App, PipeSettings, Relay
+from pipe_proto.pipe import SocketMessage
+from pipe_trio import RelayServer, connect, open_pipe, serve
+from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
+
+
+async def test_reconnects_and_resumes_after_the_connection_drops(relay_server: RelayServer) -> None:
+    """When its connection is cut, the pipe reconnects, resumes its session and gets what was unacked."""
+    url = url_of(relay_server)
+    seen: list[int] = []
+    release = trio.Event()
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
+
+            @pipe.sockets.on("event:n")
+            async def handle(socket_id: str, data: Any) -> None:
+                seen.append(data["n"])
+                if data["n"] == 2:
+                    await release.wait()  # still processing 2 when the connection drops
+
+            session = pipe.session
+            first_connection = pipe.socket_id
+            async with connect(url, APP_KEY) as client:
+                for n in range(1, 4):
+                    await client.send_event("n", {"n": n})
+                while seen != [1, 2]:
+                    await trio.testing.wait_all_tasks_blocked()
+                # Cut the pipe's connection from the relay's side.
+                relay_server.conns[first_connection].close(4200, "test")
+                relay_server.execute(relay_server.relay.pipe_closed(first_connection, relay_server.now()))
+                await pipe.wait_connected(after=1)
+                assert pipe.socket_id != first_connection
+                release.set()
+                while len(seen) < 3:
+                    await trio.testing.wait_all_tasks_blocked()
+                await client.send_event("n", {"n": 4})
+                while len(seen) < 4:
+                    await trio.testing.wait_all_tasks_blocked()
+            assert pipe.session == session and pipe.core.resumed
+            assert seen == [1, 2, 3, 4]
+            assert pipe.connections == 2
+
+
+async def test_survives_a_relay_restart(nursery: trio.Nursery) -> None:
+    """The relay stops (4200) and comes back on the same port: the pipe reconnects with a fresh session."""
+    first = await start_relay(nursery)
+    port = first.port
+    url = url_of(first)
+    got: list[Any] = []
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, max_backoff=0.5) as pipe:
+            pipe.sockets.on("event:hello", lambda socket_id, data: got.append(data))
+            old_session = pipe.session
+            await first.shutdown(timeout=1)
+            relay = Relay([App(id=APP_ID, key=APP_KEY, secret=APP_SECRET)], id_base=50_000)
+            await nursery.start(lambda task_status: serve(relay, "127.0.0.1", port, task_status=task_status))
+            await pipe.wait_connected(after=1)
+            assert pipe.session != old_session and not pipe.core.resumed
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("hello", {"again": True})
+                while not got:
+                    await trio.testing.wait_all_tasks_blocked()
+    assert got == [{"again": True}]
+
+
+async def test_a_slow_handler_holds_the_stream_back_not_memory(nursery: trio.Nursery) -> None:
+    """With a small window, a blocked handler leaves the rest waiting on the relay, not in the client."""
+    app = App(id=APP_ID, key=APP_KEY, secret=APP_SECRET, pipe=PipeSettings(window=5))
+    server = await start_relay(nursery, [app])
+    url = url_of(server)
+    unblock = trio.Event()
+    processed: list[int] = []
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
+
+            @pipe.sockets.on("event:n")
+            async def slow(socket_id: str, data: Any) -> None:
+                await unblock.wait()
+                processed.append(data["n"])
+
+            async with connect(url, APP_KEY) as client:
+                for n in range(40):
+                    await client.send_event("n", {"n": n})
+                await trio.testing.wait_all_tasks_blocked()
+                group = server.relay.state_of(APP_ID).hub.groups["default"]
+                assert group.pending_count >= 35 - 1  # held on the relay...
+                assert len(pipe._queue) <= 5  # ...not queued in the client
+                unblock.set()
+                while len(processed) < 40:
+                    await trio.testing.wait_all_tasks_blocked()
+    assert processed == list(range(40))
+
+
+async def test_iteration_acks_only_what_the_loop_finished(relay_server: RelayServer) -> None:
+    """An event being handled in an async-for body is not acked until the loop asks for the next one."""
+    url = url_of(relay_server)
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("n", {"n": 1})
+                await client.send_event("n", {"n": 2})
+                events = pipe.events(meta=True)
+                first = await events.__anext__()
+                assert isinstance(first.notice, SocketMessage) and first.seq == 1
+                await trio.testing.wait_all_tasks_blocked()
+                assert pipe.last_seq == 0  # still "processing" seq 1
+                second = await events.__anext__()
+                assert second.seq == 2 and pipe.last_seq == 1
+                await events.aclose()
+                await trio.testing.wait_all_tasks_blocked()
+                assert pipe.last_seq == 2 and pipe.acked_seq == 2
