@@ -103,17 +103,19 @@ async def test_iteration_acks_only_what_the_loop_finished(relay_server: RelaySer
     """An event being handled in an async-for body is not acked until the loop asks for the next one."""
     url = url_of(relay_server)
     with trio.fail_after(20):
-        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
-            async with connect(url, APP_KEY) as client:
-                await client.send_event("n", {"n": 1})
-                await client.send_event("n", {"n": 2})
-                events = pipe.events(meta=True)
-                first = await events.__anext__()
-                assert isinstance(first.notice, SocketMessage) and first.seq == 1
-                await trio.testing.wait_all_tasks_blocked()
-                assert pipe.last_seq == 0  # still "processing" seq 1
-                second = await events.__anext__()
-                assert second.seq == 2 and pipe.last_seq == 1
-                await events.aclose()
-                await trio.testing.wait_all_tasks_blocked()
-                assert pipe.last_seq == 2 and pipe.acked_seq == 2
+        async with (
+            open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe,
+            connect(url, APP_KEY) as client,
+        ):
+            await client.send_event("n", {"n": 1})
+            await client.send_event("n", {"n": 2})
+            events = pipe.events(meta=True)
+            first = await events.__anext__()
+            assert isinstance(first.notice, SocketMessage) and first.seq == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipe.last_seq == 0  # still "processing" seq 1
+            second = await events.__anext__()
+            assert second.seq == 2 and pipe.last_seq == 1
+            await events.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipe.last_seq == 2 and pipe.acked_seq == 2
