@@ -3,13 +3,15 @@
 Output is compact (no spaces), as pusher-js and the Pusher docs write it, and
 ASCII-escaped so that a lone surrogate smuggled in through a ``\\ud800``
 escape can never make a later UTF-8 encode fail. Input rejects the
-non-standard constants Python accepts (``NaN``, ``Infinity``) and turns every
+non-standard constants Python accepts (``NaN``, ``Infinity``) and numbers too
+large for a float (``1e400``, which would become ``inf``), and turns every
 way ``json.loads`` can fail, including deep nesting, into ``ValueError``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -20,7 +22,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_no_constants)
+def _finite(text: str) -> float:
+    # 1e400 is valid JSON but a float overflows to inf, which no encoder writes back.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
 
 
 def loads(text: str | bytes) -> Any:

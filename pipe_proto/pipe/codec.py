@@ -148,8 +148,9 @@ def _disconnect(p: dict[str, Any]) -> DisconnectSocket:
     code = p.get("code", 4009)
     if code is None:
         code = 4009
-    if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999:
-        raise _Malformed("params.code must be an integer from 4000 to 4999")
+    # 43xx are frame-only codes: pusher-js gives up for good on such a close (pusher-channels.md 1.7).
+    if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999 or 4300 <= code <= 4399:
+        raise _Malformed("params.code must be an integer from 4000 to 4999, but not 4300-4399")
     return DisconnectSocket(
         socket_id=_str(p, "socket_id"), code=code, reason=_opt_str(p, "reason") or ""
     )

@@ -89,7 +89,8 @@ def _handle(
     terminate = _USERS_TERMINATE.fullmatch(path)
     if terminate is not None:
         # The Python SDK posts here without /apps/{id} (pusher-channels.md 9.6).
-        app = relay.apps.by_key(query.get("auth_key", ""))
+        # Parameter names are case-insensitive, as authenticate() reads them (pusher-channels.md 9.2).
+        app = relay.apps.by_key({k.lower(): v for k, v in query.items()}.get("auth_key", ""))
         if app is None:
             return _error(401, "Unknown auth_key")
         sub = path
