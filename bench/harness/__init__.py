@@ -1,0 +1,1 @@
+"""Benchmark harness behind bench/run.py (servers, publishers, load generator driver, scenarios, report)."""

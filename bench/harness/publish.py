@@ -1,0 +1,181 @@
+"""Getting events into a server, the same way whichever server it is.
+
+Three ways in: the baseline's `bench:publish` frame, the relay's signed REST
+API (`POST /apps/{id}/batch_events`, through the official `pusher` SDK), and
+the relay's Pipe (a hook, below, still to be written).
+
+Flow control is shared: a `Watcher` (a subscriber inside the harness) sees the
+events come back, and `flood` keeps at most `window` events unacknowledged.
+That is "as fast as the server accepts them" without a backlog of thousands of
+events queued in socket buffers that the server would still be fanning out
+long after publishing stopped, which would blur both rate and loss figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pusher  # type: ignore[import-untyped]
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from .servers import HOST, RunningServer
+
+EVENT = "bench-event"
+STALL_TIMEOUT = 10.0  # seconds without the awaited acknowledgement before flood() gives up
+
+
+def payload(seq: int, size: int = 100) -> str:
+    """About `size` bytes of event data carrying the wall-clock send time in
+    nanoseconds; the load generator reads `ts` to compute end-to-end latency."""
+    head = f'{{"seq":{seq},"ts":{time.time_ns()},"pad":"'
+    return head + "x" * max(0, size - len(head) - 2) + '"}'
+
+
+async def pusher_client(url: str, channel: str | None = None) -> ClientConnection:
+    """Connect, wait for connection_established, optionally subscribe and wait for the ack."""
+    ws = await connect(url, compression=None, max_queue=None)
+    first = json.loads(await ws.recv())
+    if first.get("event") != "pusher:connection_established":
+        raise RuntimeError(f"unexpected first frame {first}")
+    if channel is not None:
+        await ws.send(json.dumps({"event": "pusher:subscribe", "data": {"auth": "", "channel": channel}}))
+        while json.loads(await ws.recv()).get("event") != "pusher_internal:subscription_succeeded":
+            pass
+    return ws
+
+
+class Watcher:
+    """Counts the benchmark events that come back on one subscription."""
+
+    def __init__(self, server: RunningServer, channel: str) -> None:
+        self.url, self.channel = server.ws_url(), channel
+        self.seen = 0
+        self._wake = asyncio.Event()
+
+    async def open(self) -> None:
+        self.ws = await pusher_client(self.url, self.channel)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                event = json.loads(raw).get("event")
+                if event == EVENT:
+                    self.seen += 1
+                    self._wake.set()
+                elif event == "pusher:ping":
+                    await self.ws.send('{"event":"pusher:pong","data":{}}')
+        except ConnectionClosed:
+            pass  # wait_until's timeout reports the stall
+
+    async def wait_until(self, n: int) -> bool:
+        """Waits until n events were seen; False if that took over STALL_TIMEOUT
+        (the server is stuck, or lost events on this subscription)."""
+        try:
+            async with asyncio.timeout(STALL_TIMEOUT):
+                while self.seen < n:
+                    self._wake.clear()
+                    await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if hasattr(self, "ws"):  # open() may have failed half-way
+            self._task.cancel()
+            await self.ws.close()
+
+
+class Publisher:
+    """Base: publishes lists of data strings as EVENT on one channel."""
+
+    batch_max = 10  # the REST API's batch limit; the other ways use the same for symmetry
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+
+    async def open(self) -> None: ...
+
+    async def publish(self, channel: str, datas: list[str]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None: ...
+
+
+class FramePublisher(Publisher):
+    """The baseline's non-Pusher `bench:publish` frame, on a dedicated connection."""
+
+    async def open(self) -> None:
+        self.ws = await pusher_client(self.server.ws_url())
+
+    async def publish(self, channel: str, datas: list[str]) -> None:
+        for data in datas:
+            await self.ws.send(json.dumps({"event": "bench:publish", "channel": channel, "name": EVENT, "data": data}))
+
+    async def close(self) -> None:
+        if hasattr(self, "ws"):
+            await self.ws.close()
+
+
+class RestPublisher(Publisher):
+    """Signed REST batch_events through the official SDK (blocking, so in a thread)."""
+
+    async def open(self) -> None:
+        app = self.server.spec.app
+        self.client = pusher.Pusher(app.app_id, app.key, app.secret, ssl=False, host=HOST, port=self.server.api_port)
+
+    async def publish(self, channel: str, datas: list[str]) -> None:
+        batch: list[dict[str, Any]] = [{"channel": channel, "name": EVENT, "data": d} for d in datas]
+        await asyncio.to_thread(self.client.trigger_batch, batch)
+
+
+# =============================================================================
+# PIPE HOOK -- to be filled in once the relay's Pipe (backend WebSocket) is
+# settled. Contract: open() connects and authenticates as the backend;
+# publish(channel, datas) sends each data string as event EVENT on `channel`
+# and returns once the relay has taken the events (it need not wait for
+# delivery: `flood` gets its flow control from the Watcher); close() hangs up.
+# `self.server` gives host/ports (`ws_base()`, `port`, `api_port`) and
+# `self.server.spec.app` the app id/key/secret.
+# =============================================================================
+class PipePublisher(Publisher):
+    async def open(self) -> None:
+        raise NotImplementedError("PipePublisher: the Pipe wire format is not wired into the benchmark yet")
+
+    async def publish(self, channel: str, datas: list[str]) -> None:
+        raise NotImplementedError
+
+
+PUBLISHERS: dict[str, type[Publisher]] = {"frame": FramePublisher, "rest": RestPublisher, "pipe": PipePublisher}
+
+
+async def flood(pub: Publisher, watcher: Watcher, channel: str, seconds: float, window: int) -> tuple[int, bool]:
+    """Publish for `seconds` with at most `window` events unacknowledged.
+    Returns (events sent, whether it stopped early because acknowledgements stalled)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    sent = 0
+    while loop.time() < end:
+        if not await watcher.wait_until(sent - window + 1):
+            return sent, True
+        n = min(pub.batch_max, window - (sent - watcher.seen))
+        await pub.publish(channel, [payload(sent + i) for i in range(n)])
+        sent += n
+    return sent, False
+
+
+async def paced(pub: Publisher, channel: str, rate: float, seconds: float) -> tuple[int, float]:
+    """Publish one event every 1/rate s (catching up if late); returns (sent, elapsed seconds)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    total = round(rate * seconds)
+    for i in range(total):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await pub.publish(channel, [payload(i)])
+    return total, loop.time() - t0

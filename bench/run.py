@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Benchmarks of the relay beside a plain asyncio + `websockets` baseline.
+
+    python bench/run.py                 # full suite (several minutes)
+    python bench/run.py --quick         # tiny sizes, ~1 s phases: checks that the code works
+    python bench/run.py --relay '/work/main/.venv/bin/pipe-relay serve --port {port} --app 1:key:secret'
+
+Every scenario runs against a freshly started server, baseline first, then
+the relay if --relay is given. In the command, {host} and {port} are
+replaced by the listening address; {api_port}, if present, gets a second port
+for the REST API (otherwise REST is expected on {port}). Prints a table and
+writes everything to bench/results/<timestamp>.json. Exit status 1 if a
+scenario failed for any server; timings are never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# So that `harness` is importable when this file is loaded from elsewhere (tests).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import report, scenarios
+from harness.loadgen import LOADGEN_DIR, ensure_installed
+from harness.servers import RunningServer, ServerSpec, baseline_spec, relay_spec
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes and durations (for the test suite)")
+    p.add_argument("--relay", metavar="CMD", help="command line starting the relay ({host}, {port}, {api_port})")
+    p.add_argument("--relay-publish", choices=["rest", "pipe"], default="rest", help="how events reach the relay")
+    p.add_argument("--relay-app", default="1:key:secret", metavar="ID:KEY:SECRET", help="the app the relay serves")
+    p.add_argument("--only", metavar="S2,S3", help="comma-separated scenario prefixes to run")
+    p.add_argument("--workers", type=int, help="load generator processes (default: 2, 1 with --quick)")
+    p.add_argument("--no-selftest", action="store_true", help="skip measuring the load generator's own ceiling")
+    p.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    return p.parse_args(argv)
+
+
+def raise_fd_limit() -> int:
+    # 10k client sockets in the load generator and 10k in the server: children inherit this.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def machine() -> dict[str, Any]:
+    node = ensure_installed()
+    return {
+        "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+        "node": subprocess.run([node, "--version"], check=False, capture_output=True, text=True).stdout.strip(),
+        "websockets": importlib.metadata.version("websockets"), "nofile": raise_fd_limit(),
+    }
+
+
+def loadgen_selftest() -> list[dict[str, Any]]:
+    """The load generator's own receive ceiling (see loadgen/selftest.js)."""
+    out = subprocess.run(
+        [ensure_installed(), str(LOADGEN_DIR / "selftest.js"), "--seconds", "3", "--workers", "1,2"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+async def run_one(spec: ServerSpec, step: Any, cfg: scenarios.Config) -> dict[str, Any]:
+    server = RunningServer(spec)
+    try:
+        await server.start()
+        result: dict[str, Any] = await step(server, cfg)
+        return result
+    except Exception as exc:  # one failure must not hide the other servers' and scenarios' figures
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}".strip()}
+    finally:
+        server.stop()
+
+
+async def run(args: argparse.Namespace) -> int:
+    cfg = scenarios.QUICK if args.quick else scenarios.FULL
+    if args.workers:
+        cfg = dataclasses.replace(cfg, workers=args.workers)
+    specs = [baseline_spec()]
+    if args.relay:
+        specs.append(relay_spec(args.relay, args.relay_publish, args.relay_app))
+    only = args.only.split(",") if args.only else None
+    doc: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "machine": machine(),
+        "config": dataclasses.asdict(cfg),
+        "servers": {s.name: {"command": s.command, "publish": s.publish} for s in specs},
+        "results": {},
+    }
+    if not args.quick and not args.no_selftest:
+        print("# load generator selftest", file=sys.stderr, flush=True)
+        doc["loadgen_selftest"] = loadgen_selftest()
+
+    for name, step in scenarios.plan(cfg):
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
+        doc["results"][name] = {}
+        for spec in specs:
+            print(f"# {name}: {spec.name}", file=sys.stderr, flush=True)
+            doc["results"][name][spec.name] = await run_one(spec, step, cfg)
+
+    print(report.table(doc["results"], [s.name for s in specs]))
+    for st in doc.get("loadgen_selftest", []):
+        print(
+            f"load generator ceiling ({st['eventsPerWrite']} event(s) per server write, {st['workers']} worker(s)):"
+            f" {st['rate']:,} msg/s at {st['loadgenCpuPct']}% CPU, fake server at {st['blasterCpuPct']}%"
+        )
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results: {path}")
+    return 1 if any("error" in r for by in doc["results"].values() for r in by.values()) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
