@@ -8,11 +8,15 @@ oversized message as it streams in, so it never buffers more than the limit.
 
 The writer side is a list of ready-made frames: a broadcast frame is built
 once by the server and the same bytes object is appended to every
-subscriber's list. A flush task runs only while there is something to write,
-and writes everything queued in one ``send_all`` (writes coalesce under load,
-and an idle connection has no writer task and no buffer). When the queued
-bytes would pass ``max_buffer``, :meth:`WebSocket.push` returns False and the
-server closes the connection as a slow consumer.
+subscriber's list. Pushing only marks the connection dirty in the shared
+:class:`Writer`; when the server has carried out a batch of outputs it calls
+:meth:`Writer.flush`, and each dirty connection writes everything it has in
+one system call, straight to its (non-blocking) socket. Only what the kernel
+does not take at once is left to a flush task, so under load a broadcast
+costs one ``send`` per subscriber per batch, and an idle connection has no
+task and no buffer. When the queued bytes would pass ``max_buffer``,
+:meth:`WebSocket.push` returns False and the server closes the connection as
+a slow consumer.
 
 Closing sends a close frame after what is queued and starts a watchdog: a
 peer that does not take its last frames and answer within ``CLOSE_TIMEOUT``
@@ -22,14 +26,16 @@ frame decoder, the stream and the reading task.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-__all__ = ["CLOSE_TIMEOUT", "Side", "WebSocket", "broadcast_frame"]
+__all__ = ["CLOSE_TIMEOUT", "Side", "WebSocket", "Writer", "broadcast_frame"]
 
 log = logging.getLogger("pipe_trio")
 
@@ -60,6 +66,63 @@ class Side(Protocol):
         """A message over the limit was discarded."""
 
 
+class Writer:
+    """Writes what connections queued, in one pass, once per batch of outputs.
+
+    Args:
+        spawn: starts a task in the server's nursery (for writes the kernel
+            could not take at once, and for close watchdogs).
+    """
+
+    __slots__ = ("dirty", "spawn")
+
+    def __init__(self, spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+        self.spawn = spawn
+        self.dirty: list[WebSocket] = []
+
+    def broadcast(
+        self, frame: bytes, targets: tuple[str, ...], conns: dict[str, WebSocket], full: list[WebSocket]
+    ) -> None:
+        """Queue the same frame for every target; connections over their limit go to ``full``.
+
+        :meth:`WebSocket.push`, unrolled: this loop runs once per delivery.
+        """
+        size = len(frame)
+        dirty = self.dirty
+        get = conns.get
+        for target in targets:
+            conn = get(target)
+            if conn is None or conn.closing:
+                continue
+            queued = conn._size + size
+            if queued > conn.max_buffer:
+                full.append(conn)
+                continue
+            out = conn._out
+            if out is None:
+                conn._out = [frame]
+            else:
+                out.append(frame)
+            conn._size = queued
+            if not conn._dirty and not conn._flushing:
+                conn._dirty = True
+                dirty.append(conn)
+
+    def flush(self) -> None:
+        """Write out every connection that queued something since the last flush."""
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            conn._write_now()
+
+
+def _raw_fd(stream: trio.abc.Stream) -> int:
+    # Plain TCP streams can be written to directly (trio keeps the socket
+    # non-blocking); TLS ones cannot, their bytes go through the SSL object.
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return -1
+
+
 class WebSocket:
     """A server-side WebSocket after the handshake.
 
@@ -68,11 +131,13 @@ class WebSocket:
         trailing_data: bytes received after the HTTP upgrade request.
         max_buffer: most bytes queued for writing before the peer counts as
             a slow consumer.
-        spawn: starts a task in the server's nursery.
+        writer: the server's :class:`Writer`.
     """
 
     __slots__ = (
+        "_dirty",
         "_drained",
+        "_fd",
         "_flushing",
         "_out",
         "_size",
@@ -82,8 +147,8 @@ class WebSocket:
         "frames",
         "id",
         "max_buffer",
-        "spawn",
         "stream",
+        "writer",
     )
 
     def __init__(
@@ -91,15 +156,17 @@ class WebSocket:
         stream: trio.abc.Stream,
         trailing_data: bytes,
         max_buffer: int,
-        spawn: Callable[[Callable[[], Awaitable[None]]], None],
+        writer: Writer,
     ) -> None:
         self.id = ""
         self.stream = stream
+        self._fd = _raw_fd(stream)
         self.frames = FrameProtocol(client=False, extensions=[])
         if trailing_data:
             self.frames.receive_bytes(trailing_data)
         self.max_buffer = max_buffer
-        self.spawn = spawn
+        self.writer = writer
+        self._dirty = False
         # Created on first use: an idle connection has no buffer at all.
         self._out: list[bytes] | None = None
         self._size = 0
@@ -123,9 +190,9 @@ class WebSocket:
         else:
             self._out.append(frame)
         self._size = size
-        if not self._flushing:
-            self._flushing = True
-            self.spawn(self._flush)
+        if not self._dirty and not self._flushing:
+            self._dirty = True
+            self.writer.dirty.append(self)
         return True
 
     def push_text(self, text: str) -> bool:
@@ -152,7 +219,7 @@ class WebSocket:
             return
         self._send_close(code, reason)
         self.closing = True
-        self.spawn(self._watch)
+        self.writer.spawn(self._watch)
 
     def _send_close(self, code: int | None, reason: str) -> None:
         if self.close_sent:
@@ -165,9 +232,9 @@ class WebSocket:
         if self._out is None:
             self._out = []
         self._out.append(bytes(frame))
-        if not self._flushing:
-            self._flushing = True
-            self.spawn(self._flush)
+        if not self._dirty and not self._flushing:
+            self._dirty = True
+            self.writer.dirty.append(self)
 
     async def _watch(self) -> None:
         with trio.CancelScope() as scope:
@@ -176,6 +243,36 @@ class WebSocket:
             # A peer that will not read or answer: stop waiting on it. Any
             # task blocked on the stream gets ClosedResourceError.
             await trio.aclose_forcefully(self.stream)
+
+    def _write_now(self) -> None:
+        """Write what is queued with one non-blocking system call; leave the rest to a task."""
+        self._dirty = False
+        out = self._out
+        if self._flushing or not out:
+            return
+        if self._fd >= 0:
+            chunk = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                written = os.write(self._fd, chunk)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                # The peer is gone; the reader will see it end.
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                    log.info("write to %s failed: %s", self.id, exc)
+                self._out = None
+                self._size = 0
+                self.closing = True
+                return
+            if written == len(chunk):
+                self._out = None
+                self._size = 0
+                return
+            rest = chunk[written:]
+            self._out = [rest]
+            self._size = len(rest)
+        self._flushing = True
+        self.writer.spawn(self._flush)
 
     async def _flush(self) -> None:
         try:
@@ -197,6 +294,7 @@ class WebSocket:
 
     async def aclose(self) -> None:
         """Wait (boundedly) for queued frames to be written, then close the stream."""
+        self.writer.flush()
         self.closing = True
         if self._flushing:
             self._drained = trio.Event()
@@ -211,7 +309,8 @@ class WebSocket:
     async def run(self, side: Side, max_message: int) -> tuple[int, str]:
         """Read until the connection ends; returns the close code and reason.
 
-        Text messages go to ``side.text``; binary messages are ignored (the
+        Text messages go to ``side.text``, which may leave what it queued for
+        the flush that follows each chunk read; binary messages are ignored (the
         Pusher protocol has none); pings are answered and, like pongs,
         reported to ``side.heard``. A message longer than ``max_message``
         bytes is dropped as it arrives and reported to ``side.oversized``.
@@ -260,14 +359,35 @@ class WebSocket:
                     elif opcode is Opcode.CLOSE:
                         code, reason = frame.payload  # type: ignore[misc]
                         self._send_close(code, reason)
+                        self.writer.flush()
                         return int(code), reason
             except ParseFailed as exc:
                 self._send_close(exc.code, str(exc))
+                self.writer.flush()
                 return int(exc.code), str(exc)
-            try:
-                data_in = await self.stream.receive_some(_RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data_in = b""
+            # What the messages of this chunk produced goes out together.
+            self.writer.flush()
+            data_in = await self._receive()
             if not data_in:
                 return 1006, ""
             frames.receive_bytes(data_in)
+
+    async def _receive(self) -> bytes:
+        """The next bytes from the peer (``b""``: the connection ended).
+
+        On plain TCP, waits on the socket itself and reads it without
+        blocking: an idle connection then waits in one small coroutine frame
+        instead of the stream, socket and helper frames of ``receive_some``.
+        """
+        fd = self._fd
+        try:
+            if fd < 0:
+                return await self.stream.receive_some(_RECEIVE_SIZE)
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    return os.read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue  # woken without data after all
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""

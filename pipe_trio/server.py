@@ -37,7 +37,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
-from ._websocket import WebSocket, broadcast_frame
+from ._websocket import WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "serve"]
@@ -53,17 +53,22 @@ TIMER_GRANULARITY = 1.0
 
 
 class _Upgrade:
-    """What the HTTP phase hands to the WebSocket phase (and nothing more)."""
+    """What the HTTP phase hands to the WebSocket phase (and nothing more).
 
-    __slots__ = ("accepted", "details", "route", "trailing")
+    ``response`` is the 101 response, not sent yet: it goes out in the same
+    write as the connection's first frame.
+    """
+
+    __slots__ = ("accepted", "details", "response", "route", "trailing")
 
     def __init__(
-        self, route: Route, trailing: bytes, details: SocketDetails, accepted: PipeAccepted | None
+        self, route: Route, trailing: bytes, details: SocketDetails, accepted: PipeAccepted | None, response: bytes
     ) -> None:
         self.route = route
         self.trailing = trailing
         self.details = details
         self.accepted = accepted
+        self.response = response
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -102,8 +107,7 @@ class RelayServer:
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
         self.conns: dict[str, WebSocket] = {}
-        # One bound method for every connection (each access would make a new one).
-        self._spawner = self._spawn
+        self.writer = Writer(self._spawn)
         self._sockets_side = _SocketsSide(self)
         self._pipes_side = _PipesSide(self)
         self._refused_side = _Side(self)  # refused sockets: nothing reaches the relay
@@ -190,23 +194,19 @@ class RelayServer:
 
     # ------------------------------------------------------------- outputs
 
-    def execute(self, outputs: list[Output]) -> None:
-        """Carry out the core's outputs, in order, without blocking."""
+    def execute(self, outputs: list[Output], *, flush: bool = True) -> None:
+        """Carry out the core's outputs, in order, without blocking.
+
+        With ``flush`` false the bytes stay queued until the next
+        ``self.writer.flush()``: a connection's reader flushes once per chunk
+        it read, so the frames of many messages read together go out in one
+        write per subscriber.
+        """
         overflowing: list[WebSocket] = []
         conns = self.conns
         for output in outputs:
             if type(output) is Send:
-                targets = output.targets
-                frame = broadcast_frame(output.text)
-                if len(targets) == 1:
-                    conn = conns.get(targets[0])
-                    if conn is not None and not conn.push(frame):
-                        overflowing.append(conn)
-                    continue
-                for target in targets:
-                    conn = conns.get(target)
-                    if conn is not None and not conn.push(frame):
-                        overflowing.append(conn)
+                self.writer.broadcast(broadcast_frame(output.text), output.targets, conns, overflowing)
             elif type(output) is Close:
                 conn = conns.pop(output.target, None)
                 if conn is not None:
@@ -219,6 +219,9 @@ class RelayServer:
                 self.webhooks.add(output.app_id, output.urls, output.event)
         for conn in overflowing:
             self._slow_consumer(conn)
+        if flush:
+            # Everything queued by this batch goes out now, one write per connection.
+            self.writer.flush()
 
     def _slow_consumer(self, conn: WebSocket) -> None:
         if conn.id not in self.conns:
@@ -249,7 +252,7 @@ class RelayServer:
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("connection handler failed")
         finally:
-            await trio.aclose_forcefully(stream)
+            # serve_listeners closes the stream once this returns.
             self._tcp_tasks -= 1
             if self._tcp_tasks == 0 and self._all_closed is not None:
                 self._all_closed.set()
@@ -279,9 +282,13 @@ class RelayServer:
             upgrade = (_header(headers, b"upgrade") or "").lower() == "websocket"
             found = route(method, target, upgrade=upgrade)
             if upgrade:
-                with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # its end may never come
-                    return await self._accept_websocket(stream, conn, found, request)
-                return None
+                end = conn.next_event()  # a GET upgrade has no body: its end is here at once...
+                if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
+                    with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # ...unless it is not
+                        end = await self._end_of_request(stream, conn)
+                if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
+                    return None
+                return await self._accept_websocket(stream, conn, found, request)
             head = method == "HEAD"
             if found.kind is RouteKind.REST:
                 with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
@@ -399,12 +406,6 @@ class RelayServer:
                 stream, conn, 426, {"error": "WebSocket version 13 required"}, headers=[("sec-websocket-version", "13")]
             )
             return None
-        while True:  # a GET upgrade has no body: read up to its end
-            event = await self._next(stream, conn)
-            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                break
-            if not isinstance(event, h11.Data):
-                return None
         accepted = None
         if found.kind is RouteKind.PIPE:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
@@ -416,15 +417,11 @@ class RelayServer:
         if self._stopping:
             await self._respond(stream, conn, 503, {"error": "Server is shutting down"})
             return None
-        response = h11.InformationalResponse(
-            status_code=101,
-            headers=[
-                ("upgrade", "websocket"),
-                ("connection", "Upgrade"),
-                ("sec-websocket-accept", generate_accept_token(key.encode())),
-            ],
+        # RFC 6455 4.2.2; written with the first frame, in one system call.
+        response = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
         )
-        await stream.send_all(conn.send(response))
         remote = None
         try:
             peer = stream.socket.getpeername()  # type: ignore[attr-defined]
@@ -438,7 +435,13 @@ class RelayServer:
             query=request.target.decode("latin-1").partition("?")[2],
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
         )
-        return _Upgrade(found, conn.trailing_data[0], details, accepted)
+        return _Upgrade(found, conn.trailing_data[0], details, accepted, response)
+
+    async def _end_of_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Any:
+        while True:
+            event = await self._next(stream, conn)
+            if not isinstance(event, h11.Data):
+                return event
 
     def _open_websocket(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> tuple[WebSocket, _Side, int]:
         """Register an upgraded connection with the relay; returns it, its side and its message limit."""
@@ -447,7 +450,8 @@ class RelayServer:
         if found.kind is RouteKind.PIPE:
             accepted = upgrade.accepted
             assert accepted is not None
-            ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self._spawner)
+            ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self.writer)
+            ws.push(upgrade.response)
             ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=secrets.randbelow(10**10))
             self.conns[ws.id] = ws
             self._pipes.add(ws.id)
@@ -457,7 +461,8 @@ class RelayServer:
                 ws.id, accepted.app.id, accepted.version, accepted.group,
             )
             return ws, self._pipes_side, accepted.app.pipe.max_frame_bytes
-        ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self._spawner)
+        ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self.writer)
+        ws.push(upgrade.response)
         ws.id, outputs = relay.open_socket(
             None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name,
             found.query,
@@ -504,7 +509,7 @@ class _SocketsSide(_Side):
 
     def text(self, conn_id: str, text: str) -> None:
         server = self.server
-        server.execute(server.relay.socket_message(conn_id, text, server.now()))
+        server.execute(server.relay.socket_message(conn_id, text, server.now()), flush=False)
 
     def heard(self, conn_id: str) -> None:
         self.server.relay.socket_heard(conn_id, self.server.now())
@@ -526,7 +531,7 @@ class _PipesSide(_Side):
 
     def text(self, conn_id: str, text: str) -> None:
         server = self.server
-        server.execute(server.relay.pipe_message(conn_id, text, server.now()))
+        server.execute(server.relay.pipe_message(conn_id, text, server.now()), flush=False)
 
     def heard(self, conn_id: str) -> None:
         self.server.relay.pipe_heard(conn_id, self.server.now())

@@ -628,7 +628,7 @@ async def test_slow_consumer_closed_4101(nursery: trio.Nursery) -> None:
                     publish(server, "news", "tick", f"{sent}:{payload}")
                     sent += 1
                     # The relay's memory for the connection never passes the limit.
-                    queued = sum(map(len, conn._out))
+                    queued = sum(map(len, conn._out or ()))
                     assert queued <= limit
                     assert conn._size <= limit
                     peak = max(peak, queued)

@@ -2,7 +2,7 @@
 
 Three ways in: the baseline's `bench:publish` frame, the relay's signed REST
 API (`POST /apps/{id}/batch_events`, through the official `pusher` SDK), and
-the relay's Pipe (a hook, below, still to be written).
+the relay's Pipe (`send_to_channel` on a backend connection).
 
 Flow control is shared: a `Watcher` (a subscriber inside the harness) sees the
 events come back, and `flood` keeps at most `window` events unacknowledged.
@@ -21,6 +21,8 @@ from typing import Any
 import pusher  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from pipe_proto.pipe import pipe_url
 
 from .servers import HOST, RunningServer
 
@@ -133,21 +135,43 @@ class RestPublisher(Publisher):
         await asyncio.to_thread(self.client.trigger_batch, batch)
 
 
-# =============================================================================
-# PIPE HOOK -- to be filled in once the relay's Pipe (backend WebSocket) is
-# settled. Contract: open() connects and authenticates as the backend;
-# publish(channel, datas) sends each data string as event EVENT on `channel`
-# and returns once the relay has taken the events (it need not wait for
-# delivery: `flood` gets its flow control from the Watcher); close() hangs up.
-# `self.server` gives host/ports (`ws_base()`, `port`, `api_port`) and
-# `self.server.spec.app` the app id/key/secret.
-# =============================================================================
 class PipePublisher(Publisher):
+    """The relay's Pipe: one backend connection sending `send_to_channel` requests.
+
+    Requests go out with `"id": null` (no reply wanted; the relay answers only
+    a failure), the way a backend streams events; `flood` gets its flow
+    control from the Watcher, like every other publisher.
+    """
+
     async def open(self) -> None:
-        raise NotImplementedError("PipePublisher: the Pipe wire format is not wired into the benchmark yet")
+        app = self.server.spec.app
+        url = pipe_url(self.server.ws_base(), app_id=app.app_id, key=app.key, secret=app.secret, now=time.time())
+        self.ws = await connect(url, compression=None, max_queue=None)
+        first = json.loads(await self.ws.recv())
+        if first.get("result", {}).get("event") != "connection_established":
+            raise RuntimeError(f"unexpected first pipe frame {first}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        # Only error notifications could come (and pings, answered by websockets).
+        try:
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                if frame.get("error"):
+                    raise RuntimeError(f"the relay refused a publish: {frame['error']}")
+        except ConnectionClosed:
+            pass
 
     async def publish(self, channel: str, datas: list[str]) -> None:
-        raise NotImplementedError
+        for data in datas:
+            params = {"channel": channel, "event": EVENT, "data": data}
+            request = {"id": None, "method": "send_to_channel", "params": params}
+            await self.ws.send(json.dumps(request))
+
+    async def close(self) -> None:
+        if hasattr(self, "ws"):
+            self._reader.cancel()
+            await self.ws.close()
 
 
 PUBLISHERS: dict[str, type[Publisher]] = {"frame": FramePublisher, "rest": RestPublisher, "pipe": PipePublisher}
