@@ -74,11 +74,27 @@ class Writer:
             could not take at once, and for close watchdogs).
     """
 
-    __slots__ = ("dirty", "spawn")
+    __slots__ = ("_scheduled", "dirty", "spawn")
 
     def __init__(self, spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
         self.spawn = spawn
         self.dirty: list[WebSocket] = []
+        self._scheduled = False
+
+    def flush_soon(self) -> None:
+        """Flush once every task Trio is running now has had its turn.
+
+        Readers woken together (a hundred sockets each sending one message
+        to the same pipe, say) then share one write per connection.
+        """
+        if self.dirty and not self._scheduled:
+            self._scheduled = True
+            self.spawn(self._flush_later)
+
+    async def _flush_later(self) -> None:
+        # A new task runs in Trio's next batch, after the current one.
+        self._scheduled = False
+        self.flush()
 
     def broadcast(
         self, frame: bytes, targets: tuple[str, ...], conns: dict[str, WebSocket], full: list[WebSocket]
@@ -365,8 +381,9 @@ class WebSocket:
                 self._send_close(exc.code, str(exc))
                 self.writer.flush()
                 return int(exc.code), str(exc)
-            # What the messages of this chunk produced goes out together.
-            self.writer.flush()
+            # What the messages of this chunk produced goes out together,
+            # with what other connections read at the same moment produced.
+            self.writer.flush_soon()
             data_in = await self._receive()
             if not data_in:
                 return 1006, ""

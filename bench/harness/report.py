@@ -42,6 +42,16 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("machine_busy_pct", "all cores busy (%)", "{:.0f}"),
         ("others_cpu_pct", "  of which other processes (%)", "{:.0f}"),
     ],
+    "S4": [
+        ("round_trip_rate", "round trips /s", "{:,.0f}"),
+        ("latency_p50_ms", "round trip p50 (ms)", "{:.2f}"),
+        ("latency_p99_ms", "round trip p99 (ms)", "{:.2f}"),
+        ("latency_max_ms", "round trip max (ms)", "{:.2f}"),
+        ("server_cpu_pct", "relay CPU (% of a core)", "{:.0f}"),
+        ("backend_cpu_pct", "backend processes CPU (% of a core)", "{:.0f}"),
+        ("loadgen_cpu_pct", "load generator CPU (% of a core)", "{:.0f}"),
+        ("machine_busy_pct", "all cores busy (%)", "{:.0f}"),
+    ],
     "S5": [
         ("publish_rate", "events published /s", "{:,.0f}"),
         ("delivery_rate", "deliveries /s to the others", "{:,.0f}"),

@@ -4,11 +4,15 @@ of figures (the keys report.py knows how to show; everything lands in the JSON).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .loadgen import LOADGEN_DIR as LOADGEN
 from .loadgen import LoadGen
 from .procstat import MachineCpu, Sampler, cpu_seconds, rss_bytes
 from .publish import PUBLISHERS, Watcher, flood, paced
@@ -26,6 +30,8 @@ class Config:
     s3_subscribers: int = 100
     s3_rate: float = 200.0
     s3_seconds: float = 10.0
+    s4_sockets: int = 100
+    s4_seconds: float = 10.0
     s5_seconds: float = 60.0  # long enough to pass common keepalive timeouts (websockets: 20 s + 20 s)
     window: int = 20  # events in flight in S2/S5 (see publish.flood)
     settle: float = 1.0  # idle time before "RSS after" in S1
@@ -38,7 +44,8 @@ class Config:
 FULL = Config()
 QUICK = Config(
     s1_sizes=(20, 50), s1_channels=10, s2_subscribers=20, s2_seconds=1.0, s3_subscribers=10, s3_rate=100.0,
-    s3_seconds=1.0, s5_seconds=1.5, settle=0.2, drain_stall=1.0, workers=1, concurrency=16, ready_timeout=15.0,
+    s3_seconds=1.0, s4_sockets=10, s4_seconds=1.0, s5_seconds=1.5, settle=0.2, drain_stall=1.0, workers=1,
+    concurrency=16, ready_timeout=15.0,
 )
 
 
@@ -188,6 +195,55 @@ async def latency(server: RunningServer, cfg: Config) -> dict[str, Any]:
     })
 
 
+async def roundtrip(server: RunningServer, cfg: Config, backends: int) -> dict[str, Any]:
+    """S4: sockets ask, backends on the Pipe answer each with send_to_socket; round trips/s and latency.
+
+    Servers without a Pipe (the baseline) have nothing to run here.
+    """
+    if server.spec.publish != "pipe":
+        return {"skipped": "no Pipe"}
+    app = server.spec.app
+    script = str(Path(__file__).with_name("pipe_backend.py"))
+    backend = [sys.executable, script, server.ws_base(), app.app_id, app.key, app.secret]
+    procs = [
+        await asyncio.create_subprocess_exec(*backend, stdout=asyncio.subprocess.PIPE) for _ in range(backends)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), cfg.ready_timeout)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"pipe backend did not start: {line!r}")
+        machine, cpu0 = MachineCpu(), cpu_seconds(server.pid)
+        backend_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+        node = await asyncio.create_subprocess_exec(
+            "node", str(LOADGEN / "roundtrip.js"), "--url", server.ws_base(), "--key", app.key,
+            "--conns", str(cfg.s4_sockets), "--duration", str(cfg.s4_seconds), "--warmup", str(cfg.settle),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await node.communicate()
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        seconds = cfg.s4_seconds + cfg.settle
+        cpu1, busy = cpu_seconds(server.pid), machine.pct()
+        backend_cpu1 = sum(cpu_seconds(p.pid) for p in procs)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
+    if result.get("type") != "result":
+        raise RuntimeError(f"round trip load generator failed: {result}")
+    lat = result["latencyMs"]
+    return {
+        "backends": backends, "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"],
+        "round_trip_rate": result["rate"], "errors": result["errors"],
+        "latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
+        "server_cpu_pct": _cpu_pct(cpu1 - cpu0, seconds),
+        "backend_cpu_pct": _cpu_pct(backend_cpu1 - backend_cpu0, seconds),
+        "loadgen_cpu_pct": _cpu_pct(result["cpuS"], cfg.s4_seconds),
+        "machine_busy_pct": busy,
+    }
+
+
 def plan(cfg: Config) -> list[tuple[str, Any]]:
     """(scenario name, coroutine function taking (server, cfg)) in run order."""
     steps: list[tuple[str, Any]] = [
@@ -196,6 +252,8 @@ def plan(cfg: Config) -> list[tuple[str, Any]]:
     steps += [
         ("S2 fan-out", fanout),
         ("S3 latency", latency),
+        ("S4 pipe round trip, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1)),
+        ("S4 pipe round trip, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3)),
         ("S5 slow consumer", lambda server, cfg: fanout(server, cfg, slow=1)),
     ]
     return steps

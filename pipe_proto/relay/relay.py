@@ -226,9 +226,9 @@ class Relay:
             return self._take()
         if isinstance(event, Message):
             if event.is_client_event:
-                self._client_event(sock, event, now)
+                self._client_event(sock, event, now, len(text))
             else:
-                self._back_channel(sock, event, now)
+                self._back_channel(sock, event, now, len(text))
         elif isinstance(event, Ping):
             self._send(socket_id, _frame(Pong()))
         elif isinstance(event, Subscribe):
@@ -473,11 +473,16 @@ class Relay:
         sock.back_count += 1
         return sock.back_count <= limits.back_channel_per_second
 
-    def _payload_error(self, sock: Socket, event: Message) -> str | None:
+    def _payload_error(self, sock: Socket, event: Message, text_length: int) -> str | None:
         problem = event_name_error(event.event)
         if problem:
             return problem
         limit = sock.app.app.limits.max_event_bytes
+        # The data is part of the message: re-encoded, each of its characters
+        # takes at most 12 bytes (a surrogate pair escaped), so a short
+        # message cannot be over the limit and need not be measured.
+        if text_length * 12 <= limit:
+            return None
         try:
             size = _json.encoded_size(event.data)
         except ValueError:
@@ -486,7 +491,7 @@ class Relay:
             return f"Event data is {size} bytes; the limit is {limit} bytes"
         return None
 
-    def _client_event(self, sock: Socket, event: Message, now: float) -> None:
+    def _client_event(self, sock: Socket, event: Message, now: float, text_length: int) -> None:
         state = sock.app
         name = event.channel
         assert name is not None
@@ -503,7 +508,7 @@ class Relay:
             limit = state.app.limits.client_events_per_second
             self._error(sock.id, f"Client event rate limit exceeded ({limit} per second)", PusherCode.RATE_LIMITED)
             return
-        problem = self._payload_error(sock, event)
+        problem = self._payload_error(sock, event, text_length)
         if problem:
             self._error(sock.id, f"Client event rejected: {problem}")
             return
@@ -527,13 +532,13 @@ class Relay:
             )
             state.hub.publish("socket_message", sock.id, notice, now)
 
-    def _back_channel(self, sock: Socket, event: Message, now: float) -> None:
+    def _back_channel(self, sock: Socket, event: Message, now: float, text_length: int) -> None:
         state = sock.app
         if not self._within_rate(sock, now, client=False):
             limit = state.app.limits.back_channel_per_second
             self._error(sock.id, f"Back-channel rate limit exceeded ({limit} per second)", PusherCode.RATE_LIMITED)
             return
-        problem = self._payload_error(sock, event)
+        problem = self._payload_error(sock, event, text_length)
         if problem:
             self._error(sock.id, f"Message rejected: {problem}")
             return
