@@ -35,12 +35,16 @@ from typing import Protocol
 import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
-__all__ = ["CLOSE_TIMEOUT", "Side", "WebSocket", "Writer", "broadcast_frame"]
+__all__ = ["CLOSE_TIMEOUT", "SLOW_CLOSE_TIMEOUT", "Side", "WebSocket", "Writer", "broadcast_frame"]
 
 log = logging.getLogger("pipe_trio")
 
 #: Seconds a closing connection may take to take its last frames.
 CLOSE_TIMEOUT = 5.0
+#: The same for a slow consumer: its queue is dropped at once, but the bytes
+#: already in the kernel sit before its close frame, and it may read again
+#: (a mobile network back from a tunnel) and learn why it was closed.
+SLOW_CLOSE_TIMEOUT = 60.0
 _RECEIVE_SIZE = 65536
 
 # Server frames are unmasked and, without extensions, identical for every
@@ -159,6 +163,7 @@ class WebSocket:
         "_size",
         "_watchdog",
         "close_sent",
+        "close_timeout",
         "closing",
         "frames",
         "id",
@@ -191,6 +196,7 @@ class WebSocket:
         self._watchdog: trio.CancelScope | None = None
         self.closing = False
         self.close_sent = False
+        self.close_timeout = CLOSE_TIMEOUT
 
     # ------------------------------------------------------------- writing
 
@@ -221,9 +227,13 @@ class WebSocket:
             self.push(bytes(self.frames.ping()))
 
     def discard_queue(self) -> None:
-        """Forget what is queued and not yet being written (a slow consumer)."""
+        """Forget what is queued and not yet being written (a slow consumer).
+
+        The close that follows waits ``SLOW_CLOSE_TIMEOUT`` for the peer.
+        """
         self._out = None
         self._size = 0
+        self.close_timeout = SLOW_CLOSE_TIMEOUT
 
     def close(self, code: int, reason: str) -> None:
         """Send a close frame after what is queued, then end the connection.
@@ -255,7 +265,7 @@ class WebSocket:
     async def _watch(self) -> None:
         with trio.CancelScope() as scope:
             self._watchdog = scope
-            await trio.sleep(CLOSE_TIMEOUT)
+            await trio.sleep(self.close_timeout)
             # A peer that will not read or answer: stop waiting on it. Any
             # task blocked on the stream gets ClosedResourceError.
             await trio.aclose_forcefully(self.stream)
