@@ -30,7 +30,7 @@ import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import trio
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
@@ -383,7 +383,7 @@ class WebSocket:
                     elif opcode is Opcode.PONG:
                         side.heard(conn_id)
                     elif opcode is Opcode.CLOSE:
-                        code, reason = frame.payload  # type: ignore[misc]
+                        code, reason = cast(tuple[int, str], frame.payload)
                         self._send_close(code, reason)
                         self.writer.flush()
                         return int(code), reason
@@ -409,7 +409,7 @@ class WebSocket:
         fd = self._fd
         try:
             if fd < 0:
-                return await self.stream.receive_some(_RECEIVE_SIZE)
+                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
             while True:
                 await trio.lowlevel.wait_readable(fd)
                 try:

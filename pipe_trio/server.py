@@ -128,7 +128,7 @@ class RelayServer:
     @property
     def port(self) -> int:
         """The TCP port of the first listener (useful after listening on port 0)."""
-        listener = self.listeners[0]
+        listener: Any = self.listeners[0]
         inner = getattr(listener, "transport_listener", listener)
         return int(inner.socket.getsockname()[1])
 
@@ -313,7 +313,7 @@ class RelayServer:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
+                conn.receive_data(bytes(await stream.receive_some(65536)))
                 continue
             return event
 
