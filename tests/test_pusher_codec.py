@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
+from fuzz.fuzz_pusher_codec import CLIENT_SENDS, SERVER_SENDS
 from pipe_proto.errors import LocalProtocolError, RemoteProtocolError
 from pipe_proto.pusher.codec import Role, decode, encode, encode_message
 from pipe_proto.pusher.events import (
@@ -204,58 +203,11 @@ def test_output_is_ascii() -> None:
 
 
 # ------------------------------------------------------------------ round trips
-
-texts = st.text(max_size=20)
-nonempty = st.text(min_size=1, max_size=20)
-json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | texts
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=12,
-)
-event_names = nonempty.filter(lambda s: not s.startswith(("pusher:", "pusher_internal:")))
-user_ids = texts | st.integers()
+# The event strategies are the fuzz target's (fuzz/fuzz_pusher_codec.py), so
+# both suites build the same events.
 
 
-@st.composite
-def presences(draw: st.DrawFn) -> Presence:
-    """Member lists whose ids are distinct as strings (JSON object keys)."""
-    ids = draw(st.lists(user_ids, max_size=6, unique_by=str))
-    return Presence(members=[(uid, draw(json_values)) for uid in ids])
-
-
-CLIENT_EVENTS = st.one_of(
-    st.builds(Ping),
-    st.builds(Pong),
-    st.builds(Subscribe, channel=texts, auth=texts, channel_data=st.none() | texts),
-    st.builds(Unsubscribe, channel=texts),
-    st.builds(SignIn, auth=texts, user_data=texts),
-    st.builds(Message, event=event_names, data=json_values, channel=st.none() | texts),
-)
-
-SERVER_EVENTS = st.one_of(
-    st.builds(ConnectionEstablished, socket_id=texts, activity_timeout=st.integers(min_value=1)),
-    st.builds(Error, code=st.none() | st.integers(), message=texts),
-    st.builds(Ping),
-    st.builds(Pong),
-    st.builds(SubscriptionSucceeded, channel=texts, presence=st.none() | presences()),
-    st.builds(SubscriptionError, channel=texts, type=texts, error=texts, status=st.integers()),
-    st.builds(MemberAdded, channel=texts, user_id=user_ids, user_info=json_values),
-    st.builds(MemberRemoved, channel=texts, user_id=user_ids),
-    st.builds(CacheMiss, channel=texts),
-    st.builds(SubscriptionCount, channel=texts, count=st.integers()),
-    st.builds(SignInSuccess, user_data=texts),
-    st.builds(
-        WatchlistEvents,
-        events=st.lists(st.builds(WatchlistChange, name=texts, user_ids=st.lists(texts, max_size=3)), max_size=3),
-    ),
-    st.builds(Message, event=event_names, data=texts, channel=st.none() | texts, user_id=st.none() | texts),
-)
-
-
-@given(CLIENT_EVENTS)
+@given(CLIENT_SENDS)
 def test_client_round_trip(event: PusherEvent) -> None:
     """Whatever a client encodes, the server decodes back to an equal event."""
     text = encode(event, role=CLIENT)
@@ -263,7 +215,7 @@ def test_client_round_trip(event: PusherEvent) -> None:
     assert decode(text, role=SERVER) == event
 
 
-@given(SERVER_EVENTS)
+@given(SERVER_SENDS)
 def test_server_round_trip(event: PusherEvent) -> None:
     """Whatever the server encodes, a client decodes back to an equal event."""
     text = encode(event, role=SERVER)
@@ -456,136 +408,4 @@ def test_malformed_frames_raise_remote_protocol_error(role: Role, text: str | by
     assert info.value.message
 
 
-def _decode_or_protocol_error(text: str | bytes, role: Role) -> PusherEvent | None:
-    try:
-        event = decode(text, role=role)
-    except RemoteProtocolError:
-        return None
-    assert isinstance(event, PusherEvent)
-    return event
-
-
-@given(st.text(), st.sampled_from([CLIENT, SERVER]))
-def test_fuzz_arbitrary_text(text: str, role: Role) -> None:
-    """Arbitrary text either decodes to an event or raises RemoteProtocolError."""
-    _decode_or_protocol_error(text, role)
-
-
-@given(st.binary(), st.sampled_from([CLIENT, SERVER]))
-def test_fuzz_arbitrary_bytes(data: bytes, role: Role) -> None:
-    """Arbitrary bytes either decode to an event or raise RemoteProtocolError."""
-    _decode_or_protocol_error(data, role)
-
-
-# Structure-aware mutations of the catalogue's frames.
-
-any_json = st.recursive(
-    json_scalars | st.sampled_from([math.nan, math.inf, -math.inf, 10**400, "pusher:subscribe", "{}", "[]"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(
-        ["event", "data", "channel", "auth", "channel_data", "user_data", "user_id", "presence", "hash", "ids",
-         "socket_id", "activity_timeout", "code", "message", "events", "name", "user_ids", "x"]), inner, max_size=3),
-    max_leaves=8,
-)
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    paths = [prefix]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            paths += _paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            paths += _paths(item, (*prefix, index))
-    return paths
-
-
-def _get(value: Any, path: tuple[Any, ...]) -> Any:
-    for step in path:
-        value = value[step]
-    return value
-
-
-def _set(value: Any, path: tuple[Any, ...], new: Any) -> Any:
-    if not path:
-        return new
-    _get(value, path[:-1])[path[-1]] = new
-    return value
-
-
-def _expand(value: Any) -> Any:
-    """Decode the double-encoded strings inside a frame so that mutations reach into them."""
-    if isinstance(value, str) and value[:1] in "{[":
-        try:
-            return {"__json__": _expand(json.loads(value))}
-        except ValueError:
-            return value
-    if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v) for v in value]
-    return value
-
-
-def _collapse(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"__json__"}:
-            return json.dumps(_collapse(value["__json__"]))
-        return {k: _collapse(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_collapse(v) for v in value]
-    return value
-
-
-DEEP, DEEP_MARK = 5000, "\x00deep\x00"
-
-
-@st.composite
-def mutated_frames(draw: st.DrawFn) -> tuple[Role, str]:
-    role, _, text = draw(st.sampled_from(FRAMES))
-    tree = _expand(json.loads(text))
-    for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        path = draw(st.sampled_from(_paths(tree)))
-        target = _get(tree, path)
-        how = draw(st.sampled_from(["replace", "delete", "stringify", "nest", "retype"]))
-        if how == "replace":
-            tree = _set(tree, path, draw(any_json))
-        elif how == "delete" and path:
-            del _get(tree, path[:-1])[path[-1]]
-        elif how == "stringify":
-            tree = _set(tree, path, json.dumps(_collapse(target)))
-        elif how == "nest":
-            depth = draw(st.sampled_from([1, 2, 50, DEEP]))
-            inner = json.dumps(_collapse(target))
-            nested = DEEP_MARK if depth == DEEP else json.loads("[" * depth + inner + "]" * depth)
-            tree = _set(tree, path, nested)
-        elif how == "retype":
-            tree = _set(tree, path, draw(st.sampled_from([None, True, 0, -1, 1.5, "", [], {}])))
-    # allow_nan: NaN and Infinity reach the decoder as the non-standard tokens Python would accept.
-    text = json.dumps(_collapse(tree), allow_nan=True)
-    return peer(role), text.replace(json.dumps(DEEP_MARK), "[" * DEEP + "]" * DEEP)
-
-
-@given(mutated_frames())
-def test_fuzz_mutated_frames(role_and_text: tuple[Role, str]) -> None:
-    """Catalogue frames with fields replaced, deleted, stringified or nested decode or raise RemoteProtocolError."""
-    role, text = role_and_text
-    _decode_or_protocol_error(text, role)
-
-
-@given(st.sampled_from(FRAMES), st.data())
-def test_fuzz_character_edits(frame: tuple[Role, PusherEvent, str], data: st.DataObject) -> None:
-    """Frames with characters inserted, deleted or replaced decode or raise RemoteProtocolError."""
-    role, _, text = frame
-    chars = list(text)
-    for _ in range(data.draw(st.integers(min_value=1, max_value=5))):
-        index = data.draw(st.integers(min_value=0, max_value=len(chars)))
-        edit = data.draw(st.sampled_from(["insert", "delete", "replace"]))
-        char = data.draw(st.sampled_from([*'{}[]",:\\ 0aeE-+.tnu', "\x00", "\ud800", "é"]))
-        if edit == "insert":
-            chars.insert(index, char)
-        elif chars and index < len(chars):
-            if edit == "delete":
-                del chars[index]
-            else:
-                chars[index] = char
-    _decode_or_protocol_error("".join(chars), peer(role))
+# Arbitrary text and bytes, mutated and edited frames: fuzz/fuzz_pusher_codec.py.
