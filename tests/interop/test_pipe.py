@@ -108,12 +108,13 @@ async def test_open_pipe_send_to_channel_with_exclusion(relay_server: RelayServe
 async def test_authorization_through_the_pipe(relay_server: RelayServer) -> None:
     """Private and presence subscriptions decided by the pipe: allow, deny, timeout; no pipe is 503."""
     url = url_of(relay_server)
+    timed_out = trio.Event()
 
     async def decide(request: AuthRequest) -> Any:
         if request.kind == "user":
             return {"id": "u1", "user_info": {"name": "Ann"}}
         if request.channel == "private-slow":
-            await trio.sleep(6)  # longer than the relay's 5 s auth timeout
+            await timed_out.wait()  # answers only after the relay gave up (408)
         if request.channel == "private-no":
             return AuthAnswer(allow=False, reason="not for you")
         if request.channel and request.channel.startswith("presence-"):
@@ -135,6 +136,7 @@ async def test_authorization_through_the_pipe(relay_server: RelayServer) -> None
                 await js.call("subscribe", "a", channel="private-slow")
                 slow = await js.expect({"type": "subscription_error", "id": "a", "channel": "private-slow"}, timeout=10)
                 assert slow["data"]["status"] == 408
+                timed_out.set()
                 # pusher-js needs a signed-in user to join presence without channel_data.
                 await js.call("signin", "a")
                 await js.expect({"type": "signin_success", "id": "a"})
