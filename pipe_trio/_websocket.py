@@ -1,7 +1,7 @@
 """One accepted WebSocket: its reader loop and its bounded outbound buffer.
 
-The reader feeds bytes to wsproto's frame protocol and hands complete text
-messages to the connection's :class:`Side` (the relay's socket or pipe entry
+The reader feeds bytes to a :class:`~pipe_trio._wsframes.FrameReader` and
+hands complete text messages to the connection's :class:`Side` (the relay's socket or pipe entry
 points, shared by every connection of that kind, so a connection carries no
 closures of its own). It enforces the message size limit by discarding an
 oversized message as it streams in, so it never buffers more than the limit.
@@ -20,8 +20,8 @@ a slow consumer.
 
 Closing sends a close frame after what is queued and starts a watchdog: a
 peer that does not take its last frames and answer within ``CLOSE_TIMEOUT``
-is cut off. Kept lean on purpose: an idle connection is this object, wsproto's
-frame decoder, the stream and the reading task.
+is cut off. Kept lean on purpose: an idle connection is this object, its
+frame reader, the stream and the reading task.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 import trio
-from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+
+from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
 __all__ = ["CLOSE_TIMEOUT", "SLOW_CLOSE_TIMEOUT", "Side", "WebSocket", "Writer", "broadcast_frame"]
 
@@ -47,14 +48,9 @@ CLOSE_TIMEOUT = 5.0
 SLOW_CLOSE_TIMEOUT = 60.0
 _RECEIVE_SIZE = 65536
 
-# Server frames are unmasked and, without extensions, identical for every
-# peer: one shared framer builds them for all connections.
-_FRAMER = FrameProtocol(client=False, extensions=[])
-
-
-def broadcast_frame(text: str) -> bytes:
-    """The bytes of a text frame carrying ``text``, ready to write to any socket."""
-    return bytes(_FRAMER.send_data(text, fin=True))
+#: The bytes of a text frame carrying a text, ready to write to any socket
+#: (server frames are unmasked: the same bytes serve every subscriber).
+broadcast_frame = text_frame
 
 
 class Side(Protocol):
@@ -161,13 +157,14 @@ class WebSocket:
         "_flushing",
         "_out",
         "_size",
+        "_trailing",
         "_watchdog",
         "close_sent",
         "close_timeout",
         "closing",
-        "frames",
         "id",
         "max_buffer",
+        "reader",
         "stream",
         "writer",
     )
@@ -182,9 +179,8 @@ class WebSocket:
         self.id = ""
         self.stream = stream
         self._fd = _raw_fd(stream)
-        self.frames = FrameProtocol(client=False, extensions=[])
-        if trailing_data:
-            self.frames.receive_bytes(trailing_data)
+        self.reader = FrameReader()
+        self._trailing = trailing_data
         self.max_buffer = max_buffer
         self.writer = writer
         self._dirty = False
@@ -224,7 +220,7 @@ class WebSocket:
     def ping(self) -> None:
         """Queue a WebSocket ping (pipe heartbeats)."""
         if not self.close_sent:
-            self.push(bytes(self.frames.ping()))
+            self.push(control_frame(PING))
 
     def discard_queue(self) -> None:
         """Forget what is queued and not yet being written (a slow consumer).
@@ -251,13 +247,10 @@ class WebSocket:
         if self.close_sent:
             return
         self.close_sent = True
-        if code is CloseReason.NO_STATUS_RCVD:
-            frame = self.frames.close()
-        else:
-            frame = self.frames.close(code, reason[:120])
+        frame = close_frame(None if code == 1005 else code, reason)
         if self._out is None:
             self._out = []
-        self._out.append(bytes(frame))
+        self._out.append(frame)
         if not self._dirty and not self._flushing:
             self._dirty = True
             self.writer.dirty.append(self)
@@ -340,64 +333,43 @@ class WebSocket:
         Pusher protocol has none); pings are answered and, like pongs,
         reported to ``side.heard``. A message longer than ``max_message``
         bytes is dropped as it arrives and reported to ``side.oversized``.
-        A peer that breaks the WebSocket framing is closed with the code
-        wsproto names (1002, 1007...).
+        A peer that breaks the WebSocket framing is closed with 1002 (1007
+        for text that is not UTF-8).
         """
-        parts: list[str] = []
-        size = 0
-        discarding = False
-        frames = self.frames
+        reader = self.reader
+        reader.max_message = max_message
         conn_id = self.id
+        data_in = self._trailing
+        self._trailing = b""
         while True:
-            try:
-                for frame in frames.received_frames():
-                    opcode = frame.opcode
-                    if opcode is Opcode.TEXT:
-                        if self.closing:
-                            continue
-                        if discarding:
-                            discarding = not frame.message_finished
-                            continue
-                        data: str = frame.payload  # type: ignore[assignment]
-                        # The limit is in bytes of UTF-8, as on the wire; for
-                        # ASCII text (the usual case) len() already is that.
-                        size += len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
-                        if size > max_message:
-                            side.oversized(conn_id, size)
-                            parts.clear()
-                            size = 0
-                            discarding = not frame.message_finished
-                        elif not frame.message_finished:
-                            parts.append(data)
-                        else:
-                            if parts:
-                                parts.append(data)
-                                data = "".join(parts)
-                                parts.clear()
-                            size = 0
-                            side.text(conn_id, data)
-                    elif opcode is Opcode.PING:
-                        if not self.close_sent:
-                            self.push(bytes(frames.pong(frame.payload)))  # type: ignore[arg-type]
-                        side.heard(conn_id)
-                    elif opcode is Opcode.PONG:
-                        side.heard(conn_id)
-                    elif opcode is Opcode.CLOSE:
-                        code, reason = cast(tuple[int, str], frame.payload)
-                        self._send_close(code, reason)
-                        self.writer.flush()
-                        return int(code), reason
-            except ParseFailed as exc:
-                self._send_close(exc.code, str(exc))
-                self.writer.flush()
-                return int(exc.code), str(exc)
+            for kind, value in reader.feed(data_in):
+                if kind == TEXT:
+                    if not self.closing:
+                        side.text(conn_id, value)
+                elif kind == PING:
+                    if not self.close_sent:
+                        self.push(control_frame(PONG, value))
+                    side.heard(conn_id)
+                elif kind == PONG:
+                    side.heard(conn_id)
+                elif kind == OVERSIZED:
+                    if not self.closing:
+                        side.oversized(conn_id, value)
+                elif kind == CLOSE:
+                    code, reason = value
+                    self._send_close(code, reason)
+                    self.writer.flush()
+                    return int(code), reason
+                else:  # BROKEN
+                    self._send_close(value.code, str(value))
+                    self.writer.flush()
+                    return int(value.code), str(value)
             # What the messages of this chunk produced goes out together,
             # with what other connections read at the same moment produced.
             self.writer.flush_soon()
             data_in = await self._receive()
             if not data_in:
                 return 1006, ""
-            frames.receive_bytes(data_in)
 
     async def _receive(self) -> bytes:
         """The next bytes from the peer (``b""``: the connection ended).
