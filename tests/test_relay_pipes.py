@@ -379,6 +379,25 @@ def test_batch_applies_calls_in_order_and_reports_each() -> None:
     assert [json.loads(t)["event"] for t in texts_for(out, sock)] == ["a", "c"]
 
 
+def test_batch_without_id_reports_only_its_failures() -> None:
+    """A batch nobody waits for gets no reply, but each failing call an error notification."""
+    h = Harness()
+    pipe, _ = h.open_pipe()
+    sock, _ = h.open_socket()
+    calls = [
+        {"method": "send_to_socket", "params": {"socket_id": sock, "event": "a", "data": "1"}},
+        {"method": "send_to_socket", "params": {"socket_id": sock, "event": "pusher:no", "data": "2"}},
+        {"method": "nope"},
+    ]
+    _, out = h.call(pipe, "batch", {"calls": calls}, reply=False)
+    assert [json.loads(t)["event"] for t in texts_for(out, sock)] == ["a"]
+    to_pipe = frames_for(out, pipe)
+    assert [f["error"]["code"] for f in to_pipe] == [4210, 4221]
+    assert all(f["id"] is None and f["result"] is None for f in to_pipe)
+    _, out = h.call(pipe, "batch", {"calls": calls[:1]}, reply=False)
+    assert frames_for(out, pipe) == []
+
+
 def test_pipe_liveness_pings_then_closes_4201() -> None:
     """A silent pipe is pinged after one heartbeat and closed with 4201 after two."""
     from pipe_proto import Probe

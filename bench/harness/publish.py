@@ -177,14 +177,66 @@ class PipePublisher(Publisher):
 PUBLISHERS: dict[str, type[Publisher]] = {"frame": FramePublisher, "rest": RestPublisher, "pipe": PipePublisher}
 
 
-async def flood(pub: Publisher, watcher: Watcher, channel: str, seconds: float, window: int) -> tuple[int, bool]:
-    """Publish for `seconds` with at most `window` events unacknowledged.
+class Progress:
+    """How far the load generator's subscribers have read, polled in the background.
+
+    The watcher alone paces the publisher by how fast the *server* delivers;
+    a server faster than the load generator would then pile events up in its
+    buffers for the load generator's sockets (and rightly close them as slow
+    consumers in the end). This keeps the publisher at most `backlog` events
+    ahead of the load generator's average subscriber as well.
+    """
+
+    def __init__(self, lg: Any, subscribers: int, backlog: int, every: float = 0.02) -> None:
+        self.lg, self.subscribers, self.backlog, self.every = lg, subscribers, backlog, every
+        self.events = 0.0
+        self._moved = asyncio.Event()
+
+    async def __aenter__(self) -> Progress:
+        self._task = asyncio.create_task(self._poll())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # The load generator answers one command at a time: stop polling
+        # (and let the reply in flight arrive) before anyone else asks.
+        self._stop = True
+        await self._task
+
+    async def _poll(self) -> None:
+        self._stop = False
+        while not self._stop:
+            stats = await self.lg.stats()
+            events = stats["delivered"] / self.subscribers
+            if events != self.events:
+                self.events = events
+                self._moved.set()
+            await asyncio.sleep(self.every)
+
+    async def wait_within(self, sent: int) -> bool:
+        """Wait until the subscribers are at most `backlog` events behind `sent`; False on a stall."""
+        try:
+            async with asyncio.timeout(STALL_TIMEOUT):
+                while sent - self.events > self.backlog:
+                    self._moved.clear()
+                    await self._moved.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+async def flood(
+    pub: Publisher, watcher: Watcher, channel: str, seconds: float, window: int, progress: Progress | None = None
+) -> tuple[int, bool]:
+    """Publish for `seconds` with at most `window` events unacknowledged (and,
+    with `progress`, not too far ahead of the load generator).
     Returns (events sent, whether it stopped early because acknowledgements stalled)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     sent = 0
     while loop.time() < end:
         if not await watcher.wait_until(sent - window + 1):
+            return sent, True
+        if progress is not None and not await progress.wait_within(sent):
             return sent, True
         n = min(pub.batch_max, window - (sent - watcher.seen))
         await pub.publish(channel, [payload(sent + i) for i in range(n)])

@@ -15,7 +15,7 @@ from typing import Any
 from .loadgen import LOADGEN_DIR as LOADGEN
 from .loadgen import LoadGen
 from .procstat import MachineCpu, Sampler, cpu_seconds, rss_bytes
-from .publish import PUBLISHERS, Watcher, flood, paced
+from .publish import PUBLISHERS, Progress, Watcher, flood, paced
 from .servers import RunningServer
 
 CHANNEL_PREFIX = "bench-"  # the load generator subscribes connection i to bench-{i % channels}
@@ -34,6 +34,7 @@ class Config:
     s4_seconds: float = 10.0
     s5_seconds: float = 60.0  # long enough to pass common keepalive timeouts (websockets: 20 s + 20 s)
     window: int = 20  # events in flight in S2/S5 (see publish.flood)
+    backlog: int = 200  # events the load generator's subscribers may lag behind the publisher (publish.Progress)
     settle: float = 1.0  # idle time before "RSS after" in S1
     drain_stall: float = 3.0  # give up waiting for deliveries after this long without progress
     workers: int = 2  # load generator processes
@@ -117,7 +118,8 @@ async def fanout(server: RunningServer, cfg: Config, slow: int = 0) -> dict[str,
         if slow:
             sampler.watch_port = (await lg.command("pause"))["slowPorts"][0]
         t0 = asyncio.get_running_loop().time()
-        sent, stalled = await flood(pub, watcher, channel, seconds, cfg.window)
+        async with Progress(lg, subs, cfg.backlog) as progress:
+            sent, stalled = await flood(pub, watcher, channel, seconds, cfg.window, progress)
         publish_s = asyncio.get_running_loop().time() - t0
         after = await lg.wait_delivered(sent * (subs - slow), cfg.drain_stall)
         cpu1, busy, own1 = cpu_seconds(server.pid), machine.pct(), time.process_time()

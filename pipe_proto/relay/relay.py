@@ -775,8 +775,16 @@ class Relay:
                 reply = pipe_events.ErrorReply(id=exc.request_id, code=code, message=exc.message)
                 self._send(pipe_id, encode_reply(reply))
             return self._take()
-        if request.id is not None and pipe_id in self._pipes:
+        if pipe_id not in self._pipes:
+            return self._take()
+        if request.id is not None:
             self._send(pipe_id, encode_reply(pipe_events.Reply(id=request.id, result=result)))
+        elif isinstance(request.call, pipe_events.Batch):
+            # Nobody waits for this batch's reply, but its failures must not
+            # go unnoticed: each is reported as a single request's would be.
+            for item in result:
+                if item["error"] is not None:
+                    self._send(pipe_id, encode_error_notification(item["error"]["code"], item["error"]["message"]))
         return self._take()
 
     def pipe_heard(self, pipe_id: str, now: float) -> None:
