@@ -36,7 +36,7 @@ os.environ.setdefault("FUZZ_PROFILE", "long")
 
 from fuzz._support import PROPERTIES, RECORDER, campaign_settings, save_entry  # noqa: E402
 
-TARGETS = ["pusher_codec", "pipe_codec", "relay", "rest", "signatures", "wsframes"]
+TARGETS = ["pusher_codec", "pipe_codec", "relay", "rest", "signatures", "wsframes", "upgrade"]
 
 Runnable = tuple[str, Callable[[Any], None], int]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +37,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
+from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
 
@@ -50,6 +51,28 @@ HTTP_IDLE_TIMEOUT = 60.0
 MAX_HEAD_BYTES = 16 * 1024
 #: Longest the timer loop sleeps: timers fire at most this late.
 TIMER_GRANULARITY = 1.0
+
+
+class _Nonces:
+    """Unguessable numbers for connection ids, drawn from the OS a block at a time.
+
+    ``secrets.randbelow`` costs a system call per connection, a measurable
+    part of accepting one; this costs one per 512.
+    """
+
+    __slots__ = ("_at", "_block")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def next(self) -> int:
+        if self._at >= len(self._block):
+            self._block = os.urandom(4096)
+            self._at = 0
+        at = self._at
+        self._at = at + 8
+        return int.from_bytes(self._block[at : at + 8], "big") % 10**10
 
 
 class _Upgrade:
@@ -108,6 +131,7 @@ class RelayServer:
         self.secure = secure
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
+        self._nonces = _Nonces()
         self._sockets_side = _SocketsSide(self)
         self._pipes_side = _PipesSide(self)
         self._refused_side = _Side(self)  # refused sockets: nothing reaches the relay
@@ -260,12 +284,22 @@ class RelayServer:
     async def _http(self, stream: trio.abc.Stream) -> _Upgrade | None:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        first = True
         while True:
             request = None  # stays None when the idle timeout fires
             with trio.move_on_after(HTTP_IDLE_TIMEOUT) as waiting:
                 # An idle keep-alive connection must not hold up a shutdown.
                 self._idle_http.add(waiting)
                 try:
+                    if first:
+                        # The usual upgrade request comes whole in the first
+                        # read: taken without h11 when it is plain enough.
+                        first = False
+                        data = bytes(await stream.receive_some(65536))
+                        fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
+                        if fast is not None and self._is_upgrade(fast.headers):
+                            return await self._fast_upgrade(stream, fast, data)
+                        conn.receive_data(data)
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
                     await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
@@ -391,32 +425,63 @@ class RelayServer:
 
     # ----------------------------------------------------------- WebSocket
 
+    @staticmethod
+    def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        return (_header(headers, b"upgrade") or "").lower() == "websocket"
+
+    async def _fast_upgrade(self, stream: trio.abc.Stream, request: UpgradeRequest, data: bytes) -> _Upgrade | None:
+        """Accept an upgrade read by :func:`parse_upgrade_request`; refusals are answered through h11."""
+        target = request.target.decode("latin-1")
+        found = route("GET", target, upgrade=True)
+        outcome = self._upgrade_or_refusal(stream, found, b"GET", target, request.headers, request.trailing)
+        if isinstance(outcome, _Upgrade):
+            return outcome
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        conn.receive_data(data)
+        conn.next_event()  # the request h11 reads just the same (the parser's promise)
+        status, body, headers = outcome
+        await self._respond(stream, conn, status, body, headers=headers)
+        return None
+
     async def _accept_websocket(
         self, stream: trio.abc.Stream, conn: h11.Connection, found: Route, request: h11.Request
     ) -> _Upgrade | None:
-        headers = request.headers
+        target = request.target.decode("latin-1")
+        outcome = self._upgrade_or_refusal(
+            stream, found, request.method, target, request.headers, conn.trailing_data[0]
+        )
+        if isinstance(outcome, _Upgrade):
+            return outcome
+        status, body, headers = outcome
+        await self._respond(stream, conn, status, body, headers=headers)
+        return None
+
+    def _upgrade_or_refusal(
+        self,
+        stream: trio.abc.Stream,
+        found: Route,
+        method: bytes,
+        target: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        trailing: bytes,
+    ) -> _Upgrade | tuple[int, dict[str, str], list[tuple[str, str]]]:
+        """The upgrade to carry out, or the refusal to answer: (status, body, extra headers)."""
         key = _header(headers, b"sec-websocket-key")
         version = _header(headers, b"sec-websocket-version")
         connection = (_header(headers, b"connection") or "").lower()
-        if request.method != b"GET" or key is None or "upgrade" not in connection:
-            await self._respond(stream, conn, 400, {"error": "Malformed WebSocket upgrade request"})
-            return None
+        if method != b"GET" or key is None or "upgrade" not in connection:
+            return 400, {"error": "Malformed WebSocket upgrade request"}, []
         if version != "13":
-            await self._respond(
-                stream, conn, 426, {"error": "WebSocket version 13 required"}, headers=[("sec-websocket-version", "13")]
-            )
-            return None
+            return 426, {"error": "WebSocket version 13 required"}, [("sec-websocket-version", "13")]
         accepted = None
         if found.kind is RouteKind.PIPE:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
             if not isinstance(decision, PipeAccepted):
                 log.info("pipe refused for app %s: %d %s", found.name, decision.status, decision.message)
-                await self._respond(stream, conn, decision.status, {"error": decision.message})
-                return None
+                return decision.status, {"error": decision.message}, []
             accepted = decision
         if self._stopping:
-            await self._respond(stream, conn, 503, {"error": "Server is shutting down"})
-            return None
+            return 503, {"error": "Server is shutting down"}, []
         # RFC 6455 4.2.2; written with the first frame, in one system call.
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -432,10 +497,10 @@ class RelayServer:
             remote_addr=remote,
             origin=_header(headers, b"origin"),
             user_agent=_header(headers, b"user-agent"),
-            query=request.target.decode("latin-1").partition("?")[2],
+            query=target.partition("?")[2],
             headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
         )
-        return _Upgrade(found, conn.trailing_data[0], details, accepted, response)
+        return _Upgrade(found, trailing, details, accepted, response)
 
     async def _end_of_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Any:
         while True:
@@ -452,7 +517,7 @@ class RelayServer:
             assert accepted is not None
             ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self.writer)
             ws.push(upgrade.response)
-            ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=secrets.randbelow(10**10))
+            ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=self._nonces.next())
             self.conns[ws.id] = ws
             self._pipes.add(ws.id)
             self.execute(outputs)
@@ -467,7 +532,7 @@ class RelayServer:
             None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name,
             found.query,
             self.now(),
-            nonce=secrets.randbelow(10**10),
+            nonce=self._nonces.next(),
             details=upgrade.details,
             secure=self.secure,
         )
