@@ -1,7 +1,8 @@
 """Fuzz target ``wsframes``: the relay's WebSocket frame reader, differential against wsproto.
 
 Checked for every input (``check_stream``): the bytes a client sends, cut into
-the chunks the relay reads, give the same result through
+the chunks the relay reads (or, in client mode, the bytes a server sends, as
+``open_pipe`` reads them), give the same result through
 :class:`pipe_trio._wsframes.FrameReader` as through wsproto's server-side
 ``FrameProtocol`` driven the way the relay drove it before (text messages
 joined across fragments, binary skipped, pings and pongs reported, reading
@@ -40,9 +41,9 @@ TARGET = "wsframes"
 # ------------------------------------------------------------------ models
 
 
-def reference(chunks: list[bytes], max_message: int | None) -> list[tuple[Any, ...]]:
+def reference(chunks: list[bytes], max_message: int | None, client: bool = False) -> list[tuple[Any, ...]]:
     """What wsproto makes of ``chunks``, normalised as :func:`ours` normalises."""
-    frames = FrameProtocol(client=False, extensions=[])
+    frames = FrameProtocol(client=client, extensions=[])
     events: list[tuple[Any, ...]] = []
     limit = max_message if max_message is not None else 1 << 62
     parts: list[str] = []
@@ -83,9 +84,9 @@ def reference(chunks: list[bytes], max_message: int | None) -> list[tuple[Any, .
     return events
 
 
-def ours(chunks: list[bytes], max_message: int | None) -> list[tuple[Any, ...]]:
-    """What :class:`FrameReader` makes of ``chunks``."""
-    reader = FrameReader() if max_message is None else FrameReader(max_message)
+def ours(chunks: list[bytes], max_message: int | None, client: bool = False) -> list[tuple[Any, ...]]:
+    """What :class:`FrameReader` makes of ``chunks`` (``client``: reading a server's frames)."""
+    reader = FrameReader(masked=not client) if max_message is None else FrameReader(max_message, masked=not client)
     events: list[tuple[Any, ...]] = []
     largest = 0
     for chunk in chunks:
@@ -112,15 +113,17 @@ def ours(chunks: list[bytes], max_message: int | None) -> list[tuple[Any, ...]]:
     return events
 
 
-def check_stream(chunks: list[bytes], max_message: int | None) -> None:
+def check_stream(chunks: list[bytes], max_message: int | None, client: bool = False) -> None:
     """The whole check for one input (recorded first, so a crash is kept)."""
-    record(TARGET, {"chunks_b64": [base64.b64encode(c).decode() for c in chunks], "max_message": max_message})
-    expected = reference(chunks, max_message)
-    got = ours(chunks, max_message)
+    record(TARGET, {
+        "chunks_b64": [base64.b64encode(c).decode() for c in chunks], "max_message": max_message, "client": client,
+    })
+    expected = reference(chunks, max_message, client)
+    got = ours(chunks, max_message, client)
     if got[-1:] == [("broken", 1002)] and (not expected or expected[-1][0] not in ("broken", "close")):
         # The reader judges a header from its first two bytes; wsproto waits
         # for the extended length first. Given those bytes, it must agree.
-        expected = reference([*chunks, bytes(14)], max_message)
+        expected = reference([*chunks, bytes(14)], max_message, client)
     if max_message is not None and any(e[0] == "broken" and e[1] == 1007 for e in expected):
         # wsproto checks UTF-8 before the size (it sees the text first); the
         # reader sees the size first and skips an oversized message unread.
@@ -165,11 +168,11 @@ def payloads(draw: st.DrawFn, opcode: int) -> bytes:
 
 
 @st.composite
-def frames(draw: st.DrawFn) -> bytes:
+def frames(draw: st.DrawFn, client: bool = False) -> bytes:
     opcode = draw(st.sampled_from([1, 1, 1, 0, 0, 2, 8, 9, 9, 10, 3, 7, 11, 15]))
     fin = draw(st.integers(0, 4)) > 0 if opcode >= 8 else draw(st.booleans())
     rsv = draw(st.sampled_from([0, 0, 0, 0, 0, 0, 1, 2, 4]))
-    masked = draw(st.integers(0, 19)) > 0
+    masked = (draw(st.integers(0, 19)) > 0) is not client
     payload = draw(payloads(opcode))
     n = len(payload)
     encoding = "minimal" if draw(st.integers(0, 14)) else draw(st.sampled_from(["16", "64", "64msb"]))
@@ -188,14 +191,15 @@ def frames(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> tuple[list[bytes], int | None]:
+def streams(draw: st.DrawFn) -> tuple[list[bytes], int | None, bool]:
+    client = draw(st.integers(0, 3)) == 0
     if draw(st.integers(0, 14)) == 0:
         data = draw(st.binary(max_size=200))
     else:
-        data = b"".join(draw(st.lists(frames(), max_size=8)))
+        data = b"".join(draw(st.lists(frames(client), max_size=8)))
     chunks = _cut(data, draw(st.lists(st.integers(0, len(data)), max_size=6)))
     max_message = draw(st.one_of(st.none(), st.integers(0, 200), st.just(65536)))
-    return chunks, max_message
+    return chunks, max_message, client
 
 
 @st.composite
@@ -233,7 +237,7 @@ def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @fuzz_property(TARGET, 400, stream=streams())
-def test_reader_matches_wsproto(stream: tuple[list[bytes], int | None]) -> None:
+def test_reader_matches_wsproto(stream: tuple[list[bytes], int | None, bool]) -> None:
     check_stream(*stream)
 
 
@@ -245,4 +249,4 @@ def test_fragmented_text_matches_wsproto(stream: tuple[list[bytes], int | None])
 @pytest.mark.parametrize("entry", corpus_params(TARGET))
 def test_replay_corpus(entry: dict[str, Any]) -> None:
     """Frames captured from real clients, and past failures."""
-    check_stream([base64.b64decode(c) for c in entry["chunks_b64"]], entry["max_message"])
+    check_stream([base64.b64decode(c) for c in entry["chunks_b64"]], entry["max_message"], entry.get("client", False))

@@ -34,7 +34,9 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "close_frame",
+    "close_payload",
     "control_frame",
+    "masked_frame",
     "text_frame",
 ]
 
@@ -92,19 +94,36 @@ def text_frame(text: str) -> bytes:
     return _frame(0x81, payload)
 
 
+def masked_frame(first: int, payload: bytes, mask: bytes) -> bytes:
+    """A client's frame: first byte ``first`` (FIN and opcode), ``payload`` masked with ``mask`` (4 bytes)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((first, 0x80 | n))
+    elif n < 65536:
+        head = bytes((first, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
+    return head + mask + _unmask(mask, payload)
+
+
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:
     """A ping or pong frame (payload at most 125 bytes, truncated beyond)."""
     return _frame(0x80 | opcode, payload[:125])
 
 
-def close_frame(code: int | None, reason: str = "") -> bytes:
-    """A close frame; ``code`` None sends none (the peer sees 1005)."""
+def close_payload(code: int | None, reason: str = "") -> bytes:
+    """The payload of a close frame; ``code`` None sends none (the peer sees 1005)."""
     if code is None:
-        return _frame(0x88, b"")
+        return b""
     encoded = reason.encode("utf-8")[:123]
     # Cutting inside a multi-byte character would send invalid UTF-8.
     encoded = encoded.decode("utf-8", "ignore").encode("utf-8")
-    return _frame(0x88, code.to_bytes(2, "big") + encoded)
+    return code.to_bytes(2, "big") + encoded
+
+
+def close_frame(code: int | None, reason: str = "") -> bytes:
+    """A server's close frame (see :func:`close_payload`)."""
+    return _frame(0x88, close_payload(code, reason))
 
 
 def _close_payload(payload: bytes) -> tuple[int, str]:
@@ -153,11 +172,15 @@ class FrameReader:
         "_size",
         "_skip",
         "closed",
+        "masked",
         "max_message",
     )
 
-    def __init__(self, max_message: int = 1 << 62) -> None:
+    def __init__(self, max_message: int = 1 << 62, *, masked: bool = True) -> None:
         self.max_message = max_message
+        # Frames from clients are masked, frames from servers are not
+        # (RFC 6455 5.1): False reads what a server sends.
+        self.masked = masked
         self.closed = False
         # Bytes of an incomplete frame, kept as received (joined once
         # complete); like the fragments below, made only when needed: an
@@ -211,6 +234,8 @@ class FrameReader:
     def _parse(self, buf: bytes, pos: int, end: int, out: list[tuple[int, Any]]) -> int:
         """Read whole frames from ``buf[pos:end]``; returns where the unread part starts."""
         max_message = self.max_message
+        masked = self.masked
+        key = 4 if masked else 0
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -226,18 +251,18 @@ class FrameReader:
                     raise _protocol_error("control frame payload longer than 125 bytes")
             if b0 & 0x70:
                 raise _protocol_error("reserved bits set")
-            if not b1 & 0x80:
-                raise _protocol_error("unmasked frame from a client")
+            if bool(b1 & 0x80) is not masked:
+                raise _protocol_error("unmasked frame from a client" if masked else "masked frame from a server")
             if short < 126:
                 n = short
-                head = pos + 6
+                head = pos + 2 + key
             elif short == 126:
                 if end - pos < 4:
                     break
                 n = (buf[pos + 2] << 8) | buf[pos + 3]
                 if n < 126:
                     raise _protocol_error("payload length not minimally encoded")
-                head = pos + 8
+                head = pos + 4 + key
             else:
                 if end - pos < 10:
                     break
@@ -246,14 +271,14 @@ class FrameReader:
                     raise _protocol_error("payload length with the high bit set")
                 if n < 65536:
                     raise _protocol_error("payload length not minimally encoded")
-                head = pos + 14
+                head = pos + 10 + key
             if head > end:
                 break
             if opcode >= CLOSE:
                 if head + n > end:
                     self._need = head + n - pos
                     break
-                payload = _unmask(buf[head - 4 : head], buf[head : head + n])
+                payload = (_unmask(buf[head - 4 : head], buf[head : head + n]) if masked else buf[head : head + n])
                 pos = head + n
                 if opcode == CLOSE:
                     out.append((CLOSE, _close_payload(payload)))
@@ -289,7 +314,7 @@ class FrameReader:
             if head + n > end:
                 self._need = head + n - pos
                 break
-            payload = _unmask(buf[head - 4 : head], buf[head : head + n])
+            payload = (_unmask(buf[head - 4 : head], buf[head : head + n]) if masked else buf[head : head + n])
             pos = head + n
             if opcode == TEXT and fin:
                 try:

@@ -20,6 +20,10 @@ before acking arrives with ``redelivered`` set (see :meth:`Pipe.events`) and
 may already have been processed there. Make such handlers idempotent, or
 deduplicate on something in the event itself.
 
+Notifications wait until the application can take them: once a handler is
+registered or an ``async for`` over the pipe has begun (events replayed on
+connecting are often there before the body of ``async with`` runs).
+
 Backpressure: the relay sends a member at most ``window`` unacked events; a
 slow handler therefore slows the stream instead of growing a buffer here.
 An exception escaping a handler ends ``open_pipe`` with that exception.
@@ -40,7 +44,6 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-import trio_websocket
 
 from pipe_proto import PipeCode, __version__
 from pipe_proto._json import dumps
@@ -48,6 +51,8 @@ from pipe_proto.errors import ProtocolError
 from pipe_proto.pipe import events as ev
 from pipe_proto.pipe.client import PipeClientConnection
 from pipe_proto.pipe.handshake import pipe_url
+
+from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, connect_websocket
 
 __all__ = ["AuthAnswer", "Pipe", "PipeError", "PipeRefusedError", "open_pipe"]
 
@@ -60,6 +65,8 @@ AUTH_TIMEOUT = 30.0
 #: Notifications held before the reader stops reading (the relay's window
 #: keeps the real number far lower; this only guards against a broken relay).
 MAX_QUEUED = 20000
+#: Largest frame read from the relay (its own frames are far smaller).
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 Handler = Callable[..., Any]
 
@@ -86,16 +93,21 @@ class AuthAnswer:
 
 
 class _Emitter:
-    """Handlers by event name, as the 2011 client's EventEmitters had them."""
+    """Handlers by event name, as the 2011 client's EventEmitters had them.
 
-    def __init__(self) -> None:
+    ``consumers`` is set once any handler is registered (see :meth:`Pipe._deliver`).
+    """
+
+    def __init__(self, consumers: trio.Event) -> None:
         self._handlers: dict[str, list[Handler]] = {}
+        self._consumers = consumers
 
     def on(self, name: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``name``; usable as a decorator."""
         if handler is None:
             return lambda fn: self.on(name, fn)
         self._handlers.setdefault(name, []).append(handler)
+        self._consumers.set()
         return handler
 
     def off(self, name: str, handler: Handler) -> None:
@@ -114,7 +126,7 @@ class SocketRef(_Emitter):
     """``pipe.socket(id)``: send to one socket, and its own handlers."""
 
     def __init__(self, pipe: Pipe, socket_id: str) -> None:
-        super().__init__()
+        super().__init__(pipe._consumers)
         self.pipe = pipe
         self.id = socket_id
 
@@ -143,7 +155,7 @@ class ChannelRef(_Emitter):
     """``pipe.channel(name)``: publish to a channel, and its handlers."""
 
     def __init__(self, pipe: Pipe, name: str) -> None:
-        super().__init__()
+        super().__init__(pipe._consumers)
         self.pipe = pipe
         self.name = name
 
@@ -196,12 +208,17 @@ class Pipe:
         self._max_backoff = max_backoff
         self._client_name = client_name
         self.core = PipeClientConnection()
-        self.sockets = _Emitter()
-        self.channels = _Emitter()
-        self._emitter = _Emitter()
+        # Set once the application can take notifications: a handler is
+        # registered, someone iterates, or an auth handler was given.
+        self._consumers = trio.Event()
+        if auth is not None:
+            self._consumers.set()
+        self.sockets = _Emitter(self._consumers)
+        self.channels = _Emitter(self._consumers)
+        self._emitter = _Emitter(self._consumers)
         self._sockets: dict[str, SocketRef] = {}
         self._channels: dict[str, ChannelRef] = {}
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._ws: ClientWebSocket | None = None
         self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._queue: deque[ev.Notification] = deque()
         self._queued = trio.Event()
@@ -276,7 +293,7 @@ class Pipe:
         try:
             try:
                 await ws.send_message(text)
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 raise PipeDisconnectedError("the pipe disconnected", code=None) from None
             await done.wait()
         finally:
@@ -303,7 +320,7 @@ class Pipe:
         _, text = self.core.request(call, reply=False)
         try:
             await ws.send_message(text)
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
 
     async def subscribe(self, *types: str) -> None:
@@ -346,6 +363,7 @@ class Pipe:
 
     async def _iterate(self, *, meta: bool) -> AsyncIterator[Any]:
         self._iterators += 1
+        self._consumers.set()
         try:
             while True:
                 try:
@@ -399,7 +417,7 @@ class Pipe:
                     if not self.connections or not self._reconnect:
                         raise
                     log.warning("pipe refused by the relay; retrying")
-                except (OSError, trio.TooSlowError, trio_websocket.HandshakeError, trio.BrokenResourceError) as exc:
+                except (OSError, trio.TooSlowError, ConnectionClosed, trio.BrokenResourceError) as exc:
                     if not self.connections and not self._reconnect:
                         raise PipeDisconnectedError(f"cannot connect: {exc}", code=None) from exc
                     log.info("pipe connection failed: %s", exc)
@@ -426,7 +444,7 @@ class Pipe:
         )
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
-        refused: trio_websocket.ConnectionRejected | None = None
+        refused: HandshakeRefused | None = None
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
@@ -434,32 +452,23 @@ class Pipe:
                 if parts.scheme == "wss":
                     context = self._ssl or ssl.create_default_context()
                     stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-            # The WebSocket's reader task lives in a nursery of this
-            # connection, so a refused handshake surfaces here, not in ours.
-            async with trio.open_nursery() as connection:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    ws = await trio_websocket.wrap_client_stream(
-                        connection,
-                        stream,
-                        parts.netloc,
-                        f"{parts.path}?{parts.query}",
-                        max_message_size=16 * 1024 * 1024,
-                    )
-                await self._session(ws, task_status)
-                connection.cancel_scope.cancel()
-        except* trio_websocket.ConnectionRejected as group:
-            refused = group.exceptions[0]  # type: ignore[assignment]
+                ws = await connect_websocket(
+                    stream, parts.netloc, f"{parts.path}?{parts.query}", max_message=MAX_FRAME_BYTES
+                )
+            await self._session(ws, task_status)
+        except HandshakeRefused as exc:
+            refused = exc
         finally:
             if self.core.state.value != "closed":
                 self.core.closed()
             if stream is not None:
                 await trio.aclose_forcefully(stream)
         if refused is not None:
-            body = (refused.body or b"").decode("utf-8", "replace")
+            body = refused.body.decode("utf-8", "replace")
             message = f"relay refused the pipe: {refused.status_code} {body}"
             raise PipeRefusedError(message, code=refused.status_code)
 
-    async def _session(self, ws: trio_websocket.WebSocketConnection, task_status: Any) -> None:
+    async def _session(self, ws: ClientWebSocket, task_status: Any) -> None:
         self._ws = ws
         self.connections += 1
         try:
@@ -476,11 +485,11 @@ class Pipe:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose()
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection, task_status: Any) -> None:
+    async def _read(self, ws: ClientWebSocket, task_status: Any) -> None:
         while True:
             try:
                 text = await ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 return
             if not isinstance(text, str):
                 continue
@@ -509,7 +518,7 @@ class Pipe:
                     self._queue.append(item.notification)
                     self._queued.set()
 
-    async def _on_established(self, ws: trio_websocket.WebSocketConnection, notice: ev.Established) -> None:
+    async def _on_established(self, ws: ClientWebSocket, notice: ev.Established) -> None:
         log.info(
             "pipe connected as %s (session %s, resumed %s, gap %s)",
             notice.socket_id, notice.session, notice.resumed, notice.gap,
@@ -524,7 +533,7 @@ class Pipe:
         self._reconnected.set()
         self._reconnected = trio.Event()
 
-    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _heartbeat(self, ws: ClientWebSocket) -> None:
         while True:
             await trio.sleep_until(max(self.core.deadline(), trio.current_time() + 0.01))
             action = self.core.tick(trio.current_time())
@@ -555,10 +564,15 @@ class Pipe:
     async def _send_quietly(self, text: str) -> None:
         ws = self._ws
         if ws is not None:
-            with suppress(trio_websocket.ConnectionClosed):
+            with suppress(ConnectionClosed):
                 await ws.send_message(text)
 
     async def _deliver(self, notification: ev.Notification) -> None:
+        # Events replayed on connecting may be here before the application
+        # has entered its ``async for``: they wait for it (or for handlers)
+        # instead of counting as processed with nobody having seen them.
+        if not self._consumers.is_set():
+            await self._consumers.wait()
         notice = notification.notice
         if isinstance(notice, ev.SocketMessage):
             if notice.channel is not None:

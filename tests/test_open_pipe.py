@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -119,3 +120,25 @@ async def test_iteration_acks_only_what_the_loop_finished(relay_server: RelaySer
             await events.aclose()
             await trio.testing.wait_all_tasks_blocked()
             assert pipe.last_seq == 2 and pipe.acked_seq == 2
+
+
+async def test_events_before_the_loop_begins_wait_for_it(relay_server: RelayServer) -> None:
+    """Notifications that arrive before anyone iterates or registers a handler are kept for the loop, not acked."""
+    url = url_of(relay_server)
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
+            async with connect(url, APP_KEY) as client:
+                for n in range(5):
+                    await client.send_event("n", {"n": n})
+                while pipe.core.last_received < 5:
+                    await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                assert pipe.acked_seq == 0 and pipe.last_seq == 0  # nobody has taken them yet
+                got = []
+                async with aclosing(pipe.events()) as notices:
+                    async for notice in notices:
+                        assert isinstance(notice, SocketMessage)
+                        got.append(notice.data["n"])
+                        if len(got) == 5:
+                            break
+            assert got == [0, 1, 2, 3, 4]

@@ -27,7 +27,7 @@ import wsproto
 from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Pong, Request, TextMessage
 
 from pipe_proto import App, Features, Limits, Relay
-from pipe_trio import RelayServer, connect, serve
+from pipe_trio import RelayServer, connect, open_pipe, serve
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay
 
 SOCKET_PATH = f"/app/{APP_KEY}?protocol=7&client=js&version=8.6.0&flash=false"
@@ -765,6 +765,27 @@ async def test_tls_wss_and_https(nursery: trio.Nursery, tls: tuple[ssl.SSLContex
             assert await plain.receive_some(65536) == b""
         status, _, _ = await http_request(server.port, "/", ssl_context=client_context)
         assert status == 200
+
+
+async def test_open_pipe_over_tls(nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """open_pipe speaks wss://: a back-channel message comes in and the answer goes out, both over TLS."""
+    server_context, client_context = tls
+    server = await start_tls_relay(nursery, server_context, [App(id=APP_ID, key=APP_KEY, secret=APP_SECRET)])
+    url = f"wss://127.0.0.1:{server.port}"
+    with trio.fail_after(10):
+        async with open_pipe(
+            url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"], ssl_context=client_context
+        ) as pipe:
+
+            @pipe.sockets.on("event:ask")
+            async def answer(socket_id: str, data: Any) -> None:
+                await pipe.socket(socket_id).trigger("answer", {"n": data["n"] + 1})
+
+            async with connect(url, APP_KEY, ssl_context=client_context) as client:
+                for n in range(50):
+                    await client.send_event("ask", {"n": n})
+                    event = await client.next_event("answer")
+                    assert json.loads(event.data) == {"n": n + 1}
 
 
 async def test_tls_only_app_refuses_plain_socket(nursery: trio.Nursery) -> None:

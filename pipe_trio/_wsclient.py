@@ -1,0 +1,270 @@
+"""The pipe's WebSocket: a client connection over a Trio stream, framed by :mod:`._wsframes`.
+
+``open_pipe`` sends a request per answer and reads a notification per
+event, so its WebSocket's per-message cost is the backend's: trio-websocket
+(a reader task, a message channel, a send lock and wsproto's generic
+framing per message) measured about half the backend's CPU in the Pipe
+round-trip benchmark. This connection does the same with one task fewer:
+the pipe's own reader reads the socket, writes go straight to it when the
+kernel takes them at once (the common case), and only a write that would
+block goes through a lock and ``send_all``.
+
+The handshake is h11's (request out, response in); a refusal is reported
+with the status and body (:class:`HandshakeRefused`). Pings are answered;
+a close from the relay is answered and reported as :class:`ConnectionClosed`,
+as is the end of the stream (code 1006). Buffers: at most one frame of
+``max_message`` bytes being read, and what one read returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import deque
+from contextlib import suppress
+
+import h11
+import trio
+from wsproto.utilities import generate_accept_token
+
+from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, TEXT, FrameReader, close_payload, masked_frame
+
+__all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket"]
+
+_RECEIVE_SIZE = 65536
+#: Largest response head, and body of a refusal, read during the handshake.
+_MAX_RESPONSE = 64 * 1024
+#: Seconds a closing connection waits for its close frame to be written.
+_CLOSE_TIMEOUT = 1.0
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is closed (``code`` and ``reason`` as the close said, 1006 if none came)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class HandshakeRefused(Exception):
+    """The server answered the upgrade with an HTTP status other than 101."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        super().__init__(f"upgrade refused with status {status_code}")
+        self.status_code = status_code
+        self.body = body
+
+
+class _Masks:
+    # Client frames need a fresh mask each (RFC 6455 5.3); reading the OS's
+    # randomness a block at a time keeps that off the per-message path.
+    __slots__ = ("_at", "_block")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        if self._at >= len(self._block):
+            self._block = os.urandom(4096)
+            self._at = 0
+        at = self._at
+        self._at = at + 4
+        return self._block[at : at + 4]
+
+
+_MASKS = _Masks()
+
+
+def _raw_fd(stream: trio.abc.Stream) -> int:
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return -1
+
+
+async def connect_websocket(
+    stream: trio.abc.Stream, host: str, resource: str, *, max_message: int
+) -> ClientWebSocket:
+    """Complete the WebSocket handshake on ``stream`` (already connected, TLS included).
+
+    Raises:
+        HandshakeRefused: the server answered with another status than 101.
+        ConnectionClosed: the stream ended or the answer was not a WebSocket upgrade.
+    """
+    key = base64.b64encode(os.urandom(16))
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE)
+    request = h11.Request(
+        method="GET",
+        target=resource,
+        headers=[
+            ("Host", host),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", key.decode("ascii")),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    await stream.send_all(conn.send(request) or b"")
+    response = await _next_event(stream, conn)
+    if isinstance(response, h11.InformationalResponse) and response.status_code == 101:
+        headers = dict(response.headers)
+        if headers.get(b"sec-websocket-accept") != generate_accept_token(key):
+            raise ConnectionClosed(1002, "bad Sec-WebSocket-Accept in the upgrade response")
+        return ClientWebSocket(stream, conn.trailing_data[0], max_message)
+    if isinstance(response, h11.Response):
+        body = b""
+        while True:
+            event = await _next_event(stream, conn)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > _MAX_RESPONSE:
+                    break
+            else:
+                break
+        raise HandshakeRefused(response.status_code, body[:_MAX_RESPONSE])
+    raise ConnectionClosed(1006, "the server did not answer the upgrade")
+
+
+async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ConnectionClosed(1002, f"malformed upgrade response: {exc}") from None
+        if event is not h11.NEED_DATA:
+            return event
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        conn.receive_data(bytes(data))
+
+
+class ClientWebSocket:
+    """An open client WebSocket (see the module's docstring).
+
+    One task reads (:meth:`get_message`); any task may send.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, trailing: bytes, max_message: int) -> None:
+        self.stream = stream
+        self._fd = _raw_fd(stream)
+        self._reader = FrameReader(max_message, masked=False)
+        self._messages: deque[str] = deque()
+        self._trailing = trailing
+        self._lock = trio.StrictFIFOLock()
+        self.closed: ConnectionClosed | None = None
+        self._close_sent = False
+
+    async def get_message(self) -> str:
+        """The next text message.
+
+        Raises:
+            ConnectionClosed: the connection ended; nothing more comes.
+        """
+        messages = self._messages
+        while not messages:
+            if self.closed is not None:
+                raise self.closed
+            data, self._trailing = self._trailing, b""
+            if not data:
+                data = await self._receive()
+                if not data:
+                    await self._end(1006, "")
+                    continue
+            for kind, value in self._reader.feed(data):
+                if kind == TEXT:
+                    messages.append(value)
+                elif kind == PING:
+                    await self._send(masked_frame(0x8A, value, _MASKS.next()))
+                elif kind == CLOSE:
+                    code, reason = value
+                    await self._end(code, reason, answer=code)
+                elif kind == OVERSIZED:
+                    await self._end(1009, "message too big", answer=1009)
+                elif kind == BROKEN:
+                    await self._end(value.code, str(value), answer=value.code)
+        return messages.popleft()
+
+    async def _receive(self) -> bytes:
+        if self.closed is not None:
+            return b""
+        fd = self._fd
+        try:
+            if fd < 0:
+                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    return os.read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return b""
+
+    async def send_message(self, text: str) -> None:
+        """Send a text message.
+
+        Raises:
+            ConnectionClosed: the connection is closed (or closing).
+        """
+        if self.closed is not None or self._close_sent:
+            raise self.closed or ConnectionClosed(1006, "closing")
+        await self._send(masked_frame(0x81, text.encode("utf-8"), _MASKS.next()))
+
+    async def _send(self, frame: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._fd == -2:  # closed: the number may belong to another socket by now
+            raise self.closed or ConnectionClosed(1006, "")
+        fd = self._fd
+        if fd >= 0 and not self._lock.locked():
+            # The usual case: the kernel takes the whole frame at once.
+            try:
+                written = os.write(fd, frame)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                await self._end(1006, "")
+                raise self.closed or ConnectionClosed(1006, "") from None
+            if written == len(frame):
+                return
+            frame = frame[written:]
+            # Part of a frame is out: the rest must follow before anything else.
+            self._lock.acquire_nowait()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._send_all(frame)
+            finally:
+                self._lock.release()
+            return
+        async with self._lock:
+            await self._send_all(frame)
+
+    async def _send_all(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._end(1006, "")
+            raise self.closed or ConnectionClosed(1006, "") from None
+
+    async def _end(self, code: int, reason: str, *, answer: int | None = None) -> None:
+        if self.closed is None:
+            self.closed = ConnectionClosed(code, reason)
+        if answer is not None and not self._close_sent:
+            await self._send_close(None if answer == 1005 else answer, "")
+
+    async def _send_close(self, code: int | None, reason: str) -> None:
+        self._close_sent = True
+        with trio.move_on_after(_CLOSE_TIMEOUT) as scope, suppress(ConnectionClosed):
+            scope.shield = True
+            await self._send(masked_frame(0x88, close_payload(code, reason), _MASKS.next()))
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (unless one was sent) and close the stream.
+
+        The reader, if any, then gets :class:`ConnectionClosed`.
+        """
+        if not self._close_sent and self.closed is None:
+            await self._send_close(code, reason)
+        if self.closed is None:
+            self.closed = ConnectionClosed(code, reason)
+        self._fd = -2
+        await trio.aclose_forcefully(self.stream)
