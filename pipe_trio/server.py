@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,7 +39,7 @@ from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
 from ._upgrade import UpgradeRequest, parse_upgrade_request
-from ._websocket import WebSocket, Writer, broadcast_frame
+from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "serve"]
@@ -131,6 +132,8 @@ class RelayServer:
         self.secure = secure
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
+        # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
+        self.poller = Poller(self.writer) if hasattr(select, "epoll") else None
         self._nonces = _Nonces()
         self._sockets_side = _SocketsSide(self)
         self._pipes_side = _PipesSide(self)
@@ -173,6 +176,8 @@ class RelayServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_loop)
+            if self.poller is not None:
+                nursery.start_soon(self.poller.run)
             nursery.start_soon(self.webhooks.run)
             nursery.start_soon(self._accept, listeners)
             task_status.started(self)
@@ -267,7 +272,7 @@ class RelayServer:
                 del upgrade
                 code, reason = 1006, ""
                 try:
-                    code, reason = await ws.run(side, limit)
+                    code, reason = await ws.run(side, limit, self.poller)
                 finally:
                     side.closed(ws.id, code, reason)
                     await ws.aclose()
