@@ -95,6 +95,16 @@ class _Upgrade:
         self.response = response
 
 
+def _read_now(stream: trio.abc.Stream) -> bytes:
+    """What a plain TCP stream has already received (without waiting), else ``b""``."""
+    if not isinstance(stream, trio.SocketStream):
+        return b""
+    try:
+        return os.read(stream.socket.fileno(), 65536)
+    except OSError:  # nothing yet (EAGAIN), or trouble the normal read will meet again
+        return b""
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -290,6 +300,16 @@ class RelayServer:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         first = True
+        # Clients send their request as soon as they are connected: it is
+        # usually here by the time the connection is accepted, and then read
+        # without setting up the idle timeout's cancel scope.
+        early = _read_now(stream)
+        if early:
+            first = False
+            fast = parse_upgrade_request(early, MAX_HEAD_BYTES)
+            if fast is not None and self._is_upgrade(fast.headers):
+                return await self._fast_upgrade(stream, fast, early)
+            conn.receive_data(early)
         while True:
             request = None  # stays None when the idle timeout fires
             with trio.move_on_after(HTTP_IDLE_TIMEOUT) as waiting:
