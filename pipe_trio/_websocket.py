@@ -67,6 +67,9 @@ class Side(Protocol):
     def oversized(self, conn_id: str, size: int) -> None:
         """A message over the limit was discarded."""
 
+    def closed(self, conn_id: str, code: int, reason: str) -> None:
+        """The connection ended."""
+
 
 class Writer:
     """Writes what connections queued, in one pass, once per batch of outputs.
@@ -155,9 +158,9 @@ class WebSocket:
     __slots__ = (
         "_dirty",
         "_drained",
-        "_ended",
         "_fd",
         "_flushing",
+        "_on_end",
         "_out",
         "_size",
         "_trailing",
@@ -203,7 +206,12 @@ class WebSocket:
         self.poller: Poller | None = None
         #: The close code and reason once the connection has ended.
         self.ended: tuple[int, str] | None = None
-        self._ended: trio.Event | None = None
+        self._on_end: Callable[[WebSocket], Awaitable[None]] | None = None
+
+    @property
+    def pollable(self) -> bool:
+        """Whether a :class:`Poller` can read it (plain TCP: its descriptor is known)."""
+        return self._fd >= 0
 
     # ------------------------------------------------------------- writing
 
@@ -339,7 +347,7 @@ class WebSocket:
 
     # ------------------------------------------------------------- reading
 
-    async def run(self, side: Side, max_message: int, poller: Poller | None = None) -> tuple[int, str]:
+    async def run(self, side: Side, max_message: int) -> tuple[int, str]:
         """Read until the connection ends; returns the close code and reason.
 
         Text messages go to ``side.text``, which may leave what it queued for
@@ -349,31 +357,40 @@ class WebSocket:
         bytes is dropped as it arrives and reported to ``side.oversized``.
         A peer that breaks the WebSocket framing is closed with 1002 (1007
         for text that is not UTF-8).
-
-        With a ``poller``, a plain TCP connection is read by the poller's
-        task and this only waits for the end; TLS connections read here.
         """
-        self.side = side
-        self.reader.max_message = max_message
-        data, self._trailing = self._trailing, b""
-        result = self._consume(data) if data else None
-        if result is not None:
-            return result
-        self.writer.flush_soon()
-        if poller is not None and self._fd >= 0:
-            self._ended = trio.Event()
-            poller.add(self)
-            await self._ended.wait()
-            assert self.ended is not None
-            return self.ended
-        while True:
+        result = self._start(side, max_message)
+        while result is None:
+            self.writer.flush_soon()
             data = await self._receive()
             if not data:
                 return 1006, ""
             result = self._consume(data)
-            if result is not None:
-                return result
-            self.writer.flush_soon()
+        return result
+
+    def hand_over(
+        self, side: Side, max_message: int, poller: Poller, on_end: Callable[[WebSocket], Awaitable[None]]
+    ) -> bool:
+        """Have ``poller`` read this (plain TCP) connection, as :meth:`run` would.
+
+        No task waits for it: when it ends, ``ended`` is set and ``on_end``
+        runs in a task of its own. False if it ended already (its first
+        bytes closed it); the caller then cleans up as after :meth:`run`.
+        """
+        assert self._fd >= 0
+        result = self._start(side, max_message)
+        if result is not None:
+            self.ended = result
+            return False
+        self.writer.flush_soon()
+        self._on_end = on_end
+        poller.add(self)
+        return True
+
+    def _start(self, side: Side, max_message: int) -> tuple[int, str] | None:
+        self.side = side
+        self.reader.max_message = max_message
+        data, self._trailing = self._trailing, b""
+        return self._consume(data) if data else None
 
     def _readable(self) -> None:
         """The poller saw data (or the end) on this connection: take one read's worth."""
@@ -391,8 +408,9 @@ class WebSocket:
         if self.ended is None:
             self.ended = result
         self._detach()
-        if self._ended is not None:
-            self._ended.set()
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            self.writer.spawn(lambda: on_end(self))
 
     def _detach(self) -> None:
         # Before the descriptor is closed: its number may soon name another socket.
@@ -458,13 +476,17 @@ class Poller:
     when many sockets each send a little (the Pipe round trip). Here each
     connection is registered once (level-triggered), one task waits for the
     set to become readable, reads one chunk from each ready connection,
-    hands the messages on, and flushes what they produced together.
+    hands the messages on, and flushes what they produced together. A
+    connection read here has no task of its own while it is open.
     """
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self._epoll = select.epoll()
         self._conns: dict[int, WebSocket] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
 
     def add(self, ws: WebSocket) -> None:
         """Start reading ``ws`` (its reader task then waits for the end)."""
@@ -493,4 +515,10 @@ class Poller:
                         ws._readable()
                 self.writer.flush()
         finally:
+            # Cancelled (the server is going away): nobody waits on these
+            # connections, so their sockets are closed here.
+            for ws in list(conns.values()):
+                self.remove(ws)
+                if isinstance(ws.stream, trio.SocketStream):
+                    ws.stream.socket.close()
             self._epoll.close()

@@ -17,6 +17,7 @@ plus a fixed offset taken at start, so a ``MockClock`` drives the core too.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -52,6 +53,11 @@ HTTP_IDLE_TIMEOUT = 60.0
 MAX_HEAD_BYTES = 16 * 1024
 #: Longest the timer loop sleeps: timers fire at most this late.
 TIMER_GRANULARITY = 1.0
+#: Seconds to wait before accepting again when out of file descriptors or memory.
+ACCEPT_RETRY = 0.1
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name)
+)
 
 
 class _Nonces:
@@ -155,7 +161,7 @@ class RelayServer:
         self._listen_scope = trio.CancelScope()
         self._offset = 0.0
         self._started = 0.0
-        self._tcp_tasks = 0
+        self._connections = 0  # accepted and not yet closed
         self._all_closed: trio.Event | None = None
         self._stopping = False
         self._wake_timers = trio.Event()
@@ -193,9 +199,27 @@ class RelayServer:
             task_status.started(self)
 
     async def _accept(self, listeners: Sequence[trio.abc.Listener[Any]]) -> None:
-        assert self._nursery is not None
         with self._listen_scope:
-            await trio.serve_listeners(self._handle_tcp, list(listeners), handler_nursery=self._nursery)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_from, listener)
+
+    async def _accept_from(self, listener: trio.abc.Listener[Any]) -> None:
+        # trio.serve_listeners, but the handler owns the stream: a WebSocket
+        # handed to the poller outlives its handler task.
+        assert self._nursery is not None
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_RETRY)
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                self._connections += 1
+                self._nursery.start_soon(self._handle_tcp, stream)
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         assert self._nursery is not None
@@ -210,7 +234,7 @@ class RelayServer:
         for waiting in list(self._idle_http):
             waiting.cancel()
         self.execute(self.relay.shutdown(self.now()))
-        if self._tcp_tasks:
+        if self._connections:
             self._all_closed = trio.Event()
             with trio.move_on_after(timeout):
                 await self._all_closed.wait()
@@ -272,29 +296,54 @@ class RelayServer:
     # ---------------------------------------------------------------- HTTP
 
     async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
-        self._tcp_tasks += 1
+        handed_over = False
         try:
             upgrade = await self._http(stream)
             if upgrade is not None:
-                # Set up synchronously and awaited from here: one coroutine
-                # frame fewer per connection for its whole life.
                 ws, side, limit = self._open_websocket(stream, upgrade)
                 del upgrade
-                code, reason = 1006, ""
-                try:
-                    code, reason = await ws.run(side, limit, self.poller)
-                finally:
-                    side.closed(ws.id, code, reason)
-                    await ws.aclose()
+                if self.poller is not None and ws.pollable:
+                    # From here the poller reads it and this task ends: an
+                    # open connection costs no task (see _websocket.Poller).
+                    handed_over = ws.hand_over(side, limit, self.poller, self._finish_handed_over)
+                    if not handed_over:
+                        await self._finish(ws)
+                else:
+                    code, reason = 1006, ""
+                    try:
+                        code, reason = await ws.run(side, limit)
+                    finally:
+                        ws.ended = (code, reason)
+                        await self._finish(ws)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, h11.RemoteProtocolError):
             pass  # the peer went away or broke HTTP mid-request (its head errors are answered in _http)
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("connection handler failed")
         finally:
-            # serve_listeners closes the stream once this returns.
-            self._tcp_tasks -= 1
-            if self._tcp_tasks == 0 and self._all_closed is not None:
-                self._all_closed.set()
+            if not handed_over:
+                await trio.aclose_forcefully(stream)
+                self._closed_one()
+
+    async def _finish(self, ws: WebSocket) -> None:
+        """A WebSocket ended: tell the relay, then close it."""
+        code, reason = ws.ended or (1006, "")
+        if ws.side is not None:
+            ws.side.closed(ws.id, code, reason)
+        await ws.aclose()
+
+    async def _finish_handed_over(self, ws: WebSocket) -> None:
+        # The poller's connections end here, in a task of their own.
+        try:
+            await self._finish(ws)
+        except Exception:  # pragma: no cover - a bug; keep serving everyone else
+            log.exception("closing %s failed", ws.id)
+        finally:
+            self._closed_one()
+
+    def _closed_one(self) -> None:
+        self._connections -= 1
+        if self._connections == 0 and self._all_closed is not None:
+            self._all_closed.set()
 
     async def _http(self, stream: trio.abc.Stream) -> _Upgrade | None:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
