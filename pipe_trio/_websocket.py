@@ -36,6 +36,7 @@ from typing import Protocol
 
 import trio
 
+from ._io import RECEIVE_SIZE, raw_fd, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
 __all__ = ["CLOSE_TIMEOUT", "SLOW_CLOSE_TIMEOUT", "Poller", "Side", "WebSocket", "Writer", "broadcast_frame"]
@@ -48,7 +49,6 @@ CLOSE_TIMEOUT = 5.0
 #: already in the kernel sit before its close frame, and it may read again
 #: (a mobile network back from a tunnel) and learn why it was closed.
 SLOW_CLOSE_TIMEOUT = 60.0
-_RECEIVE_SIZE = 65536
 
 #: The bytes of a text frame carrying a text, ready to write to any socket
 #: (server frames are unmasked: the same bytes serve every subscriber).
@@ -136,14 +136,6 @@ class Writer:
             conn._write_now()
 
 
-def _raw_fd(stream: trio.abc.Stream) -> int:
-    # Plain TCP streams can be written to directly (trio keeps the socket
-    # non-blocking); TLS ones cannot, their bytes go through the SSL object.
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.fileno()
-    return -1
-
-
 class WebSocket:
     """A server-side WebSocket after the handshake.
 
@@ -187,7 +179,7 @@ class WebSocket:
     ) -> None:
         self.id = ""
         self.stream = stream
-        self._fd = _raw_fd(stream)
+        self._fd = raw_fd(stream)
         self.reader = FrameReader()
         self._trailing = trailing_data
         self.max_buffer = max_buffer
@@ -395,7 +387,7 @@ class WebSocket:
     def _readable(self) -> None:
         """The poller saw data (or the end) on this connection: take one read's worth."""
         try:
-            data = os.read(self._fd, _RECEIVE_SIZE)
+            data = os.read(self._fd, RECEIVE_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -447,24 +439,7 @@ class WebSocket:
         return None
 
     async def _receive(self) -> bytes:
-        """The next bytes from the peer (``b""``: the connection ended).
-
-        On plain TCP, waits on the socket itself and reads it without
-        blocking: an idle connection then waits in one small coroutine frame
-        instead of the stream, socket and helper frames of ``receive_some``.
-        """
-        fd = self._fd
-        try:
-            if fd < 0:
-                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    return os.read(fd, _RECEIVE_SIZE)
-                except BlockingIOError:
-                    continue  # woken without data after all
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return b""
+        return await receive(self.stream, self._fd)
 
 
 class Poller:

@@ -27,11 +27,11 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
+from ._io import RECEIVE_SIZE, RandomBytes, raw_fd, receive
 from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, TEXT, FrameReader, close_payload, masked_frame
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket"]
 
-_RECEIVE_SIZE = 65536
 #: Largest response head, and body of a refusal, read during the handshake.
 _MAX_RESPONSE = 64 * 1024
 #: Seconds a closing connection waits for its close frame to be written.
@@ -56,31 +56,8 @@ class HandshakeRefused(Exception):
         self.body = body
 
 
-class _Masks:
-    # Client frames need a fresh mask each (RFC 6455 5.3); reading the OS's
-    # randomness a block at a time keeps that off the per-message path.
-    __slots__ = ("_at", "_block")
-
-    def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
-
-    def next(self) -> bytes:
-        if self._at >= len(self._block):
-            self._block = os.urandom(4096)
-            self._at = 0
-        at = self._at
-        self._at = at + 4
-        return self._block[at : at + 4]
-
-
-_MASKS = _Masks()
-
-
-def _raw_fd(stream: trio.abc.Stream) -> int:
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket.fileno()
-    return -1
+# Client frames need a fresh mask each (RFC 6455 5.3).
+_MASKS = RandomBytes()
 
 
 async def connect_websocket(
@@ -134,7 +111,7 @@ async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> object:
             raise ConnectionClosed(1002, f"malformed upgrade response: {exc}") from None
         if event is not h11.NEED_DATA:
             return event
-        data = await stream.receive_some(_RECEIVE_SIZE)
+        data = await stream.receive_some(RECEIVE_SIZE)
         conn.receive_data(bytes(data))
 
 
@@ -146,7 +123,7 @@ class ClientWebSocket:
 
     def __init__(self, stream: trio.abc.Stream, trailing: bytes, max_message: int) -> None:
         self.stream = stream
-        self._fd = _raw_fd(stream)
+        self._fd = raw_fd(stream)
         self._reader = FrameReader(max_message, masked=False)
         self._messages: deque[str] = deque()
         self._trailing = trailing
@@ -174,7 +151,7 @@ class ClientWebSocket:
                 if kind == TEXT:
                     messages.append(value)
                 elif kind == PING:
-                    await self._send(masked_frame(0x8A, value, _MASKS.next()))
+                    await self._send(masked_frame(0x8A, value, _MASKS.take(4)))
                 elif kind == CLOSE:
                     code, reason = value
                     await self._end(code, reason, answer=code)
@@ -187,18 +164,7 @@ class ClientWebSocket:
     async def _receive(self) -> bytes:
         if self.closed is not None:
             return b""
-        fd = self._fd
-        try:
-            if fd < 0:
-                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    return os.read(fd, _RECEIVE_SIZE)
-                except BlockingIOError:
-                    continue
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return b""
+        return await receive(self.stream, self._fd)
 
     async def send_message(self, text: str) -> None:
         """Send a text message.
@@ -208,7 +174,7 @@ class ClientWebSocket:
         """
         if self.closed is not None or self._close_sent:
             raise self.closed or ConnectionClosed(1006, "closing")
-        await self._send(masked_frame(0x81, text.encode("utf-8"), _MASKS.next()))
+        await self._send(masked_frame(0x81, text.encode("utf-8"), _MASKS.take(4)))
 
     async def _send(self, frame: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -255,7 +221,7 @@ class ClientWebSocket:
         self._close_sent = True
         with trio.move_on_after(_CLOSE_TIMEOUT) as scope, suppress(ConnectionClosed):
             scope.shield = True
-            await self._send(masked_frame(0x88, close_payload(code, reason), _MASKS.next()))
+            await self._send(masked_frame(0x88, close_payload(code, reason), _MASKS.take(4)))
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (unless one was sent) and close the stream.

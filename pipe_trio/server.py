@@ -39,6 +39,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
+from ._io import RandomBytes
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
@@ -58,28 +59,6 @@ ACCEPT_RETRY = 0.1
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name)
 )
-
-
-class _Nonces:
-    """Unguessable numbers for connection ids, drawn from the OS a block at a time.
-
-    ``secrets.randbelow`` costs a system call per connection, a measurable
-    part of accepting one; this costs one per 512.
-    """
-
-    __slots__ = ("_at", "_block")
-
-    def __init__(self) -> None:
-        self._block = b""
-        self._at = 0
-
-    def next(self) -> int:
-        if self._at >= len(self._block):
-            self._block = os.urandom(4096)
-            self._at = 0
-        at = self._at
-        self._at = at + 8
-        return int.from_bytes(self._block[at : at + 8], "big") % 10**10
 
 
 class _Upgrade:
@@ -150,7 +129,7 @@ class RelayServer:
         self.writer = Writer(self._spawn)
         # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
         self.poller = Poller(self.writer) if hasattr(select, "epoll") else None
-        self._nonces = _Nonces()
+        self._random = RandomBytes()
         self._sockets_side = _SocketsSide(self)
         self._pipes_side = _PipesSide(self)
         self._refused_side = _Side(self)  # refused sockets: nothing reaches the relay
@@ -220,6 +199,10 @@ class RelayServer:
                     continue
                 self._connections += 1
                 self._nursery.start_soon(self._handle_tcp, stream)
+
+    def _nonce(self) -> int:
+        # Unguessable, for connection ids (pipe_proto.relay.Relay names them).
+        return int.from_bytes(self._random.take(8), "big") % 10**10
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         assert self._nursery is not None
@@ -591,7 +574,7 @@ class RelayServer:
             assert accepted is not None
             ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self.writer)
             ws.push(upgrade.response)
-            ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=self._nonces.next())
+            ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=self._nonce())
             self.conns[ws.id] = ws
             self._pipes.add(ws.id)
             self.execute(outputs)
@@ -606,7 +589,7 @@ class RelayServer:
             None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name,
             found.query,
             self.now(),
-            nonce=self._nonces.next(),
+            nonce=self._nonce(),
             details=upgrade.details,
             secure=self.secure,
         )

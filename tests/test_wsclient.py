@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
@@ -39,12 +42,18 @@ class Server:
         await self.stream.send_all(self.ws.send(event))  # type: ignore[arg-type]
 
 
-async def test_messages_pings_and_the_servers_close() -> None:
+@asynccontextmanager
+async def served(script: Callable[[Server], Awaitable[None]]) -> AsyncIterator[trio.abc.Stream]:
+    """The client's end of a stream whose other end runs ``script``."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = Server(server_stream)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: server_accepts_and_talks(server))
-        ws = await connect_websocket(client_stream, "relay", "/app/1?x=1", max_message=100)
+        nursery.start_soon(script, Server(server_stream))
+        yield client_stream
+
+
+async def test_messages_pings_and_the_servers_close() -> None:
+    async with served(server_accepts_and_talks) as stream:
+        ws = await connect_websocket(stream, "relay", "/app/1?x=1", max_message=100)
         assert await ws.get_message() == "first"
         await ws.send_message("é" * 30)
         assert await ws.get_message() == "x" * 100  # at the limit
@@ -69,54 +78,45 @@ async def server_accepts_and_talks(server: Server) -> None:
 
 
 async def test_a_message_over_the_limit_closes_1009() -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = Server(server_stream)
-    async with trio.open_nursery() as nursery:
+    async def talk(server: Server) -> None:
+        await server.next()
+        await server.send(AcceptConnection())
+        await server.send(Message(data="y" * 101))
+        closing = await server.next()
+        assert isinstance(closing, CloseConnection) and closing.code == 1009
 
-        async def talk() -> None:
-            await server.next()
-            await server.send(AcceptConnection())
-            await server.send(Message(data="y" * 101))
-            closing = await server.next()
-            assert isinstance(closing, CloseConnection) and closing.code == 1009
-
-        nursery.start_soon(talk)
-        ws = await connect_websocket(client_stream, "relay", "/", max_message=100)
+    async with served(talk) as stream:
+        ws = await connect_websocket(stream, "relay", "/", max_message=100)
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
         assert closed.value.code == 1009
 
 
 async def test_a_refused_upgrade_reports_status_and_body() -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = Server(server_stream)
-    async with trio.open_nursery() as nursery:
+    async def refuse(server: Server) -> None:
+        await server.next()
+        body = b'{"error": "bad signature"}'
+        headers = [(b"content-length", b"%d" % len(body))]
+        await server.send(RejectConnection(status_code=401, headers=headers, has_body=True))
+        await server.send(RejectData(data=body))
 
-        async def refuse() -> None:
-            await server.next()
-            body = b'{"error": "bad signature"}'
-            await server.send(RejectConnection(status_code=401, headers=[(b"content-length", b"%d" % len(body))],
-                                               has_body=True))
-            await server.send(RejectData(data=body))
-
-        nursery.start_soon(refuse)
+    async with served(refuse) as stream:
         with pytest.raises(HandshakeRefused) as refused:
-            await connect_websocket(client_stream, "relay", "/", max_message=100)
+            await connect_websocket(stream, "relay", "/", max_message=100)
         assert refused.value.status_code == 401
         assert refused.value.body == b'{"error": "bad signature"}'
 
 
 async def test_closing_sends_a_close_frame_and_ends_the_reader() -> None:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    server = Server(server_stream)
-    async with trio.open_nursery() as nursery:
+    closings: list[object] = []
 
-        async def accept() -> None:
-            await server.next()
-            await server.send(AcceptConnection())
+    async def accept_then_expect_a_close(server: Server) -> None:
+        await server.next()
+        await server.send(AcceptConnection())
+        closings.append(await server.next())
 
-        nursery.start_soon(accept)
-        ws = await connect_websocket(client_stream, "relay", "/", max_message=100)
+    async with served(accept_then_expect_a_close) as stream, trio.open_nursery() as nursery:
+        ws = await connect_websocket(stream, "relay", "/", max_message=100)
         reader_saw: list[ConnectionClosed] = []
 
         async def read() -> None:
@@ -128,6 +128,6 @@ async def test_closing_sends_a_close_frame_and_ends_the_reader() -> None:
         nursery.start_soon(read)
         await trio.testing.wait_all_tasks_blocked()
         await ws.aclose(4201, "relay silent")
-        closing = await server.next()
-        assert isinstance(closing, CloseConnection) and (closing.code, closing.reason) == (4201, "relay silent")
     assert [(e.code, e.reason) for e in reader_saw] == [(4201, "relay silent")]
+    [closing] = closings
+    assert isinstance(closing, CloseConnection) and (closing.code, closing.reason) == (4201, "relay silent")

@@ -1,0 +1,63 @@
+"""Small I/O pieces shared by the relay's WebSockets and the pipe's."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+__all__ = ["RECEIVE_SIZE", "RandomBytes", "raw_fd", "receive"]
+
+#: Most bytes taken from a socket in one read.
+RECEIVE_SIZE = 65536
+
+
+def raw_fd(stream: trio.abc.Stream) -> int:
+    """The descriptor to read and write directly, or -1 (TLS: bytes go through the SSL object)."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.fileno()
+    return -1
+
+
+async def receive(stream: trio.abc.Stream, fd: int) -> bytes:
+    """The next bytes from the peer (``b""``: the connection ended).
+
+    On plain TCP (``fd`` from :func:`raw_fd`), waits on the socket itself and
+    reads it without blocking: a waiting connection then holds one small
+    coroutine frame instead of the stream, socket and helper frames of
+    ``receive_some``.
+    """
+    try:
+        if fd < 0:
+            return bytes(await stream.receive_some(RECEIVE_SIZE))
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue  # woken without data after all
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return b""
+
+
+class RandomBytes:
+    """Unpredictable bytes from the OS, read a block at a time.
+
+    Connection ids and WebSocket masks need fresh randomness for every
+    connection or frame; a system call each was a measurable part of both.
+    """
+
+    __slots__ = ("_at", "_block")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        """``n`` (at most 4096) bytes never handed out before."""
+        if self._at + n > len(self._block):
+            self._block = os.urandom(4096)
+            self._at = 0
+        at = self._at
+        self._at = at + n
+        return self._block[at : at + n]
