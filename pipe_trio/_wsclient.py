@@ -192,12 +192,10 @@ class ClientWebSocket:
                 raise self.closed or ConnectionClosed(1006, "") from None
             if written == len(frame):
                 return
-            frame = frame[written:]
             # Part of a frame is out: the rest must follow before anything else.
             self._lock.acquire_nowait()
             try:
-                with trio.CancelScope(shield=True):
-                    await self._send_all(frame)
+                await self._send_all(frame[written:])
             finally:
                 self._lock.release()
             return
@@ -210,6 +208,13 @@ class ClientWebSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._end(1006, "")
             raise self.closed or ConnectionClosed(1006, "") from None
+        except trio.Cancelled:
+            # Maybe part of a frame went out: nothing can follow it any more.
+            self.closed = self.closed or ConnectionClosed(1006, "a send was cancelled mid-frame")
+            self._close_sent = True
+            self._fd = -2
+            await trio.aclose_forcefully(self.stream)  # the reader sees the end; the pipe reconnects
+            raise
 
     async def _end(self, code: int, reason: str, *, answer: int | None = None) -> None:
         if self.closed is None:

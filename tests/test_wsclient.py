@@ -131,3 +131,30 @@ async def test_closing_sends_a_close_frame_and_ends_the_reader() -> None:
     assert [(e.code, e.reason) for e in reader_saw] == [(4201, "relay silent")]
     [closing] = closings
     assert isinstance(closing, CloseConnection) and (closing.code, closing.reason) == (4201, "relay silent")
+
+
+async def test_a_send_cancelled_midway_ends_the_connection() -> None:
+    """Part of a frame may be out: nothing can follow it, so the connection is dropped (the pipe reconnects)."""
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    server = Server(server_stream)
+    async with trio.open_nursery() as nursery:
+
+        async def accept() -> None:
+            await server.next()
+            await server.send(AcceptConnection())
+
+        nursery.start_soon(accept)
+        ws = await connect_websocket(client_stream, "relay", "/", max_message=100)
+        with trio.CancelScope() as scope:
+            nursery.start_soon(lambda: _cancel_when_blocked(scope))
+            await ws.send_message("z" * 10_000)  # nobody reads: blocks until cancelled
+        assert scope.cancelled_caught
+        with pytest.raises(ConnectionClosed), trio.fail_after(1):
+            await ws.send_message("next")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+
+async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
