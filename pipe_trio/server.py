@@ -465,7 +465,10 @@ class RelayServer:
                 return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
-        self.execute(answer.outputs)
+        # Written with what other connections produce at the same moment
+        # (concurrent publishers' events share one write per subscriber).
+        self.execute(answer.outputs, flush=False)
+        self.writer.flush_soon()
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
 
     def status(self) -> dict[str, Any]:

@@ -97,16 +97,18 @@ async def idle(server: RunningServer, cfg: Config, n: int) -> dict[str, Any]:
     })
 
 
-async def fanout(server: RunningServer, cfg: Config, slow: int = 0) -> dict[str, Any]:
+async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str | None = None) -> dict[str, Any]:
     """S2 (slow=0) and S5 (slow=1): cfg.s2_subscribers on one channel, events
     published as fast as the server takes them; `slow` subscribers stop reading
-    when publishing starts."""
+    when publishing starts. `publish` overrides how events get in, for servers
+    that offer it (the baseline has only its publish frame and uses that)."""
     channel = CHANNEL_PREFIX + "0"
     subs = cfg.s2_subscribers
     seconds = cfg.s5_seconds if slow else cfg.s2_seconds
     lg = _loadgen(server, cfg, subs, channels=1, slow=slow)
     watcher = Watcher(server, channel)
-    pub = PUBLISHERS[server.spec.publish](server)
+    how = publish if publish is not None and server.spec.publish != "frame" else server.spec.publish
+    pub = PUBLISHERS[how](server)
     sampler = Sampler(server.pid)
     try:
         ready = await lg.start(cfg.ready_timeout + 30)
@@ -253,6 +255,7 @@ def plan(cfg: Config) -> list[tuple[str, Any]]:
     ]
     steps += [
         ("S2 fan-out", fanout),
+        ("S2 fan-out, relay via REST", lambda server, cfg: fanout(server, cfg, publish="rest")),
         ("S3 latency", latency),
         ("S4 pipe round trip, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1)),
         ("S4 pipe round trip, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3)),
