@@ -13,8 +13,12 @@ RECEIVE_SIZE = 65536
 
 
 def raw_fd(stream: trio.abc.Stream) -> int:
-    """The descriptor to read and write directly, or -1 (TLS: bytes go through the SSL object)."""
-    if isinstance(stream, trio.SocketStream):
+    """The descriptor to read and write directly, or -1.
+
+    -1 for TLS (bytes go through the SSL object) and off POSIX (a Windows
+    socket handle is no file descriptor for ``os.read``): those use the stream.
+    """
+    if isinstance(stream, trio.SocketStream) and os.name == "posix":
         return stream.socket.fileno()
     return -1
 
@@ -30,8 +34,11 @@ async def receive(stream: trio.abc.Stream, fd: int) -> bytes:
     try:
         if fd < 0:
             return bytes(await stream.receive_some(RECEIVE_SIZE))
+        socket = stream.socket  # type: ignore[attr-defined]  # raw_fd gave a descriptor: a SocketStream
         while True:
             await trio.lowlevel.wait_readable(fd)
+            if socket.fileno() != fd:
+                return b""  # closed meanwhile: the number may already name another socket
             try:
                 return os.read(fd, RECEIVE_SIZE)
             except BlockingIOError:

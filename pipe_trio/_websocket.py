@@ -258,6 +258,9 @@ class WebSocket:
         if self.close_sent:
             return
         self.close_sent = True
+        # Nothing may follow a close frame (RFC 6455 5.5.1): later pushes
+        # and broadcasts skip a closing connection.
+        self.closing = True
         frame = close_frame(None if code == 1005 else code, reason)
         if self._out is None:
             self._out = []
@@ -272,7 +275,7 @@ class WebSocket:
             await trio.sleep(self.close_timeout)
             # A peer that will not read or answer: stop waiting on it. Any
             # task blocked on the stream gets ClosedResourceError.
-            self._detach()
+            self._forget_socket()
             await trio.aclose_forcefully(self.stream)
             self._end((1006, ""))
 
@@ -334,8 +337,17 @@ class WebSocket:
                 await self._drained.wait()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        self._detach()
+        self._forget_socket()
         await trio.aclose_forcefully(self.stream)
+
+    def _forget_socket(self) -> None:
+        # Before the socket is closed: from then on its descriptor's number
+        # may name another connection, so nothing here may use it again.
+        self._detach()
+        self._fd = -1
+        self.closing = True
+        self._out = None
+        self._size = 0
 
     # ------------------------------------------------------------- reading
 
@@ -399,10 +411,21 @@ class WebSocket:
     def _end(self, result: tuple[int, str]) -> None:
         if self.ended is None:
             self.ended = result
+        self.closing = True
         self._detach()
+        # The relay forgets it at once (nothing more is sent to it); closing
+        # the socket waits for what is queued, in a task.
+        self.report_closed()
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             self.writer.spawn(lambda: on_end(self))
+
+    def report_closed(self) -> None:
+        """Tell the side the connection ended (once), with ``ended``'s code and reason."""
+        side, self.side = self.side, None
+        if side is not None:
+            code, reason = self.ended or (1006, "")
+            side.closed(self.id, code, reason)
 
     def _detach(self) -> None:
         # Before the descriptor is closed: its number may soon name another socket.
@@ -486,14 +509,21 @@ class Poller:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
                 for fd, _ in poll(0, 4096):
                     ws = conns.get(fd)
-                    if ws is not None:
+                    if ws is None:
+                        continue
+                    try:
                         ws._readable()
+                    except Exception:  # a bug: this connection goes, the others stay
+                        log.exception("reading %s failed", ws.id)
+                        ws._send_close(1011, "internal error")
+                        ws._end((1011, "internal error"))
                 self.writer.flush()
         finally:
             # Cancelled (the server is going away): nobody waits on these
             # connections, so their sockets are closed here.
             for ws in list(conns.values()):
-                self.remove(ws)
-                if isinstance(ws.stream, trio.SocketStream):
-                    ws.stream.socket.close()
+                stream = ws.stream
+                ws._forget_socket()
+                if isinstance(stream, trio.SocketStream):
+                    stream.socket.close()
             self._epoll.close()

@@ -28,7 +28,7 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from ._io import RECEIVE_SIZE, RandomBytes, raw_fd, receive
-from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, TEXT, FrameReader, close_payload, masked_frame
+from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_payload, masked_frame
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket"]
 
@@ -151,14 +151,19 @@ class ClientWebSocket:
                 if kind == TEXT:
                     messages.append(value)
                 elif kind == PING:
-                    await self._send(masked_frame(0x8A, value, _MASKS.take(4)))
-                elif kind == CLOSE:
-                    code, reason = value
-                    await self._end(code, reason, answer=code)
-                elif kind == OVERSIZED:
-                    await self._end(1009, "message too big", answer=1009)
-                elif kind == BROKEN:
-                    await self._end(value.code, str(value), answer=value.code)
+                    if not self._close_sent:
+                        await self._send(masked_frame(0x8A, value, _MASKS.take(4)))
+                elif kind == PONG:
+                    pass  # our own pings are requests (pipe-protocol.md 7), not WebSocket pings
+                else:
+                    if kind == CLOSE:
+                        code, reason = value
+                        await self._end(code, reason, answer=code)
+                    elif kind == OVERSIZED:
+                        await self._end(1009, "message too big", answer=1009)
+                    elif kind == BROKEN:
+                        await self._end(value.code, str(value), answer=value.code)
+                    break  # nothing after the end counts
         return messages.popleft()
 
     async def _receive(self) -> bytes:

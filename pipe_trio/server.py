@@ -288,9 +288,11 @@ class RelayServer:
                 if self.poller is not None and ws.pollable:
                     # From here the poller reads it and this task ends: an
                     # open connection costs no task (see _websocket.Poller).
-                    handed_over = ws.hand_over(side, limit, self.poller, self._finish_handed_over)
-                    if not handed_over:
-                        await self._finish(ws)
+                    try:
+                        handed_over = ws.hand_over(side, limit, self.poller, self._finish_handed_over)
+                    finally:
+                        if not handed_over:
+                            await self._finish(ws)
                 else:
                     code, reason = 1006, ""
                     try:
@@ -308,10 +310,8 @@ class RelayServer:
                 self._closed_one()
 
     async def _finish(self, ws: WebSocket) -> None:
-        """A WebSocket ended: tell the relay, then close it."""
-        code, reason = ws.ended or (1006, "")
-        if ws.side is not None:
-            ws.side.closed(ws.id, code, reason)
+        """A WebSocket ended: tell the relay (unless done), then close it."""
+        ws.report_closed()
         await ws.aclose()
 
     async def _finish_handed_over(self, ws: WebSocket) -> None:

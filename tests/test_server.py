@@ -815,3 +815,60 @@ async def test_oversized_request_head_refused(relay_server: RelayServer) -> None
                 received += chunk
         assert received.startswith(b"HTTP/1.1 431")
         assert (await http_request(relay_server.port, "/"))[0] == 200
+
+
+async def test_a_bug_while_reading_one_connection_closes_it_1011_and_spares_the_others(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception escaping the relay for one message closes that connection (1011); the rest go on."""
+    server = await start_relay(nursery)
+    real = server.relay.socket_message
+
+    def buggy(socket_id: str, text: str, now: float) -> Any:
+        if "boom" in text:
+            raise KeyError("a bug")
+        return real(socket_id, text, now)
+
+    monkeypatch.setattr(server.relay, "socket_message", buggy)
+    with trio.fail_after(10):
+        async with raw_socket(server) as (good, _):
+            await subscribe(good, "news")
+            bad = await RawClient.connect(server.port, SOCKET_PATH)
+            try:
+                await bad.next_text()
+                await bad.send(Message(data='{"event":"boom","data":{}}'))
+                closing = await bad.next_event()
+                assert isinstance(closing, CloseConnection) and closing.code == 1011
+            finally:
+                await bad.aclose()
+            publish(server, "news", "tick", "1")
+            assert await next_json(good) == event_frame("news", "tick", "1")
+
+
+async def test_nothing_follows_the_close_frame(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a client's close is answered, no event reaches it, even before its socket is closed."""
+    server = await start_relay(nursery)
+    release = trio.Event()
+    finish = server._finish_handed_over
+
+    async def held_back(ws: Any) -> None:
+        await release.wait()
+        await finish(ws)
+
+    monkeypatch.setattr(server, "_finish_handed_over", held_back)
+    with trio.fail_after(10):
+        client = await RawClient.connect(server.port, SOCKET_PATH)
+        try:
+            await client.next_text()
+            await client.send(Message(data=json.dumps({"event": "pusher:subscribe", "data": {"channel": "news"}})))
+            await client.next_text()
+            await client.send(CloseConnection(code=1000))
+            assert isinstance(await client.next_event(), CloseConnection)
+            publish(server, "news", "late", "1")
+            release.set()
+            after = b""
+            while data := await client.stream.receive_some(65536):
+                after += data
+            assert after == b""
+        finally:
+            await client.aclose()
