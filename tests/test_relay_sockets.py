@@ -1158,6 +1158,26 @@ def test_cache_miss() -> None:
     ]
 
 
+def test_cache_miss_webhook_once_per_empty_spell() -> None:
+    """Every subscriber of an empty cache channel gets pusher:cache_miss; the backend gets one webhook,
+    and another only once something was published (and expired) or the channel emptied."""
+    world = World(make_app(limits=Limits(cache_ttl=10)))
+    a, b = world.connect(), world.connect()
+    first, second = world.subscribe(a, "cache-x"), world.subscribe(b, "cache-x")
+    assert names(second, b)[1] == "pusher:cache_miss"
+    assert [h["name"] for h in hooks(first) + hooks(second)].count("cache_miss") == 1
+    world.publish(["cache-x"], "E", "D")
+    world.tick(10.0)  # cached, then expired
+    c = world.connect()
+    out = world.subscribe(c, "cache-x")
+    assert names(out, c)[1] == "pusher:cache_miss"
+    assert hooks(out) == [{"name": "cache_miss", "channel": "cache-x"}]
+    for sid in (a, b, c):
+        world.close(sid)
+    d = world.connect()
+    assert {"name": "cache_miss", "channel": "cache-x"} in hooks(world.subscribe(d, "cache-x"))
+
+
 def test_cache_ttl() -> None:
     """A cached event is replayed until its TTL passes, then the channel misses."""
     world = World(make_app(limits=Limits(cache_ttl=10)))

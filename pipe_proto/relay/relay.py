@@ -393,7 +393,11 @@ class Relay:
             cached = self._cached(state, name, now)
             if cached is None:
                 self._send(sock.id, _frame(CacheMiss(channel=name)))
-                if state.webhooks.wants("cache_miss"):
+                # One webhook per empty spell of an occupied channel (hosted
+                # Channels de-duplicates too): a crowd subscribing to an empty
+                # cache channel asks the backend to fill it once.
+                if not channel.miss_reported and state.webhooks.wants("cache_miss"):
+                    channel.miss_reported = True
                     state.webhooks.event("cache_miss", now, channel=name)
             else:
                 self._send(sock.id, encode_message(cached.event, cached.data, name))
@@ -895,6 +899,7 @@ class Relay:
             channel = state.channels.get(name)
             if channel is None:
                 return 0
+            channel.miss_reported = False
             sockets = channel.sockets
         if exclude is not None and exclude in sockets:
             targets = tuple(s for s in sockets if s != exclude)

@@ -104,13 +104,16 @@ class PresenceMember:
 class Channel:
     """An occupied channel (a channel with no subscriber has no record)."""
 
-    __slots__ = ("members", "name", "sockets", "type")
+    __slots__ = ("members", "miss_reported", "name", "sockets", "type")
 
     def __init__(self, name: str, type: ChannelType, presence: bool) -> None:
         self.name = name
         self.type = type
         self.sockets: set[str] = set()
         self.members: dict[str, PresenceMember] | None = {} if presence else None
+        #: A cache channel's ``cache_miss`` webhook went out, and nothing was
+        #: published since: further misses are not reported again.
+        self.miss_reported = False
 
 
 class Cached(NamedTuple):
