@@ -563,6 +563,22 @@ def test_subscribe_twice() -> None:
     assert presence_of(frames(out, b)[0])["ids"] == ["A", "B"]
 
 
+@pytest.mark.parametrize(
+    ("user_info", "ok"),
+    [({"n": "1234"}, True), ({"n": "12345"}, False), ("1234567890", True), ("12345678901", False)],
+)
+def test_user_info_limit_counts_the_json_members_receive(user_info: Any, ok: bool) -> None:
+    """user_info may take max_user_info_bytes as JSON, a string with its quotes: LimitReached 413 beyond."""
+    world = World(make_app(limits=Limits(max_user_info_bytes=12)))
+    sid = world.connect()
+    out = world.join_presence(sid, "presence-a", "u", user_info)
+    if ok:
+        assert succeeded(out, sid, "presence-a")
+    else:
+        error = sub_error(out, sid, "presence-a")
+        assert (error["type"], error["status"]) == ("LimitReached", 413)
+
+
 def test_channels_per_socket_limit() -> None:
     """A socket may join at most max_channels_per_socket channels: LimitReached 413 beyond."""
     world = World(make_app(limits=Limits(max_channels_per_socket=2)))

@@ -89,7 +89,8 @@ def member_from_data(data: Any, limits: Limits) -> Member | Refuse:
             "LimitReached", f"user_id is longer than {limits.max_presence_user_id} characters", 413
         )
     info = data.get("user_info")
-    if info is not None and _json.encoded_size(info) > limits.max_user_info_bytes:
+    # Measured as members receive it: JSON, so a string counts with its quotes.
+    if info is not None and _json.encoded_size(_json.dumps(info)) > limits.max_user_info_bytes:
         return Refuse(
             "LimitReached", f"user_info is larger than {limits.max_user_info_bytes} bytes", 413
         )
