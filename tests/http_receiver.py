@@ -1,4 +1,7 @@
-"""A tiny HTTP server for tests: records requests, answers as told (or never)."""
+"""A tiny HTTP server for tests: records requests, answers as told (or never).
+
+``read_request`` and ``respond`` serve the other small test servers too.
+"""
 
 from __future__ import annotations
 
@@ -51,25 +54,10 @@ class HttpReceiver:
         return self.received
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        request: h11.Request | None = None
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                return
-        assert request is not None
+        read = await read_request(stream)
+        if read is None:
+            return
+        conn, request, body = read
         received = Received(
             method=request.method.decode(),
             target=request.target.decode(),
@@ -82,6 +70,40 @@ class HttpReceiver:
         status = self.answer(received)
         if status is None:
             await trio.sleep_forever()
-        response = h11.Response(status_code=status, headers=[("content-length", "0"), ("connection", "close")])
-        await stream.send_all(conn.send(response) + (conn.send(h11.EndOfMessage()) or b""))
+        await respond(stream, conn, status)
         await stream.aclose()
+
+
+async def read_request(stream: trio.abc.Stream) -> tuple[h11.Connection, h11.Request, bytes] | None:
+    """One whole HTTP request from ``stream`` (None if the client went away first)."""
+    conn = h11.Connection(h11.SERVER)
+    request: h11.Request | None = None
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                return None
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage) and request is not None:
+            return conn, request, body
+        else:
+            return None
+
+
+async def respond(
+    stream: trio.abc.Stream, conn: h11.Connection, status: int, body: bytes = b"", content_type: str | None = None
+) -> None:
+    """Answer the request read from ``conn``, closing the connection after it."""
+    headers = [("content-length", str(len(body))), ("connection", "close")]
+    if content_type is not None:
+        headers.insert(0, ("content-type", content_type))
+    data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    if body:
+        data += conn.send(h11.Data(data=body)) or b""
+    await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))

@@ -27,6 +27,7 @@ import pusher
 import trio
 
 from pipe_trio import RelayServer
+from tests.http_receiver import read_request, respond
 from tests.support import APP_ID, APP_KEY, APP_SECRET
 
 __all__ = ["AuthServer", "Driver", "Match", "matches", "open_driver", "publish"]
@@ -291,31 +292,13 @@ class AuthServer:
             await trio.aclose_forcefully(stream)
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        request: h11.Request | None = None
-        body = b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                return
-        assert request is not None
+        read = await read_request(stream)
+        if read is None:
+            return
+        conn, request, body = read
         path = request.target.decode("latin-1").partition("?")[0]
         form = dict(parse_qsl(body.decode(), keep_blank_values=True))
         self.requests.append((path, form))
         answer = self._routes.get(path)
         status, payload = answer(form) if answer is not None else (404, {"error": f"no route {path}"})
-        data = json.dumps(payload).encode()
-        headers = [("content-type", "application/json"), ("content-length", str(len(data))), ("connection", "close")]
-        await stream.send_all(
-            conn.send(h11.Response(status_code=status, headers=headers))
-            + conn.send(h11.Data(data=data))
-            + conn.send(h11.EndOfMessage())
-        )
+        await respond(stream, conn, status, json.dumps(payload).encode(), "application/json")
