@@ -11,6 +11,16 @@ from subprocess import PIPE, STDOUT
 import trio
 
 
+async def line_batches(stream: trio.abc.ReceiveStream) -> AsyncIterator[list[bytes]]:
+    """The complete lines of ``stream``, as they arrive (one list per read that completed any)."""
+    pending = b""
+    async for chunk in stream:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        if complete:
+            yield complete
+
+
 class Lines:
     """The output lines of a running process, waited on by content."""
 
@@ -23,14 +33,11 @@ class Lines:
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
-        buffer = b""
-        async for chunk in self.process.stdout:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
+        async for complete in line_batches(self.process.stdout):
             self.lines.extend(line.decode("utf-8", "replace") for line in complete)
             self._changed.set()
             self._changed = trio.Event()
-            if complete and self._on_line is not None:
+            if self._on_line is not None:
                 self._on_line()
         self.ended = True
         self._changed.set()

@@ -28,6 +28,7 @@ import trio
 
 from pipe_trio import RelayServer
 from tests.http_receiver import read_request, respond
+from tests.processes import line_batches
 from tests.support import APP_ID, APP_KEY, APP_SECRET
 
 __all__ = ["AuthServer", "Driver", "Match", "matches", "open_driver", "publish"]
@@ -80,10 +81,7 @@ class Driver:
 
     async def _read_stdout(self) -> None:
         assert self._process.stdout is not None
-        pending = b""
-        async for chunk in self._process.stdout:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+        async for lines in line_batches(self._process.stdout):
             for line in lines:
                 if line.strip():
                     try:
