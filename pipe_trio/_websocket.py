@@ -1,10 +1,12 @@
-"""One accepted WebSocket: its reader loop and its bounded outbound buffer.
+"""One accepted WebSocket: how it is read, and its bounded outbound buffer.
 
-The reader feeds bytes to a :class:`~pipe_trio._wsframes.FrameReader` and
-hands complete text messages to the connection's :class:`Side` (the relay's socket or pipe entry
-points, shared by every connection of that kind, so a connection carries no
-closures of its own). It enforces the message size limit by discarding an
-oversized message as it streams in, so it never buffers more than the limit.
+Reading: bytes go to a :class:`~pipe_trio._wsframes.FrameReader` and complete
+text messages to the connection's :class:`Side` (the relay's socket or pipe
+entry points, shared by every connection of that kind, so a connection
+carries no closures of its own). An oversized message is discarded as it
+streams in, so nothing buffers more than the limit. On Linux the
+:class:`Poller` reads every plain-TCP connection from one task; a TLS
+connection (or any, without epoll) reads in its own task (:meth:`WebSocket.run`).
 
 The writer side is a list of ready-made frames: a broadcast frame is built
 once by the server and the same bytes object is appended to every
@@ -18,10 +20,10 @@ task and no buffer. When the queued bytes would pass ``max_buffer``,
 :meth:`WebSocket.push` returns False and the server closes the connection as
 a slow consumer.
 
-Closing sends a close frame after what is queued and starts a watchdog: a
-peer that does not take its last frames and answer within ``CLOSE_TIMEOUT``
-is cut off. Kept lean on purpose: an idle connection is this object, its
-frame reader, the stream and the reading task.
+Closing sends a close frame after what is queued (nothing may follow it) and
+starts a watchdog: a peer that does not take its last frames and answer
+within ``CLOSE_TIMEOUT`` is cut off. Kept lean on purpose: an idle polled
+connection is this object, its frame reader and the stream (about 2 KiB).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The relay's single port: HTTP and WebSocket on h11 and wsproto, under Trio.
+"""The relay's single port: HTTP and WebSocket under Trio.
 
-This module moves bytes and nothing else. Each TCP connection gets one task:
-it reads HTTP requests with h11 and asks the core where they go
+This module moves bytes and nothing else. Each accepted TCP connection gets
+a task: it reads HTTP requests (the usual upgrade request directly,
+:mod:`._upgrade`; everything else with h11) and asks the core where they go
 (:func:`pipe_proto.routes.route`). REST, status and the browser helper are
-answered in place; a WebSocket upgrade is completed by hand (h11 sends the
-101, wsproto takes the bytes after it) and the task becomes the connection's
-reader, reporting every message to the :class:`~pipe_proto.Relay` and
-carrying out the outputs it returns. Outputs are carried out synchronously:
+answered in place; a WebSocket upgrade is completed by hand (the 101 goes
+out with the first frame) and the connection is handed to the
+:class:`~._websocket.Poller`, which reads every plain-TCP connection from
+one task, reporting every message to the :class:`~pipe_proto.Relay` and
+carrying out the outputs it returns; the connection's task ends there (a TLS
+connection's task stays its reader). Outputs are carried out synchronously:
 a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
 the same bytes to each socket's bounded buffer; a socket whose buffer is full
 is closed as a slow consumer (4101) instead of stalling anyone else.
