@@ -6,7 +6,7 @@ import os
 
 import trio
 
-__all__ = ["RECEIVE_SIZE", "RandomBytes", "raw_fd", "receive"]
+__all__ = ["RECEIVE_SIZE", "RandomBytes", "raw_fd", "read_now", "receive"]
 
 #: Most bytes taken from a socket in one read.
 RECEIVE_SIZE = 65536
@@ -21,6 +21,17 @@ def raw_fd(stream: trio.abc.Stream) -> int:
     if isinstance(stream, trio.SocketStream) and os.name == "posix":
         return stream.socket.fileno()
     return -1
+
+
+def read_now(stream: trio.abc.Stream) -> bytes:
+    """What the peer has already sent, without waiting (``b""``: nothing yet, or no raw descriptor)."""
+    fd = raw_fd(stream)
+    if fd < 0:
+        return b""
+    try:
+        return os.read(fd, RECEIVE_SIZE)
+    except OSError:  # nothing yet (EAGAIN), or trouble the next read will meet again
+        return b""
 
 
 async def receive(stream: trio.abc.Stream, fd: int) -> bytes:

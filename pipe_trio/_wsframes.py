@@ -76,13 +76,17 @@ def _unmask(mask: bytes, payload: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-def _frame(first: int, payload: bytes) -> bytes:
-    n = len(payload)
+def _head(first: int, n: int, mask_bit: int = 0) -> bytes:
+    # The first byte, then the payload length in the shortest form (RFC 6455 5.2).
     if n < 126:
-        return bytes((first, n)) + payload
+        return bytes((first, mask_bit | n))
     if n < 65536:
-        return bytes((first, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((first, 127)) + n.to_bytes(8, "big") + payload
+        return bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
+    return bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    return _head(first, len(payload)) + payload
 
 
 def text_frame(text: str) -> bytes:
@@ -96,14 +100,7 @@ def text_frame(text: str) -> bytes:
 
 def masked_frame(first: int, payload: bytes, mask: bytes) -> bytes:
     """A client's frame: first byte ``first`` (FIN and opcode), ``payload`` masked with ``mask`` (4 bytes)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 65536:
-        head = bytes((first, 0xFE)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((first, 0xFF)) + n.to_bytes(8, "big")
-    return head + mask + _unmask(mask, payload)
+    return _head(first, len(payload), 0x80) + mask + _unmask(mask, payload)
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import select
 import ssl
 import time
@@ -42,7 +41,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
-from ._io import RandomBytes
+from ._io import RandomBytes, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
@@ -81,16 +80,6 @@ class _Upgrade:
         self.details = details
         self.accepted = accepted
         self.response = response
-
-
-def _read_now(stream: trio.abc.Stream) -> bytes:
-    """What a plain TCP stream has already received (without waiting), else ``b""``."""
-    if not isinstance(stream, trio.SocketStream):
-        return b""
-    try:
-        return os.read(stream.socket.fileno(), 65536)
-    except OSError:  # nothing yet (EAGAIN), or trouble the normal read will meet again
-        return b""
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -333,33 +322,22 @@ class RelayServer:
 
     async def _http(self, stream: trio.abc.Stream) -> _Upgrade | None:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
+        data = await self._first_bytes(stream)
+        if data is None:
+            return None
+        # The usual upgrade request comes whole in the first read: taken
+        # without h11 when it is plain enough.
+        fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
+        if fast is not None and self._is_upgrade(fast.headers):
+            return await self._fast_upgrade(stream, fast, data)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        first = True
-        # Clients send their request as soon as they are connected: it is
-        # usually here by the time the connection is accepted, and then read
-        # without setting up the idle timeout's cancel scope.
-        early = _read_now(stream)
-        if early:
-            first = False
-            fast = parse_upgrade_request(early, MAX_HEAD_BYTES)
-            if fast is not None and self._is_upgrade(fast.headers):
-                return await self._fast_upgrade(stream, fast, early)
-            conn.receive_data(early)
+        conn.receive_data(data)
         while True:
             request = None  # stays None when the idle timeout fires
             with trio.move_on_after(HTTP_IDLE_TIMEOUT) as waiting:
                 # An idle keep-alive connection must not hold up a shutdown.
                 self._idle_http.add(waiting)
                 try:
-                    if first:
-                        # The usual upgrade request comes whole in the first
-                        # read: taken without h11 when it is plain enough.
-                        first = False
-                        data = bytes(await stream.receive_some(65536))
-                        fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
-                        if fast is not None and self._is_upgrade(fast.headers):
-                            return await self._fast_upgrade(stream, fast, data)
-                        conn.receive_data(data)
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
                     await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
@@ -487,6 +465,24 @@ class RelayServer:
         }
 
     # ----------------------------------------------------------- WebSocket
+
+    async def _first_bytes(self, stream: trio.abc.Stream) -> bytes | None:
+        """The client's first bytes (``b""``: it hung up; None: nothing within the idle timeout).
+
+        Clients send their request as soon as they are connected, so it is
+        usually here when the connection is accepted, and is then read
+        without setting up the idle timeout's cancel scope.
+        """
+        data = read_now(stream)
+        if data:
+            return data
+        with trio.move_on_after(HTTP_IDLE_TIMEOUT) as waiting:
+            self._idle_http.add(waiting)  # an idle connection must not hold up a shutdown
+            try:
+                return bytes(await stream.receive_some(65536))
+            finally:
+                self._idle_http.discard(waiting)
+        return None
 
     @staticmethod
     def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
