@@ -36,4 +36,5 @@ def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> 
     assert results["S2 fan-out"]["relay"]["lost"] == 0
     assert results["S2 fan-out, relay via REST"]["relay"]["lost"] == 0
     assert results["S4 pipe round trip, 1 backend"]["relay"]["round_trips"] > 0
+    assert results["S4 busy backend, 3 backends"]["relay"]["round_trips"] > 0
     assert "relay/baseline" in completed.stdout

@@ -32,6 +32,7 @@ class Config:
     s3_seconds: float = 10.0
     s4_sockets: int = 100
     s4_seconds: float = 10.0
+    s4_work_us: float = 1000.0  # CPU a busy backend spends per message (the "busy backend" rows)
     s5_seconds: float = 60.0  # long enough to pass common keepalive timeouts (websockets: 20 s + 20 s)
     window: int = 20  # events in flight in S2/S5 (see publish.flood)
     backlog: int = 200  # events the load generator's subscribers may lag behind the publisher (publish.Progress)
@@ -199,16 +200,17 @@ async def latency(server: RunningServer, cfg: Config) -> dict[str, Any]:
     })
 
 
-async def roundtrip(server: RunningServer, cfg: Config, backends: int) -> dict[str, Any]:
+async def roundtrip(server: RunningServer, cfg: Config, backends: int, work_us: float = 0.0) -> dict[str, Any]:
     """S4: sockets ask, backends on the Pipe answer each with send_to_socket; round trips/s and latency.
 
+    With ``work_us``, each backend spends that much CPU per message first.
     Servers without a Pipe (the baseline) have nothing to run here.
     """
     if server.spec.publish != "pipe":
         return {"skipped": "no Pipe"}
     app = server.spec.app
     script = str(Path(__file__).with_name("pipe_backend.py"))
-    backend = [sys.executable, script, server.ws_base(), app.app_id, app.key, app.secret]
+    backend = [sys.executable, script, server.ws_base(), app.app_id, app.key, app.secret, str(work_us)]
     procs = [
         await asyncio.create_subprocess_exec(*backend, stdout=asyncio.subprocess.PIPE) for _ in range(backends)
     ]
@@ -238,7 +240,7 @@ async def roundtrip(server: RunningServer, cfg: Config, backends: int) -> dict[s
         raise RuntimeError(f"round trip load generator failed: {result}")
     lat = result["latencyMs"]
     return {
-        "backends": backends, "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"],
+        "backends": backends, "work_us": work_us, "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"],
         "round_trip_rate": result["rate"], "errors": result["errors"],
         "latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
         "server_cpu_pct": _cpu_pct(cpu1 - cpu0, seconds),
@@ -259,6 +261,8 @@ def plan(cfg: Config) -> list[tuple[str, Any]]:
         ("S3 latency", latency),
         ("S4 pipe round trip, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1)),
         ("S4 pipe round trip, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3)),
+        ("S4 busy backend, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1, cfg.s4_work_us)),
+        ("S4 busy backend, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3, cfg.s4_work_us)),
         ("S5 slow consumer", lambda server, cfg: fanout(server, cfg, slow=1)),
     ]
     return steps
