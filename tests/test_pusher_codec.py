@@ -174,6 +174,12 @@ def test_encode_refuses_reserved_message_names(role: Role, name: str) -> None:
         encode(Message(event=name, data="{}", channel="c"), role=role)
 
 
+def test_a_message_needs_an_event_name() -> None:
+    """The decoder refuses a frame without an event name, so a Message cannot be built without one."""
+    with pytest.raises(ValueError, match="event"):
+        Message(event="", data="{}")
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, object(), {1, 2}])
 def test_encode_refuses_non_json_client_data(value: Any) -> None:
     """Client data that JSON cannot carry raises LocalProtocolError, not ValueError or TypeError."""

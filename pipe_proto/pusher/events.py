@@ -43,6 +43,7 @@ __all__ = [
 _str = attrs.validators.instance_of(str)
 _opt_str = attrs.validators.optional(_str)
 _int = attrs.validators.instance_of(int)
+_name = attrs.validators.and_(_str, attrs.validators.min_len(1))
 
 
 def _user_id(_inst: Any, _attr: Any, value: Any) -> None:
@@ -231,7 +232,9 @@ class Message(PusherEvent):
     client events relayed on presence channels.
     """
 
-    event: str = attrs.field(validator=_str)
+    # The codec refuses a frame without an event name; so does the class, so a
+    # client cannot send what the relay would refuse.
+    event: str = attrs.field(validator=_name)
     data: Any = None
     channel: str | None = attrs.field(default=None, validator=_opt_str)
     user_id: str | None = attrs.field(default=None, validator=_opt_str)
