@@ -34,8 +34,9 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
-from pipe_proto import Close, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto import Close, Failure, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
 from pipe_proto.pipe.handshake import PipeAccepted
+from pipe_proto.relay.directory import Pending
 from pipe_proto.relay.outputs import Output
 from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
@@ -255,6 +256,8 @@ class RelayServer:
                     conn.ping()
             elif type(output) is WebhookEvent:
                 self.webhooks.add(output.app_id, output.urls, output.event)
+            elif type(output) is Failure:
+                log.error("handling %s failed; closed with 1011", output.target, exc_info=output.error)
         for conn in overflowing:
             self._slow_consumer(conn)
         if flush:
@@ -446,11 +449,17 @@ class RelayServer:
                 return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
+        while isinstance(answer, Pending):
+            answer = answer.resume(await self.cluster_call(answer.call))
         # Written with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
+
+    async def cluster_call(self, call: Output) -> Any:
+        """Run one cluster call and return its result (only a cluster node makes them)."""
+        raise RuntimeError(f"no cluster to run {call!r}")
 
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Close", "Output", "Probe", "Send", "WebhookEvent"]
+__all__ = ["Close", "Failure", "Output", "Probe", "Send", "WebhookEvent"]
 
 
 class Send(NamedTuple):
@@ -50,4 +50,16 @@ class WebhookEvent(NamedTuple):
     event: dict[str, Any]
 
 
-Output = Send | Close | Probe | WebhookEvent
+class Failure(NamedTuple):
+    """Handling an input raised ``error`` (a bug): the adapter logs it.
+
+    Nothing the input had queued is returned, and ``target``, the connection
+    whose input it was (``None`` for inputs of no connection), is closed
+    with 1011 by the :class:`Close` that follows.
+    """
+
+    target: str | None
+    error: Exception
+
+
+Output = Send | Close | Probe | WebhookEvent | Failure
