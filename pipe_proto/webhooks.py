@@ -88,8 +88,12 @@ class WebhookScheduler:
         """Whether any target takes ``kind`` (checked before building events)."""
         return kind in self._urls
 
-    def event(self, kind: str, now: float, **fields: Any) -> None:
-        """Record that ``kind`` happened, with the event's ``fields``."""
+    def event(self, kind: str, now: float, *, confirmed: bool = False, **fields: Any) -> None:
+        """Record that ``kind`` happened, with the event's ``fields``.
+
+        ``confirmed``: a departure whose delay already passed elsewhere (a
+        cluster confirms it against Redis): it goes out at once.
+        """
         if self._delayed:
             # Departures already due go out first: only a return within the
             # delay cancels one, even if the owner has not ticked since.
@@ -101,7 +105,7 @@ class WebhookScheduler:
         if kind not in self._urls:
             return
         event = {"name": kind, **fields}
-        if kind in _DELAYED:
+        if kind in _DELAYED and not confirmed:
             self._delayed[key] = (now + LEAVE_DELAY, event)
         else:
             self._emit(self._urls[kind], event)

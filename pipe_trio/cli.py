@@ -25,6 +25,7 @@ from functools import partial
 import trio
 
 from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
+from pipe_proto.cluster import ClusterDirectory
 
 from .server import RelayServer, serve
 
@@ -66,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=16 * 1024 * 1024,
         metavar="BYTES",
         help="bytes queued for a pipe before it is closed as too slow (default 16 MiB)",
+    )
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("PIPE_RELAY_REDIS"),
+        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS)",
+    )
+    run.add_argument(
+        "--redis-prefix",
+        metavar="NAME",
+        default=os.environ.get("PIPE_RELAY_REDIS_PREFIX", "pipe-relay"),
+        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay)",
     )
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -139,7 +152,12 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000)
+    directory = None
+    if args.redis:
+        node = secrets.token_hex(6)
+        directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
+        log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
+    relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
     async with trio.open_nursery() as nursery:
         server: RelayServer = await nursery.start(
             partial(
@@ -150,6 +168,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
                 ssl_context=ssl_context,
                 max_socket_buffer=args.max_socket_buffer,
                 max_pipe_buffer=args.max_pipe_buffer,
+                redis=args.redis,
             )
         )
         scheme = "wss" if ssl_context else "ws"

@@ -37,7 +37,7 @@ from wsproto.utilities import generate_accept_token
 from pipe_proto import Close, Failure, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
 from pipe_proto.pipe.handshake import PipeAccepted
 from pipe_proto.relay.directory import Pending
-from pipe_proto.relay.outputs import Output
+from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
@@ -45,6 +45,7 @@ from pipe_proto.routes import Route, RouteKind, route
 from ._io import RandomBytes, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
+from .cluster import ClusterLink, ClusterUnavailable
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "serve"]
@@ -101,6 +102,8 @@ class RelayServer:
         max_body: largest REST request body (413 beyond, refused unread).
         secure: whether the listeners are TLS (apps with ``tls_only`` refuse
             plain sockets with 4000).
+        redis: the Redis URL of the cluster, when ``relay`` is a cluster
+            node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class RelayServer:
         max_pipe_buffer: int = 16 * 1024 * 1024,
         max_body: int = MAX_BODY_BYTES,
         secure: bool = False,
+        redis: str | None = None,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -137,6 +141,7 @@ class RelayServer:
         self._all_closed: trio.Event | None = None
         self._stopping = False
         self._wake_timers = trio.Event()
+        self.cluster = None if redis is None else ClusterLink(redis, relay, self.execute, self.now)
 
     # --------------------------------------------------------------- running
 
@@ -167,6 +172,8 @@ class RelayServer:
             if self.poller is not None:
                 nursery.start_soon(self.poller.run)
             nursery.start_soon(self.webhooks.run)
+            if self.cluster is not None:
+                await nursery.start(self.cluster.run)
             nursery.start_soon(self._accept, listeners)
             task_status.started(self)
 
@@ -256,6 +263,10 @@ class RelayServer:
                     conn.ping()
             elif type(output) is WebhookEvent:
                 self.webhooks.add(output.app_id, output.urls, output.event)
+            elif type(output) is ClusterCall:
+                assert self.cluster is not None
+                self.cluster.submit(output)
+                self._wake_timers.set()
             elif type(output) is Failure:
                 log.error("handling %s failed; closed with 1011", output.target, exc_info=output.error)
         for conn in overflowing:
@@ -449,8 +460,12 @@ class RelayServer:
                 return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
-        while isinstance(answer, Pending):
-            answer = answer.resume(await self.cluster_call(answer.call))
+        try:
+            while isinstance(answer, Pending):
+                answer = answer.resume(await self.cluster_call(answer.call))
+        except ClusterUnavailable:
+            await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
+            return
         # Written with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
@@ -458,8 +473,13 @@ class RelayServer:
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
 
     async def cluster_call(self, call: Output) -> Any:
-        """Run one cluster call and return its result (only a cluster node makes them)."""
-        raise RuntimeError(f"no cluster to run {call!r}")
+        """Run one cluster call and return its result (only a cluster node makes them).
+
+        Raises:
+            ClusterUnavailable: Redis could not answer.
+        """
+        assert self.cluster is not None and type(call) is ClusterCall
+        return await self.cluster.call(call)
 
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""

@@ -215,8 +215,10 @@ if op == 'join' then
 elseif op == 'leave' then
   local app, ch, counted, user = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
   if user then member(node, app, ch, user, -1) end
-  subscriptions(node, app, ch, -1, counted)
-  return transitions
+  local total = subscriptions(node, app, ch, -1, counted)
+  return '{"count":' .. math.max(total, 0) .. ',"transitions":' .. transitions_json() .. '}'
+elseif op == 'members' then
+  return redis.call('HVALS', akey(ARGV[4], 'pi:' .. ARGV[5]))
 elseif op == 'signin' then
   local app, uid, token = ARGV[4], ARGV[5], ARGV[6]
   user_in(node, app, uid, 1)

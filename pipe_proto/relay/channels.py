@@ -133,7 +133,7 @@ class Channels:
         """The directory's answer: ``sock`` may not join ``channel``."""
         channel.joining -= 1
         sock.channels.pop(channel.name, None)
-        self._forget_if_empty(sock.app, channel)
+        self.forget_if_empty(sock.app, channel)
         self.refuse(sock, channel.name, refusal)
 
     # ------------------------------------------------------------ leaving
@@ -146,10 +146,11 @@ class Channels:
         joined = sock.id in channel.sockets
         channel.sockets.discard(sock.id)
         self.directory.leave(state, channel, sock, key, joined, now)
-        self._forget_if_empty(state, channel)
+        self.forget_if_empty(state, channel)
 
     @staticmethod
-    def _forget_if_empty(state: AppState, channel: Channel) -> None:
+    def forget_if_empty(state: AppState, channel: Channel) -> None:
+        """Drop the record of a channel this relay no longer has sockets in, nor joining."""
         if not channel.sockets and not channel.joining and state.channels.get(channel.name) is channel:
             del state.channels[channel.name]
 
@@ -159,17 +160,23 @@ class Channels:
         """The channel has its first subscriber in the deployment."""
         self._channel_hook(state, "channel_occupied", name, now)
 
-    def vacated(self, state: AppState, name: str, now: float) -> None:
-        """The channel's last subscriber in the deployment left."""
-        self._channel_hook(state, "channel_vacated", name, now)
+    def vacated(self, state: AppState, name: str, now: float, *, confirmed: bool = False) -> None:
+        """The channel's last subscriber in the deployment left.
+
+        ``confirmed``: the directory already waited for a quick return; the
+        webhook goes out at once instead of after its delay.
+        """
+        self._channel_hook(state, "channel_vacated", name, now, confirmed)
 
     def member_added(self, state: AppState, name: str, user_id: str | int, info: Any, now: float) -> None:
         """A user's first socket joined the presence channel."""
         self._member_hook(state, "member_added", name, user_id, info, now)
 
-    def member_removed(self, state: AppState, name: str, user_id: str | int, info: Any, now: float) -> None:
-        """A user's last socket left the presence channel."""
-        self._member_hook(state, "member_removed", name, user_id, info, now)
+    def member_removed(
+        self, state: AppState, name: str, user_id: str | int, info: Any, now: float, *, confirmed: bool = False
+    ) -> None:
+        """A user's last socket left the presence channel (``confirmed``: as for :meth:`vacated`)."""
+        self._member_hook(state, "member_removed", name, user_id, info, now, confirmed)
 
     def count_changed(self, state: AppState, channel: Channel, count: int, now: float) -> None:
         """The subscription count of ``channel`` changed: tell its sockets and the webhooks."""
@@ -182,8 +189,8 @@ class Channels:
             state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=count)
 
     @staticmethod
-    def _channel_hook(state: AppState, kind: str, name: str, now: float) -> None:
-        state.webhooks.event(kind, now, channel=name)
+    def _channel_hook(state: AppState, kind: str, name: str, now: float, confirmed: bool = False) -> None:
+        state.webhooks.event(kind, now, confirmed=confirmed, channel=name)
         if state.hub.wants("channel_existence"):
             notice: pipe_events.Notice
             if kind == "channel_occupied":
@@ -193,8 +200,10 @@ class Channels:
             state.hub.publish("channel_existence", name, notice, now)
 
     @staticmethod
-    def _member_hook(state: AppState, kind: str, name: str, user_id: str | int, info: Any, now: float) -> None:
-        state.webhooks.event(kind, now, channel=name, user_id=str(user_id))
+    def _member_hook(
+        state: AppState, kind: str, name: str, user_id: str | int, info: Any, now: float, confirmed: bool = False
+    ) -> None:
+        state.webhooks.event(kind, now, confirmed=confirmed, channel=name, user_id=str(user_id))
         if state.hub.wants("presence"):
             notice: pipe_events.Notice
             if kind == "member_added":

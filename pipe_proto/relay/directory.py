@@ -102,14 +102,14 @@ class Directory(Protocol):
     def bind(self, sockets: Sockets, channels: Channels, users: Users) -> None:
         """Attach the rules the answers go to (called once by the relay)."""
 
-    def admit(self, state: AppState, socket_id: str, now: float) -> bool | None:
-        """Whether a new socket fits the app's connection limit.
-
-        ``None``: decided later, through ``sockets.admitted``.
-        """
+    def admit(self, state: AppState, socket_id: str, now: float, answer: Callable[[bool, float], None]) -> None:
+        """Whether a new socket fits the app's connection limit: ``answer(fits, now)``, now or later."""
 
     def released(self, state: AppState, socket_id: str) -> None:
         """An admitted socket went away."""
+
+    def abandoned(self, socket_id: str) -> None:
+        """A socket went away before :meth:`admit` answered."""
 
     def join(self, state: AppState, channel: Channel, sock: Socket, member: Member | None, now: float) -> None:
         """``sock`` joins ``channel``; answered with ``channels.joined`` or ``channels.join_refused``."""
@@ -176,11 +176,14 @@ class LocalDirectory:
 
     # ------------------------------------------------------------- sockets
 
-    def admit(self, state: AppState, socket_id: str, now: float) -> bool | None:
+    def admit(self, state: AppState, socket_id: str, now: float, answer: Callable[[bool, float], None]) -> None:
         limit = state.app.limits.max_connections
-        return limit is None or state.socket_count < limit
+        answer(limit is None or state.socket_count < limit, now)
 
     def released(self, state: AppState, socket_id: str) -> None:
+        pass
+
+    def abandoned(self, socket_id: str) -> None:
         pass
 
     # ------------------------------------------------------------ channels

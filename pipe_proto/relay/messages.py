@@ -9,6 +9,8 @@ socket per second (4301 beyond) and by the app's ``max_event_bytes``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import _json
 from ..errors import PusherCode
 from ..names import channel_type, event_name_error
@@ -96,7 +98,7 @@ class Messages:
         if others:
             core.out.append(Send(others, text))
         if state.webhooks.wants("client_event"):
-            fields = {"channel": name, "event": event.event, "data": data, "socket_id": sock.id}
+            fields: dict[str, Any] = {"channel": name, "event": event.event, "data": data, "socket_id": sock.id}
             if user_id is not None:
                 fields["user_id"] = user_id
             state.webhooks.event("client_event", now, **fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Close", "Failure", "Output", "Probe", "Send", "WebhookEvent"]
+__all__ = ["Close", "ClusterCall", "Failure", "Output", "Probe", "Send", "WebhookEvent"]
 
 
 class Send(NamedTuple):
@@ -62,4 +62,16 @@ class Failure(NamedTuple):
     error: Exception
 
 
-Output = Send | Close | Probe | WebhookEvent | Failure
+class ClusterCall(NamedTuple):
+    """Run the cluster's script (:mod:`pipe_proto.cluster.script`) with ``args``.
+
+    Only a node of a cluster emits these. Calls must reach Redis in the
+    order they were emitted. With a ``token``, what the call returns goes
+    back to the relay through ``Relay.cluster_result(token, result, now)``.
+    """
+
+    args: tuple[str, ...]
+    token: int | None = None
+
+
+Output = Send | Close | Probe | WebhookEvent | Failure | ClusterCall

@@ -197,6 +197,7 @@ class Relay:
         """A socket's connection ended (the client closed it, or the network failed)."""
         sock = self._core.sockets.get(socket_id)
         if sock is None:
+            self.directory.abandoned(socket_id)
             return self._core.take()
         return self._guarded(None, now, lambda: self._sockets.drop(sock, now, code, reason))
 

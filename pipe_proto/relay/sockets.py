@@ -71,16 +71,17 @@ class Sockets:
             refusal: tuple[int, str] | None = (PusherCode.PATH_NOT_FOUND, "Path not found")
         else:
             refusal = self._refusal(app, query, secure)
-        if refusal is None and app is not None:
-            admitted = self.directory.admit(core.states[app.id], socket_id, now)
-            if admitted is None:
-                return  # the directory answers through admitted()
-            if not admitted:
-                refusal = (PusherCode.OVER_CONNECTION_QUOTA, "Application is over connection quota")
         if refusal is not None or app is None:
             self._refuse(socket_id, *(refusal or (PusherCode.APP_NOT_FOUND, "")))
             return
-        self.admitted(socket_id, app, now, details)
+
+        def answer(fits: bool, now: float) -> None:
+            if fits:
+                self.admitted(socket_id, app, now, details)
+            else:
+                self._refuse(socket_id, PusherCode.OVER_CONNECTION_QUOTA, "Application is over connection quota")
+
+        self.directory.admit(core.states[app.id], socket_id, now, answer)
 
     def _refuse(self, socket_id: str, code: int, message: str) -> None:
         self.core.error(socket_id, message, code)
@@ -101,10 +102,6 @@ class Sockets:
         if state.hub.wants("socket_existence"):
             notice = pipe_events.SocketOpened(socket_id=socket_id, **sock.describe())
             state.hub.publish("socket_existence", socket_id, notice, now)
-
-    def not_admitted(self, socket_id: str) -> None:
-        """The directory's answer: the app is over its connection quota (4004)."""
-        self._refuse(socket_id, PusherCode.OVER_CONNECTION_QUOTA, "Application is over connection quota")
 
     def _refusal(self, app: App | None, query: Mapping[str, str], secure: bool) -> tuple[int, str] | None:
         if app is None:
