@@ -42,6 +42,14 @@ MAX_BATCH = 1000
 CALL_TIMEOUT = 5.0
 
 
+def _link_errors() -> tuple[type[BaseException], ...]:
+    import anyio
+    import coredis
+
+    return (OSError, trio.TooSlowError, coredis.exceptions.RedisError, anyio.ClosedResourceError,
+            anyio.BrokenResourceError, anyio.EndOfStream)
+
+
 class ClusterUnavailable(Exception):
     """Redis could not be reached to answer a question (the REST API says 503)."""
 
@@ -81,6 +89,7 @@ class ClusterLink:
         self.connected = False
         self.ready = trio.Event()
         self.round_trips = 0
+        self._outage_logged = False
 
     # --------------------------------------------------------------- calls
 
@@ -110,43 +119,58 @@ class ClusterLink:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the link up until cancelled; ``nursery.start`` returns after the first attempt."""
-        import coredis
-        from coredis.retry import NoRetryPolicy
-
         delay = RETRY_FIRST
         started = False
-        outage_logged = False
-        while True:
-            try:
-                async with coredis.Redis.from_url(
-                    self.url, decode_responses=False, retry_policy=NoRetryPolicy(), stream_timeout=CALL_TIMEOUT,
-                    connect_timeout=CALL_TIMEOUT,
-                ) as client:
-                    await client.script_load(SCRIPT)
-                    async with client.pubsub(
-                        channels=[self.directory.inbox], retry_policy=NoRetryPolicy()
-                    ) as inbox:
-                        self._went_up()
-                        if outage_logged:
-                            log.warning("Redis at %s is reachable again; this node resynchronised", self._where)
-                            outage_logged = False
-                        delay = RETRY_FIRST
-                        if not started:
-                            started = True
-                            task_status.started()
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._read, inbox)
-                            nursery.start_soon(self._send, client)
-            except (OSError, coredis.exceptions.RedisError, trio.TooSlowError) as exc:
-                self._went_down(exc)
-                if not outage_logged:
-                    log.warning("Redis at %s is unreachable (%s); serving this node's clients alone", self._where, exc)
-                    outage_logged = True
+        self._outage_logged = False
+
+        def up() -> None:
+            nonlocal started
             if not started:
                 started = True
                 task_status.started()
+
+        while True:
+            try:
+                await self._connected_once(up)
+            except* _link_errors() as group:
+                # Stopping: coredis may raise a closed-stream error instead of Cancelled.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                error = group.exceptions[0]
+                while isinstance(error, BaseExceptionGroup):
+                    error = error.exceptions[0]
+                self._went_down(error)
+                if not self._outage_logged:
+                    log.warning("Redis at %s is unreachable (%s); serving this node's clients alone", self._where, error)
+                    self._outage_logged = True
+            else:
+                delay = RETRY_FIRST
+            up()  # the server starts serving without Redis rather than wait for it
+            # Cancelled here when the server stops (coredis may have raised
+            # a closed-stream error instead of Cancelled while closing).
             await trio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
+
+    async def _connected_once(self, started: Callable[[], None]) -> None:
+        import coredis
+        from coredis.retry import NoRetryPolicy
+
+        async with coredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            retry_policy=NoRetryPolicy(),
+            stream_timeout=CALL_TIMEOUT,
+            connect_timeout=CALL_TIMEOUT,
+        ) as client:
+            await client.script_load(SCRIPT)
+            async with client.pubsub(channels=[self.directory.inbox], retry_policy=NoRetryPolicy()) as inbox:
+                self._went_up()
+                if self._outage_logged:
+                    log.warning("Redis at %s is reachable again; this node resynchronised", self._where)
+                    self._outage_logged = False
+                started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, inbox)
+                    nursery.start_soon(self._send, client)
 
     @property
     def _where(self) -> str:
