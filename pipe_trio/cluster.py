@@ -140,7 +140,8 @@ class ClusterLink:
                     error = error.exceptions[0]
                 self._went_down(error)
                 if not self._outage_logged:
-                    log.warning("Redis at %s is unreachable (%s); serving this node's clients alone", self._where, error)
+                    where = self._where
+                    log.warning("Redis at %s is unreachable (%s); serving this node's clients alone", where, error)
                     self._outage_logged = True
             else:
                 delay = RETRY_FIRST
