@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 import tomllib
@@ -28,6 +29,7 @@ from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from .server import RelayServer, serve
+from .workers import WORKER_FLAG, supervise
 
 __all__ = ["build_parser", "load_apps", "main"]
 
@@ -80,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PIPE_RELAY_REDIS_PREFIX", "pipe-relay"),
         help="the cluster's name: every Redis key and channel starts with it (default pipe-relay)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("PIPE_RELAY_WORKERS", "1")),
+        metavar="N",
+        help="run N relay processes on the port, one per core (needs --redis; also PIPE_RELAY_WORKERS)",
+    )
+    run.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -165,6 +175,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
                 relay,
                 args.host,
                 args.port,
+                reuse_port=args.worker,
                 ssl_context=ssl_context,
                 max_socket_buffer=args.max_socket_buffer,
                 max_pipe_buffer=args.max_pipe_buffer,
@@ -173,7 +184,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
         )
         scheme = "wss" if ssl_context else "ws"
         port = server.port  # the bound port, also when --port 0 asked for any free one
-        if demo:
+        if demo and not args.worker:
             print(_banner(apps[0], args.host, port, scheme), flush=True)
         log.info(
             "pipe-relay %s listening on %s:%d (%s), %d app(s)",
@@ -185,6 +196,43 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
                 await server.shutdown(args.shutdown_timeout)
                 break
         nursery.cancel_scope.cancel()
+
+
+def _supervise(args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None) -> int:
+    if not args.redis:
+        print("pipe-relay: --workers needs --redis: the workers share their state through Redis", file=sys.stderr)
+        return 2
+    given = list(sys.argv[2:] if argv is None else argv[1:])
+    port = args.port or _free_port(args.host)
+    # The workers get the same options, one process each, on one known port.
+    worker_argv = [*_without(given, "--workers"), "--port", str(port)]
+    if demo:
+        print(_banner(apps[0], args.host, port, "wss" if args.tls_cert else "ws"), flush=True)
+    log.info("pipe-relay %s: %d workers on %s:%d", __version__, args.workers, args.host, port)
+    try:
+        return trio.run(supervise, worker_argv, args.workers, args.shutdown_timeout)
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
+        return 130
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            kept.append(item)
+    return kept
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2
+    if args.worker:
+        args.workers = 1  # a worker of a supervisor (PIPE_RELAY_WORKERS reaches it too)
+    if args.workers < 1:
+        print("pipe-relay: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _supervise(args, apps, demo, argv)
     try:
         trio.run(_run, args, apps, demo)
     except OSError as exc:

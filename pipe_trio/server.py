@@ -706,6 +706,7 @@ async def serve(
     port: int = 6001,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
@@ -713,11 +714,34 @@ async def serve(
 
     ``await nursery.start(serve, relay, host, port)`` returns the running
     :class:`RelayServer` once it listens (its listeners' ports are bound, so
-    ``port=0`` works).
+    ``port=0`` works). ``reuse_port``: several processes may listen on the
+    same port (``SO_REUSEPORT``, Linux and BSDs), the kernel spreading new
+    connections across them (``pipe-relay serve --workers``).
     """
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if reuse_port:
+        listeners: list[trio.abc.Listener[Any]] = await _reuse_port_listeners(host, port)
+    else:
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     server = RelayServer(relay, secure=ssl_context is not None, **options)
     await server.serve(listeners, task_status=task_status)
 
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.abc.Listener[Any]]:
+    listeners: list[trio.abc.Listener[Any]] = []
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(4096)
+        except BaseException:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
