@@ -484,7 +484,7 @@ class RelayServer:
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""
         stats = self.relay.stats()
-        return {
+        status = {
             "name": "pipe-relay",
             "version": __version__,
             "status": "stopping" if self._stopping else "ok",
@@ -492,6 +492,10 @@ class RelayServer:
             "sockets": stats["sockets"],
             "pipes": stats["pipes"],
         }
+        cluster = stats.get("cluster")
+        if cluster is not None and self.cluster is not None:
+            status["cluster"] = {**cluster, **self.cluster.statistics()}
+        return status
 
     # ----------------------------------------------------------- WebSocket
 
