@@ -88,6 +88,8 @@ class ClusterLink:
         #: Whether Redis answers now (calls and inbox).
         self.connected = False
         self.ready = trio.Event()
+        self._up = trio.Event()
+        self._down = trio.Event()
         self.round_trips = 0
         self._outage_logged = False
 
@@ -177,14 +179,28 @@ class ClusterLink:
     def _where(self) -> str:
         return self.url.rpartition("@")[2]  # never log a password
 
+    async def wait_connected(self) -> None:
+        """Wait until Redis answers (the core has then queued its resync, ahead of any later call)."""
+        await self._up.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Wait until the link noticed that Redis went away."""
+        await self._down.wait()
+
     def _went_up(self) -> None:
         self.connected = True
         self.ready.set()
         self.execute(self.relay.cluster_up(self.now()))
+        if self._down.is_set():
+            self._down = trio.Event()
+        self._up.set()
 
     def _went_down(self, error: BaseException) -> None:
         was = self.connected
         self.connected = False
+        if self._up.is_set():
+            self._up = trio.Event()
+        self._down.set()
         queued, self._queue = self._queue, []
         for _, waiter in queued:
             if waiter is not None:
