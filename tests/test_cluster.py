@@ -90,13 +90,6 @@ async def sdk(call: Callable[[], Any]) -> Any:
     return await trio.to_thread.run_sync(call)
 
 
-@pytest.fixture(scope="session")
-def redis() -> Any:
-    """One redis-server for the session's cluster tests (each test has its own prefix)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def app(**options: Any) -> App:

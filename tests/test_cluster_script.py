@@ -16,12 +16,6 @@ from tests.redis_server import RedisServer
 _prefixes = count(1)
 
 
-@pytest.fixture(scope="module")
-def redis() -> Any:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 class Script:
