@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import aclosing
 from typing import Any
 
 import trio
 
 from pipe_proto import App, PipeSettings, Relay
-from pipe_proto.pipe import SocketMessage
+from pipe_proto.pipe import SocketClosed, SocketMessage
 from pipe_trio import RelayServer, connect, open_pipe, serve
+from pipe_trio._wsclient import ClientWebSocket, connect_websocket
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
 
@@ -142,3 +144,37 @@ async def test_events_before_the_loop_begins_wait_for_it(relay_server: RelayServ
                         if len(got) == 5:
                             break
             assert got == [0, 1, 2, 3, 4]
+
+
+async def _raw_socket(url: str) -> tuple[ClientWebSocket, str]:
+    """A bare WebSocket to the relay as a Pusher socket; returns it and its socket id."""
+    host, port = url.removeprefix("ws://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = await connect_websocket(stream, f"{host}:{port}", f"/app/{APP_KEY}?protocol=7", max_message=65536)
+    established = json.loads(await ws.get_message())
+    return ws, json.loads(established["data"])["socket_id"]
+
+
+async def test_socket_closed_carries_the_close_code_or_null_when_the_connection_was_lost(
+    relay_server: RelayServer,
+) -> None:
+    """A socket closing with 1000 "bye" reaches a 1.0 pipe with that code and reason; one cut without a close frame with null."""
+    url = url_of(relay_server)
+    closed: dict[str, SocketClosed] = {}
+    both = trio.Event()
+
+    def on_closed(notice: SocketClosed) -> None:
+        closed[notice.socket_id] = notice
+        if len(closed) == 2:
+            both.set()
+
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_existence"]) as pipe:
+            pipe.on("socket_closed", on_closed)
+            polite, polite_id = await _raw_socket(url)
+            await polite.aclose(1000, "bye")
+            rude, rude_id = await _raw_socket(url)
+            await trio.aclose_forcefully(rude.stream)  # no close frame: the connection is lost
+            await both.wait()
+    assert (closed[polite_id].code, closed[polite_id].reason) == (1000, "bye")
+    assert (closed[rude_id].code, closed[rude_id].reason) == (None, None)
