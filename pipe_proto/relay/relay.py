@@ -341,6 +341,12 @@ class Relay:
             )
             self._refuse(sock, name, refusal)
             return
+        # Only attempts to join count: they are what reaches pipes and webhooks.
+        if not self._may_subscribe(sock, now):
+            rate, burst = limits.subscriptions_per_second, limits.max_channels_per_socket
+            message = f"too many subscriptions: {rate:g} per second after a burst of {burst}"
+            self._refuse(sock, name, Refuse("LimitReached", message, 429))
+            return
         decision = authorize_subscription(sock.app.app, sock.id, request, sock.user)
         if isinstance(decision, Refuse):
             self._refuse(sock, name, decision)
@@ -348,6 +354,20 @@ class Relay:
             self._ask_pipe(sock, "channel", name, now)
         else:
             self._join(sock, name, decision.member, now)
+
+    @staticmethod
+    def _may_subscribe(sock: Socket, now: float) -> bool:
+        # A token bucket of max_channels_per_socket subscribes, refilled at
+        # subscriptions_per_second, kept as one number per socket: the time
+        # at which it is full again (the generic cell rate algorithm). The
+        # half interval of slack absorbs float rounding at epoch magnitudes.
+        limits = sock.app.app.limits
+        interval = 1.0 / limits.subscriptions_per_second
+        full_at = max(sock.subscribe_full_at, now)
+        if full_at - now > (limits.max_channels_per_socket - 0.5) * interval:
+            return False
+        sock.subscribe_full_at = full_at + interval
+        return True
 
     def _succeeded_frame(self, state: AppState, name: str) -> str:
         channel = state.channels[name]
