@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipe_proto import App, Close, Limits
-from tests.pipe_helpers import Harness, frames_for
+from pipe_proto import App, Close, Limits, PipeSettings
+from pipe_proto.departures import LEAVE_DELAY
+from pipe_proto.signatures import channel_auth
+from tests.pipe_helpers import T0, Harness, frames_for, notices
 
 
 def subscribe(h: Harness, sock: str, channel: str) -> list[dict[str, Any]]:
@@ -40,3 +42,85 @@ def test_subscribe_rate_allows_a_burst_of_the_channel_limit_then_refuses_with_42
     assert "again" not in h.relay.state_of("1").channels
     h.now += 20 / 5  # the whole burst is back
     assert all(subscribe(h, sock, f"d{n}")[0]["event"] == "pusher_internal:subscription_succeeded" for n in range(20))
+
+
+def watcher(h: Harness, app: App | None = None, *types: str) -> str:
+    pipe, _ = h.open_pipe(app) if app else h.open_pipe()
+    h.call(pipe, "subscribe", {"events": list(types or ("channel_existence",))})
+    return pipe
+
+
+def events(outputs: list[Any], pipe: str) -> list[tuple[str, Any]]:
+    return [(n["event"], n["data"]) for n in notices(outputs, pipe)]
+
+
+def test_a_channel_vacated_and_occupied_again_within_the_delay_is_no_news_to_pipes() -> None:
+    """Pipes hear channel_vacated 3 s late, and neither it nor the next channel_occupied when the channel comes back."""
+    h = Harness()
+    pipe = watcher(h)
+    sock, _ = h.open_socket()
+    assert events(h.socket_send(sock, "pusher:subscribe", {"channel": "news"}), pipe) == [
+        ("channel_occupied", {"channel": "news"})
+    ]
+    out: list[Any] = []
+    for _ in range(100):
+        out += unsubscribe(h, sock, "news")
+        out += h.socket_send(sock, "pusher:subscribe", {"channel": "news"})
+        h.now += 0.01
+    out += unsubscribe(h, sock, "news")
+    gone_at = h.now
+    out += h.tick(LEAVE_DELAY - 0.01)
+    assert events(out, pipe) == []
+    out = h.tick(0.01)
+    assert events(out, pipe) == [("channel_vacated", {"channel": "news"})]
+    assert notices(out, pipe)[0]["time_ms"] == int(gone_at * 1000)  # when it happened
+
+
+def test_a_member_back_within_the_delay_is_no_news_unless_its_info_changed() -> None:
+    """member_removed waits too; the same user back with the same info cancels both, with other info both go out, in order."""
+    h = Harness()
+    pipe = watcher(h, None, "presence")
+    sock, _ = h.open_socket()
+
+    def join(info: Any) -> list[Any]:
+        data = json.dumps({"user_id": "u1", "user_info": info})
+        auth = channel_auth("app-key", "app-secret", sock, "presence-room", data)
+        return h.socket_send(sock, "pusher:subscribe", {"channel": "presence-room", "auth": auth, "channel_data": data})
+
+    assert [e for e, _ in events(join({"n": 1}), pipe)] == ["member_added"]
+    unsubscribe(h, sock, "presence-room")
+    assert events(join({"n": 1}) + h.tick(LEAVE_DELAY), pipe) == []
+    unsubscribe(h, sock, "presence-room")
+    assert events(join({"n": 2}), pipe) == [
+        ("member_removed", {"channel": "presence-room", "user_id": "u1"}),
+        ("member_added", {"channel": "presence-room", "user_id": "u1", "user_info": {"n": 2}}),
+    ]
+    assert events(h.tick(LEAVE_DELAY), pipe) == []
+
+
+def test_departures_held_for_pipes_are_bounded() -> None:
+    """At most buffer_events departures wait; beyond, the oldest goes out early (nothing is lost)."""
+    app = App(id="1", key="app-key", secret="app-secret", pipe=PipeSettings(buffer_events=5))
+    h = Harness([app])
+    pipe = watcher(h, app)
+    sock, _ = h.open_socket()
+    out: list[Any] = []
+    for n in range(7):
+        h.socket_send(sock, "pusher:subscribe", {"channel": f"c{n}"})
+        out += unsubscribe(h, sock, f"c{n}")
+    assert events(out, pipe) == [("channel_vacated", {"channel": "c0"}), ("channel_vacated", {"channel": "c1"})]
+    assert len(events(h.tick(LEAVE_DELAY), pipe)) == 5
+    assert h.relay.next_deadline() > h.now
+
+
+def test_held_departures_are_forgotten_with_the_last_pipe_that_wanted_them() -> None:
+    """No pipe left for channel_existence: nothing held, nothing due, nothing told to a later subscriber."""
+    h = Harness()
+    pipe = watcher(h)
+    sock, _ = h.open_socket()
+    h.socket_send(sock, "pusher:subscribe", {"channel": "news"})
+    unsubscribe(h, sock, "news")
+    h.call(pipe, "unsubscribe", {"events": ["channel_existence"]})
+    assert h.relay.next_deadline() > T0 + LEAVE_DELAY
+    h.call(pipe, "subscribe", {"events": ["channel_existence"]})
+    assert events(h.tick(LEAVE_DELAY), pipe) == []

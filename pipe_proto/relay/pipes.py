@@ -42,6 +42,7 @@ from typing import Any
 
 from .. import _json
 from ..apps import App
+from ..departures import LEAVE_DELAY, Departures
 from ..errors import PipeCode
 from ..pipe.codec import PipeFrameError, notice_data
 from ..pipe.events import Gap, Notice
@@ -192,6 +193,8 @@ class PipeHub:
         self.unrouted = 0
         #: Events dropped by any group of this app since the start (bounds, age).
         self.dropped = 0
+        #: Departures waiting for a quick return: (type, key, notice, when it happened).
+        self._held: Departures[tuple[str, str, Notice, float]] = Departures(LEAVE_DELAY)
 
     # ------------------------------------------------------------- queries
 
@@ -310,6 +313,10 @@ class PipeHub:
             if type in session.types:
                 session.types.discard(type)
                 self.type_counts[type] -= 1
+        if self._held:
+            # Departures nobody wants to hear of any more are forgotten (a
+            # later subscriber never saw the arrival).
+            self._held.discard(lambda item: not self.type_counts[item[0]])
 
     def _end(self, session: Session, now: float) -> None:
         """Remove a session for good; its events move on (see the module docstring)."""
@@ -348,6 +355,38 @@ class PipeHub:
             del self.groups[group.name]
 
     # ------------------------------------------------------------ delivery
+
+    def depart(self, type: str, key: str, notice: Notice, now: float, *, who: str = "", match: Any = None) -> None:
+        """Publish a departure (``channel_vacated``, ``member_removed``) after ``LEAVE_DELAY``.
+
+        An :meth:`arrive` of the same ``type``, ``key`` and ``who`` with an
+        equal ``match`` within the delay cancels it and itself. At most
+        ``buffer_events`` wait; beyond, the oldest is published at once.
+        """
+        if not self.wants(type):
+            return
+        self._release(now)
+        self._held.hold((type, key, who), (type, key, notice, now), now, match)
+        while len(self._held) > self.app.pipe.buffer_events:
+            self.publish(*self._held.oldest())
+
+    def arrive(self, type: str, key: str, notice: Notice, now: float, *, who: str = "", match: Any = None) -> None:
+        """Publish an arrival (``channel_occupied``, ``member_added``) unless it cancels a held departure."""
+        if not self.wants(type):
+            return  # nothing of this type is held either
+        self._release(now)
+        cancelled, held = self._held.arrive((type, key, who), match)
+        if cancelled:
+            return
+        if held is not None:
+            self.publish(*held)  # back, but changed: the departure first
+        self.publish(type, key, notice, now)
+
+    def _release(self, now: float) -> None:
+        # Departures due go out before anything that happens after them.
+        if self._held:
+            for held in self._held.due(now):
+                self.publish(*held)
 
     def publish(self, type: str, key: str, notice: Notice, now: float) -> int:
         """Give an event to every group holding ``type``; returns how many took it."""
@@ -486,7 +525,7 @@ class PipeHub:
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has work (a grace ends, a buffered event ages out)."""
-        deadline = math.inf
+        deadline = self._held.next_deadline()
         for session in self.sessions.values():
             deadline = min(deadline, session.grace_until)
         ttl = self.app.pipe.buffer_ttl
@@ -501,6 +540,7 @@ class PipeHub:
         Returns:
             The sessions that ended (their pending auth requests fail).
         """
+        self._release(now)
         ended = [s for s in self.sessions.values() if s.grace_until <= now]
         for session in ended:
             self._end(session, now)

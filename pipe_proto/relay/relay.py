@@ -444,7 +444,7 @@ class Relay:
                 if channel.sockets:
                     frame = _frame(MemberRemoved(channel=name, user_id=member.user_id))
                     self._out.append(Send(tuple(channel.sockets), frame))
-                self._member_hook(state, "member_removed", name, member.user_id, None, now)
+                self._member_hook(state, "member_removed", name, member.user_id, member.info, now)
         if not channel.sockets:
             del state.channels[name]
             self._channel_hook(state, "channel_vacated", name, now)
@@ -462,25 +462,28 @@ class Relay:
 
     def _channel_hook(self, state: AppState, kind: str, name: str, now: float) -> None:
         state.webhooks.event(kind, now, channel=name)
-        if state.hub.wants("channel_existence"):
-            notice: pipe_events.Notice
+        hub = state.hub
+        if hub.wants("channel_existence"):
+            # Vacated waits, and a quick return cancels both (pipe-protocol.md 3).
             if kind == "channel_occupied":
-                notice = pipe_events.ChannelOccupied(channel=name)
+                hub.arrive("channel_existence", name, pipe_events.ChannelOccupied(channel=name), now)
             else:
-                notice = pipe_events.ChannelVacated(channel=name)
-            state.hub.publish("channel_existence", name, notice, now)
+                hub.depart("channel_existence", name, pipe_events.ChannelVacated(channel=name), now)
 
     def _member_hook(
         self, state: AppState, kind: str, name: str, user_id: str | int, info: Any, now: float
     ) -> None:
         state.webhooks.event(kind, now, channel=name, user_id=str(user_id))
-        if state.hub.wants("presence"):
-            notice: pipe_events.Notice
+        hub = state.hub
+        if hub.wants("presence"):
+            # As for channels; only a return with the same id and info cancels.
+            who, match = str(user_id), _json.dumps([user_id, info])
             if kind == "member_added":
                 notice = pipe_events.MemberAdded(channel=name, user_id=user_id, user_info=info)
+                hub.arrive("presence", name, notice, now, who=who, match=match)
             else:
-                notice = pipe_events.MemberRemoved(channel=name, user_id=user_id)
-            state.hub.publish("presence", name, notice, now)
+                gone = pipe_events.MemberRemoved(channel=name, user_id=user_id)
+                hub.depart("presence", name, gone, now, who=who, match=match)
 
     def _cached(self, state: AppState, name: str, now: float) -> Cached | None:
         cached = state.cache.get(name)
