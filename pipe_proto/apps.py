@@ -120,6 +120,8 @@ class PipeSettings:
     auth_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_frame_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     window: int = attrs.field(default=1000, validator=_positive)
+    #: Bytes a member may have in flight (sent, not acked), as held in memory.
+    window_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     resume_grace: float = attrs.field(default=10.0, validator=_positive)
     buffer_events: int = attrs.field(default=10000, validator=_positive)
     buffer_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)

@@ -124,3 +124,48 @@ def test_held_departures_are_forgotten_with_the_last_pipe_that_wanted_them() -> 
     assert h.relay.next_deadline() > T0 + LEAVE_DELAY
     h.call(pipe, "subscribe", {"events": ["channel_existence"]})
     assert events(h.tick(LEAVE_DELAY), pipe) == []
+
+
+def drain(h: Harness, pipe: str, out: list[Any]) -> list[dict[str, Any]]:
+    """Every notification the pipe gets when it acks all it is sent until nothing more comes."""
+    got = notices(out, pipe)
+    new = got
+    while True:
+        if not new:
+            new = notices(h.tick(LEAVE_DELAY), pipe)  # the departures still held
+            got += new
+            if not new:
+                return got
+        _, more = h.call(pipe, "ack", {"seq": max(n["seq"] for n in got)}, reply=False)
+        new = notices(more, pipe)
+        got += new
+
+
+def test_control_notices_never_evict_socket_messages() -> None:
+    """A socket flapping subscriptions while others send to a group also holding channel_existence: no message lost.
+
+    The messages alone fit the group's bounds; with the notifications they do not.
+    """
+    app = App(id="1", key="app-key", secret="app-secret", pipe=PipeSettings(window=5, buffer_events=200))
+    h = Harness([app])
+    pipe = watcher(h, app, "socket_message", "channel_existence")
+    flapper, _ = h.open_socket()
+    senders = [h.open_socket()[0] for _ in range(4)]
+    out: list[Any] = []
+    produced = 0
+    for round in range(40):  # the pipe does not ack meanwhile: its group's bounds are reached
+        for n in range(10):
+            out += h.socket_send(flapper, "pusher:subscribe", {"channel": f"r{round}-{n}"})
+            out += unsubscribe(h, flapper, f"r{round}-{n}")
+        for sock in senders:
+            out += h.socket_send(sock, "msg", {"n": produced})
+            produced += 1
+        h.now += 0.1
+        out += h.tick()
+    got = drain(h, pipe, out)
+    messages = sorted(n["data"]["data"]["n"] for n in got if n["event"] == "socket_message")
+    assert messages == list(range(produced))
+    dropped = sum(n["data"]["dropped"] for n in got if n["event"] == "gap")
+    controls = sum(n["event"] in ("channel_occupied", "channel_vacated") for n in got)
+    assert dropped > 0 and controls + dropped == 2 * 400
+    assert h.relay.stats()["apps"]["1"]["pipe"]["dropped"] == dropped

@@ -813,6 +813,10 @@ class Relay:
             return self._take()
         if request.id is not None:
             self._send(pipe_id, encode_reply(pipe_events.Reply(id=request.id, result=result)))
+        if isinstance(request.call, pipe_events.Leave):
+            # Its session is gone: the connection goes too, once the reply is out.
+            del self._pipes[pipe_id]
+            self._out.append(Close(pipe_id, CloseCode.NORMAL, "left the group"))
         elif isinstance(request.call, pipe_events.Batch):
             # Nobody waits for this batch's reply, but its failures must not
             # go unnoticed: each is reported as a single request's would be.
@@ -860,6 +864,9 @@ class Relay:
             if targets:
                 self._out.append(Send(targets, frame))
             return {"delivered": len(targets)} if modern else {}
+        if isinstance(call, pipe_events.Leave):
+            state.hub.leave(pipe.id, now, for_good=True)
+            return {}
         if isinstance(call, pipe_events.Ack):
             state.hub.ack(pipe.session, call.seq, now)
             return {}
@@ -867,7 +874,7 @@ class Relay:
             state.hub.subscribe(pipe.session, call.events, now)
             return {}
         if isinstance(call, pipe_events.UnsubscribeEvents):
-            state.hub.unsubscribe(pipe.session, call.events)
+            state.hub.unsubscribe(pipe.session, call.events, now)
             return {}
         if isinstance(call, pipe_events.AuthResponse):
             self._auth_response(state, call, now)
