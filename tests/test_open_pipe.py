@@ -178,3 +178,59 @@ async def test_socket_closed_carries_the_close_code_or_null_when_the_connection_
             await both.wait()
     assert (closed[polite_id].code, closed[polite_id].reason) == (1000, "bye")
     assert (closed[rude_id].code, closed[rude_id].reason) == (None, None)
+
+
+async def test_a_normal_exit_leaves_the_group_at_once(relay_server: RelayServer) -> None:
+    """Leaving `async with` normally ends the session on the relay: no grace, its sockets go to the others."""
+    url = url_of(relay_server)
+    hub = relay_server.relay.state_of(APP_ID).hub
+    got: list[int] = []
+    arrived = trio.Event()
+
+    def on_n(socket_id: str, data: Any) -> None:
+        got.append(data["n"])
+        arrived.set()
+
+    credentials = {"app_id": APP_ID, "key": APP_KEY, "secret": APP_SECRET, "events": ["socket_message"]}
+    with trio.fail_after(20):
+        async with open_pipe(url, **credentials) as staying:
+            staying.sockets.on("event:n", on_n)
+            async with open_pipe(url, **credentials) as leaving:
+                session = leaving.session
+                assert session in hub.sessions
+            assert session not in hub.sessions and set(hub.sessions) == {staying.session}
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("n", {"n": 1})
+                await arrived.wait()
+    assert got == [1]
+
+
+async def test_keep_session_keeps_it_for_a_restart_that_resumes(relay_server: RelayServer) -> None:
+    """With keep_session, a clean exit keeps the session for the grace; a new process resumes it and gets what queued."""
+    url = url_of(relay_server)
+    hub = relay_server.relay.state_of(APP_ID).hub
+    credentials = {"app_id": APP_ID, "key": APP_KEY, "secret": APP_SECRET, "events": ["socket_message"]}
+    got: list[int] = []
+    arrived = trio.Event()
+
+    def on_n(socket_id: str, data: Any) -> None:
+        got.append(data["n"])
+        arrived.set()
+
+    with trio.fail_after(20):
+        async with connect(url, APP_KEY) as client:
+            async with open_pipe(url, keep_session=True, **credentials) as first:
+                first.sockets.on("event:n", on_n)
+                await client.send_event("n", {"n": 1})
+                await arrived.wait()
+                session = first.session
+            saved = (session, first.last_seq)
+            assert session in hub.sessions and hub.sessions[session].pipe is None  # in its grace
+            arrived = trio.Event()
+            await client.send_event("n", {"n": 2})  # queues for the session meanwhile
+            await client.ping()
+            async with open_pipe(url, keep_session=True, resume=saved, **credentials) as again:
+                assert again.session == session and again.core.resumed
+                again.sockets.on("event:n", on_n)
+                await arrived.wait()
+    assert got == [1, 2]

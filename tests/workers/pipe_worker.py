@@ -39,7 +39,11 @@ def save_state(state_file: str, session: str, seq: int) -> None:
 
 async def main(url: str, app_id: str, key: str, secret: str, group: str, state_file: str) -> None:
     resume = saved_state(state_file)
-    async with open_pipe(url, app_id=app_id, key=key, secret=secret, group=group, events=["socket_message"], resume=resume) as pipe:
+    # It saves its session to resume it after a restart: a clean exit must not leave the group.
+    async with open_pipe(
+        url, app_id=app_id, key=key, secret=secret, group=group, events=["socket_message"], resume=resume,
+        keep_session=True,
+    ) as pipe:
         print(f"READY {pipe.session} resumed={pipe.core.resumed}", flush=True)
         async for note in pipe.events(meta=True):
             message = note.notice
