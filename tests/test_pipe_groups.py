@@ -352,10 +352,23 @@ def test_pending_bytes_count_the_text_held_and_its_records() -> None:
 
     a = app(window=1)
     h = Harness([a])
-    pipe = member(h, a)
+    member(h, a)
     sock, _ = h.open_socket()
-    send_all(h, [sock], 2)
+    send_all(h, [sock], 2)  # the first is in flight, the second waits
     data = {"socket_id": sock, "event": "msg", "data": {"n": 1}}
     group = h.relay.state_of("1").hub.groups["default"]
     assert group.pending_bytes == len(json.dumps(data, separators=(",", ":"))) + EVENT_OVERHEAD
-    assert pipe
+
+
+def test_drops_are_told_to_a_member_that_takes_that_type_not_to_one_that_only_sends() -> None:
+    """A pipe of the group subscribed to nothing (it only sends) is not the one told of lost messages."""
+    a = app(window=100, buffer_events=5)
+    h = Harness([a])
+    sender, _ = h.open_pipe(a)  # first in the group, subscribed to nothing
+    gone, worker = member(h, a), member(h, a)
+    sockets = [h.open_socket()[0] for _ in range(10)]
+    h.relay.pipe_closed(gone, h.now)
+    out = send_all(h, sockets, 3)
+    gaps = [n for n in notices(out, worker) if n["event"] == "gap"]
+    assert gaps and notices(out, sender) == []
+    assert sum(n["data"]["dropped"] for n in gaps) == h.relay.state_of("1").hub.dropped

@@ -169,3 +169,25 @@ def test_control_notices_never_evict_socket_messages() -> None:
     controls = sum(n["event"] in ("channel_occupied", "channel_vacated") for n in got)
     assert dropped > 0 and controls + dropped == 2 * 400
     assert h.relay.stats()["apps"]["1"]["pipe"]["dropped"] == dropped
+
+
+def test_one_socket_flapping_one_channel_costs_nothing_and_is_slowed_down() -> None:
+    """The reported attack: 2,000 subscribe/unsubscribe pairs at once on one public channel, beside senders."""
+    app = App(id="1", key="app-key", secret="app-secret", pipe=PipeSettings(window=5, buffer_events=500))
+    h = Harness([app])
+    pipe = watcher(h, app, "socket_message", "channel_existence")
+    flapper, _ = h.open_socket()
+    senders = [h.open_socket()[0] for _ in range(10)]
+    out: list[Any] = []
+    refused = 0
+    for n in range(2000):
+        joined = h.socket_send(flapper, "pusher:subscribe", {"channel": "public"})
+        refused += "pusher:subscription_error" in str(frames_for(joined, flapper))
+        out += joined + unsubscribe(h, flapper, "public")
+        if n % 50 == 0:
+            for sock in senders:
+                out += h.socket_send(sock, "msg", {"n": n})
+    assert refused == 2000 - 1000  # past the burst of max_channels_per_socket
+    got = drain(h, pipe, out)
+    assert sum(n["event"] == "socket_message" for n in got) == 10 * 40
+    assert [n["event"] for n in got if n["event"] != "socket_message"] == ["channel_occupied", "channel_vacated"]

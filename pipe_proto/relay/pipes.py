@@ -36,7 +36,7 @@ presence) is dropped, and only when there is none the oldest unsent event:
 a flood of notifications never costs a message. Buffered events live at most
 ``buffer_ttl``. Every drop is counted and reported at once to a connected
 member (the session that lost the event if connected, else the group's first
-connected member), or to the next member to connect, as a ``gap``
+connected member subscribed to its type), or to the next member to connect, as a ``gap``
 notification (and ``connection_established.gap``). 0.2 pipes have neither
 acks nor sessions: an event counts as delivered once written, as in 2011.
 """
@@ -434,7 +434,7 @@ class PipeHub:
             # newer events of the same key (ordering is for unmarked events).
             self._move(group, pending, now, mark=not left or pending.event.born <= routed_at)
         if unreported:
-            self._report(group, unreported, None, now)
+            self._report(group, unreported, None, None, now)
         self._forget_if_idle(group)
 
     def _move(self, group: Group, pending: _Pending, now: float, *, mark: bool = True) -> None:
@@ -611,17 +611,23 @@ class PipeHub:
         group.pending_bytes -= dropped.event.size
         group.dropped += 1
         self.dropped += 1
-        self._report(group, 1, session, now)
+        self._report(group, 1, session, dropped.event.type, now)
 
-    def _report(self, group: Group, count: int, session: Session | None, now: float) -> None:
-        """Tell ``count`` drops to ``session`` if it is connected, else to the group's first connected member.
+    def _report(self, group: Group, count: int, session: Session | None, type: str | None, now: float) -> None:
+        """Tell ``count`` drops (of events of ``type``, if one) to a connected member of ``group``.
 
-        With nobody connected they wait for the next member to connect. The
-        report goes out at once if the member's window has room, else first
-        thing when it has (pipe-protocol.md 6).
+        That is ``session`` if it is connected, else the group's first
+        connected member subscribed to ``type`` (to any type when ``type`` is
+        ``None``), else its first connected member: not a pipe that only
+        sends, when there is another. With nobody connected the drops wait
+        for the next member to connect. The report goes out at once if the
+        member's window has room, else first thing when it has
+        (pipe-protocol.md 6).
         """
         if session is None or session.pipe is None:
-            session = next((s for s in group.sessions.values() if s.pipe is not None), None)
+            live = [s for s in group.sessions.values() if s.pipe is not None]
+            wanting = (s for s in live if (type in s.types if type else s.types))
+            session = next(wanting, live[0] if live else None)
         if session is None:
             group.unreported += count
             return
