@@ -378,6 +378,7 @@ def test_batch_applies_calls_in_order_and_reports_each() -> None:
     assert results[2]["error"]["code"] == 4221
     assert results[3] == {"result": {"delivered": 1}, "error": None}
     assert [json.loads(t)["event"] for t in texts_for(out, sock)] == ["a", "c"]
+    assert frames_for(out, pipe) == [reply]  # its failures are in the reply, not also notified
 
 
 def test_batch_without_id_reports_only_its_failures() -> None:

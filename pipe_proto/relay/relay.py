@@ -813,16 +813,16 @@ class Relay:
             return self._take()
         if request.id is not None:
             self._send(pipe_id, encode_reply(pipe_events.Reply(id=request.id, result=result)))
-        if isinstance(request.call, pipe_events.Leave):
-            # Its session is gone: the connection goes too, once the reply is out.
-            del self._pipes[pipe_id]
-            self._out.append(Close(pipe_id, CloseCode.NORMAL, "left the group"))
         elif isinstance(request.call, pipe_events.Batch):
             # Nobody waits for this batch's reply, but its failures must not
             # go unnoticed: each is reported as a single request's would be.
             for item in result:
                 if item["error"] is not None:
                     self._send(pipe_id, encode_error_notification(item["error"]["code"], item["error"]["message"]))
+        if isinstance(request.call, pipe_events.Leave):
+            # Its session is gone: the connection goes too, once the reply is out.
+            del self._pipes[pipe_id]
+            self._out.append(Close(pipe_id, CloseCode.NORMAL, "left the group"))
         return self._take()
 
     def pipe_heard(self, pipe_id: str, now: float) -> None:
