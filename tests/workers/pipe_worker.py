@@ -6,8 +6,9 @@ Prints ``READY <session> resumed=<bool>`` once connected, ``G <dropped> <seq>``
 for a gap report, and one line per processed message:
 ``P <n> <socket_id> <seq> <redelivered 0|1> <acked_seq>``, where
 ``acked_seq`` is what had been acked to the relay before this message. After
-each message it saves ``session last_seq`` to STATE_FILE; started again with
-that file present, it resumes the session (pipe-protocol.md 6).
+each message it saves ``session last_seq`` to STATE_FILE, then prints
+``S <seq>``; started again with that file present, it resumes the session
+(pipe-protocol.md 6).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ async def main(url: str, app_id: str, key: str, secret: str, group: str, state_f
             print(f"P {message.data['n']} {message.socket_id} {note.seq} {int(note.redelivered)} {pipe.acked_seq}", flush=True)
             assert pipe.session is not None
             save_state(state_file, pipe.session, note.seq)
+            print(f"S {note.seq}", flush=True)
 
 
 if __name__ == "__main__":
