@@ -557,8 +557,6 @@ class Pipe:
 
     async def _dispatch(self) -> None:
         while True:
-            if self._leaving:
-                await trio.sleep_forever()  # what is not processed goes to the other members
             while not self._queue:
                 self._queued = trio.Event()
                 if self._ws is not None:
@@ -566,6 +564,8 @@ class Pipe:
                     if ack is not None:
                         await self._send_quietly(ack)
                 await self._queued.wait()
+            if self._leaving:
+                await trio.sleep_forever()  # what is not processed goes to the other members
             notification = self._queue.popleft()
             self._room.set()
             await self._deliver(notification)
