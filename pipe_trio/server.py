@@ -644,7 +644,11 @@ class _SocketsSide(_Side):
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         server = self.server
         server.conns.pop(conn_id, None)
-        server.execute(server.relay.socket_closed(conn_id, server.now()))
+        # 1006 is no close frame at all: pipes learn the code only when one came (pipe-protocol.md 3).
+        lost = code == 1006
+        server.execute(server.relay.socket_closed(
+            conn_id, server.now(), None if lost else code, None if lost else reason
+        ))
         log.info("socket %s disconnected (%s %s)", conn_id, code, reason)
 
 

@@ -355,11 +355,11 @@ def _explain(exc: BaseException) -> str:
 
 
 async def server_answers(url: str, key: str, timeout: float = 3.0) -> bool:  # noqa: ASYNC109
-    """Whether a fresh socket reaches ``connection_established`` (or a refusal) within ``timeout``."""
+    """Whether a fresh socket of app ``key`` reaches ``connection_established`` within ``timeout``."""
     try:
         with trio.fail_after(timeout):
             async with open_fake_socket(url, key, timeout=timeout) as sock:
-                return sock.established is not None or sock.refusal is not None
+                return sock.established is not None
     except (OSError, trio.TooSlowError, SocketClosed):
         return False
 

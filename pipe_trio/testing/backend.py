@@ -44,6 +44,8 @@ from pipe_proto.pipe import (
 )
 from pipe_proto.signatures import sign_query
 
+from .sockets import _handshake_failure, _rejection
+
 __all__ = ["FakeBackend", "open_fake_backend", "signed_pipe_url"]
 
 Frame = Reply | ErrorReply | Notification | ErrorNotification
@@ -267,6 +269,7 @@ async def open_fake_backend(
     backend = FakeBackend()
     target = url or signed_pipe_url(base, app_id=app_id, key=key, secret=secret, **options)
     stream = None
+    entered = False
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -274,13 +277,8 @@ async def open_fake_backend(
                     ws = await trio_websocket.connect_websocket_url(
                         nursery, target, message_queue_size=64, max_message_size=16 * 1024 * 1024
                     )
-            except trio_websocket.ConnectionRejected as exc:
-                backend.http_status, backend.http_body = exc.status_code, exc.body or b""
-                backend._ended(1006)
-                yield backend
-                return
             except trio_websocket.HandshakeError as exc:
-                raise OSError(f"WebSocket handshake failed: {exc}") from None
+                raise _handshake_failure(exc) from None
             backend.ws = ws
             stream = getattr(ws, "_stream", None)
             ws._disconnect_timeout = 1.0  # type: ignore[attr-defined]
@@ -288,12 +286,20 @@ async def open_fake_backend(
             with trio.fail_after(timeout):
                 while backend.established is None and not backend.closed:
                     await backend._changed.wait()
+            entered = True
             try:
                 yield backend
             finally:
                 with trio.CancelScope(shield=True):
                     await backend.close()
                 nursery.cancel_scope.cancel()
+    except (trio_websocket.ConnectionRejected, BaseExceptionGroup) as exc:
+        rejected = _rejection(exc)
+        if entered or rejected is None:
+            raise
+        backend.http_status, backend.http_body = rejected.status_code, rejected.body or b""
+        backend._ended(1006)
+        yield backend
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True):

@@ -363,6 +363,7 @@ async def open_fake_socket(
     sock = FakeSocket(key, secret, auto_pong=auto_pong)
     url = socket_url(base, key, protocol=protocol, query=query, path=path)
     stream = None
+    entered = False
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -370,13 +371,8 @@ async def open_fake_socket(
                     ws = await trio_websocket.connect_websocket_url(
                         nursery, url, message_queue_size=64, max_message_size=16 * 1024 * 1024
                     )
-            except trio_websocket.ConnectionRejected as exc:
-                sock.http_status = exc.status_code
-                sock._ended(1006, "upgrade refused")
-                yield sock
-                return
             except trio_websocket.HandshakeError as exc:
-                raise OSError(f"WebSocket handshake failed: {exc}") from None
+                raise _handshake_failure(exc) from None
             sock.ws = ws
             stream = getattr(ws, "_stream", None)
             ws._disconnect_timeout = 1.0  # type: ignore[attr-defined]  # a vanished server must not hold us 60 s
@@ -393,13 +389,39 @@ async def open_fake_socket(
                     sock._queue.appendleft(first)
                 with trio.move_on_after(1):
                     await sock._closed.wait()
+            entered = True
             try:
                 yield sock
             finally:
                 with trio.CancelScope(shield=True):
                     await sock.close()
                 nursery.cancel_scope.cancel()
+    except (trio_websocket.ConnectionRejected, BaseExceptionGroup) as exc:
+        # trio-websocket raises a refused upgrade from its reader task, into the nursery.
+        rejected = _rejection(exc)
+        if entered or rejected is None:
+            raise
+        sock.http_status = rejected.status_code
+        sock._ended(1006, "upgrade refused")
+        yield sock
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+
+def _rejection(exc: BaseException) -> trio_websocket.ConnectionRejected | None:
+    """The refused upgrade in ``exc`` (alone or in a group of them), if that is all it is."""
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_rejection(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+    return None
+
+
+def _handshake_failure(exc: trio_websocket.HandshakeError) -> BaseException:
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return exc
+    return OSError(f"WebSocket handshake failed: {exc}")

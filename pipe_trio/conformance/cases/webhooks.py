@@ -101,42 +101,6 @@ async def cache_miss(ctx: Context) -> None:
 # ------------------------------------------------------------------- limits
 
 
-@case("limits.malformed-json", "a frame that is not JSON gets a pusher:error; the connection stays open",
-      ref="Pusher protocol 1.5 (R); relay.md Pusher protocol decisions", level=Level.DECISION)
-async def malformed_json(ctx: Context) -> None:
-    sock = await ctx.socket()
-    await sock.send_text("{this is not json")
-    await expect_event(sock, lambda e: is_error(e, any_code=True), "a pusher:error")
-    await expect_open(sock)
-
-
-@case("limits.binary-frame-ignored", "a binary frame is ignored; the connection stays open",
-      ref="Pusher protocol 1.5 (R)", level=Level.DECISION)
-async def binary_frame(ctx: Context) -> None:
-    sock = await ctx.socket()
-    await sock.send_bytes(b'{"event":"pusher:ping","data":{}}')
-    await sock.gather(0.2)
-    await expect_open(sock)
-
-
-@case("limits.unknown-pusher-event", "an unknown pusher: event does not close the connection",
-      ref="Pusher protocol 1.6 (R)", level=Level.DECISION)
-async def unknown_event(ctx: Context) -> None:
-    sock = await ctx.socket()
-    await sock.send_json({"event": "pusher:no-such-event", "data": {}})
-    await sock.gather(0.2)
-    await expect_open(sock)
-
-
-@case("limits.subscribe-without-channel", "a pusher:subscribe without a channel does not close the connection",
-      ref="Pusher protocol 4.3 (R)", level=Level.DECISION)
-async def subscribe_without_channel(ctx: Context) -> None:
-    sock = await ctx.socket()
-    await sock.send_json({"event": "pusher:subscribe", "data": {"auth": ""}})
-    await sock.gather(0.2)
-    await expect_open(sock)
-
-
 @case("limits.client-event-over-10kb", "a client event over 10 KB is not relayed", ref="Pusher protocol 7 (R), 11",
       level=Level.DECISION)
 async def client_event_large(ctx: Context) -> None:
@@ -182,6 +146,45 @@ async def presence_members(ctx: Context) -> None:
             raise Failed("100 members accepted", describe(outcome))
     await socks[100].subscribe(channel, channel_data=_presence_data("m100"))
     await expect_rejected(socks[100], channel)
+
+
+# Malformed input last: a server that crashes on it hides as few cases as possible.
+
+
+@case("limits.malformed-json", "a frame that is not JSON gets a pusher:error; the connection stays open",
+      ref="Pusher protocol 1.5 (R); relay.md Pusher protocol decisions", level=Level.DECISION)
+async def malformed_json(ctx: Context) -> None:
+    sock = await ctx.socket()
+    await sock.send_text("{this is not json")
+    await expect_event(sock, lambda e: is_error(e, any_code=True), "a pusher:error")
+    await expect_open(sock)
+
+
+@case("limits.binary-frame-ignored", "a binary frame is ignored; the connection stays open",
+      ref="Pusher protocol 1.5 (R)", level=Level.DECISION)
+async def binary_frame(ctx: Context) -> None:
+    sock = await ctx.socket()
+    await sock.send_bytes(b'{"event":"pusher:ping","data":{}}')
+    await sock.gather(0.2)
+    await expect_open(sock)
+
+
+@case("limits.unknown-pusher-event", "an unknown pusher: event does not close the connection",
+      ref="Pusher protocol 1.6 (R)", level=Level.DECISION)
+async def unknown_event(ctx: Context) -> None:
+    sock = await ctx.socket()
+    await sock.send_json({"event": "pusher:no-such-event", "data": {}})
+    await sock.gather(0.2)
+    await expect_open(sock)
+
+
+@case("limits.subscribe-without-channel", "a pusher:subscribe without a channel does not close the connection",
+      ref="Pusher protocol 4.3 (R)", level=Level.DECISION)
+async def subscribe_without_channel(ctx: Context) -> None:
+    sock = await ctx.socket()
+    await sock.send_json({"event": "pusher:subscribe", "data": {"auth": ""}})
+    await sock.gather(0.2)
+    await expect_open(sock)
 
 
 @case("limits.huge-frame", "a 2 MiB frame is refused (error frame or close) without harm to the server",
