@@ -44,7 +44,7 @@ from pipe_proto.pipe import (
 )
 from pipe_proto.signatures import sign_query
 
-from .sockets import _handshake_failure, _rejection
+from .sockets import _alone, _rejection, connect_ws
 
 __all__ = ["FakeBackend", "open_fake_backend", "signed_pipe_url"]
 
@@ -268,20 +268,13 @@ async def open_fake_backend(
     """
     backend = FakeBackend()
     target = url or signed_pipe_url(base, app_id=app_id, key=key, secret=secret, **options)
-    stream = None
+    streams: list[trio.abc.Stream] = []
     entered = False
     try:
         async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(timeout):
-                    ws = await trio_websocket.connect_websocket_url(
-                        nursery, target, message_queue_size=64, max_message_size=16 * 1024 * 1024
-                    )
-            except trio_websocket.HandshakeError as exc:
-                raise _handshake_failure(exc) from None
+            with trio.fail_after(timeout):
+                ws = await connect_ws(nursery, target, streams)
             backend.ws = ws
-            stream = getattr(ws, "_stream", None)
-            ws._disconnect_timeout = 1.0  # type: ignore[attr-defined]
             nursery.start_soon(backend._read)
             with trio.fail_after(timeout):
                 while backend.established is None and not backend.closed:
@@ -295,12 +288,14 @@ async def open_fake_backend(
                 nursery.cancel_scope.cancel()
     except (trio_websocket.ConnectionRejected, BaseExceptionGroup) as exc:
         rejected = _rejection(exc)
-        if entered or rejected is None:
+        if entered:
             raise
+        if rejected is None:
+            raise _alone(exc) from None
         backend.http_status, backend.http_body = rejected.status_code, rejected.body or b""
         backend._ended(1006)
         yield backend
     finally:
-        if stream is not None:
+        for stream in streams:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)

@@ -19,11 +19,12 @@ off.
 from __future__ import annotations
 
 import json
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 import trio
@@ -362,20 +363,13 @@ async def open_fake_socket(
     """
     sock = FakeSocket(key, secret, auto_pong=auto_pong)
     url = socket_url(base, key, protocol=protocol, query=query, path=path)
-    stream = None
+    streams: list[trio.abc.Stream] = []
     entered = False
     try:
         async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(timeout):
-                    ws = await trio_websocket.connect_websocket_url(
-                        nursery, url, message_queue_size=64, max_message_size=16 * 1024 * 1024
-                    )
-            except trio_websocket.HandshakeError as exc:
-                raise _handshake_failure(exc) from None
+            with trio.fail_after(timeout):
+                ws = await connect_ws(nursery, url, streams)
             sock.ws = ws
-            stream = getattr(ws, "_stream", None)
-            ws._disconnect_timeout = 1.0  # type: ignore[attr-defined]  # a vanished server must not hold us 60 s
             nursery.start_soon(sock._read)
             first: PusherEvent | None = None
             with suppress(SocketClosed):  # closed without a frame: the close code is the answer
@@ -399,15 +393,48 @@ async def open_fake_socket(
     except (trio_websocket.ConnectionRejected, BaseExceptionGroup) as exc:
         # trio-websocket raises a refused upgrade from its reader task, into the nursery.
         rejected = _rejection(exc)
-        if entered or rejected is None:
+        if entered:
             raise
+        if rejected is None:
+            raise _alone(exc) from None
         sock.http_status = rejected.status_code
         sock._ended(1006, "upgrade refused")
         yield sock
     finally:
-        if stream is not None:
+        for stream in streams:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
+
+
+async def connect_ws(
+    nursery: trio.Nursery, url: str, streams: list[trio.abc.Stream]
+) -> trio_websocket.WebSocketConnection:
+    """A trio-websocket client connection over a stream this module owns (appended to
+    ``streams``, for the caller to close: trio-websocket leaves the stream of a refused
+    upgrade open).
+
+    Raises:
+        trio_websocket.ConnectionRejected: the upgrade was refused (maybe through ``nursery``).
+        OSError: no connection, or not a WebSocket server.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or "127.0.0.1"
+    tcp = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
+    streams.append(tcp)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+    if secure:
+        stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+        streams.append(stream)
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        ws = await trio_websocket.wrap_client_stream(
+            nursery, stream, parts.netloc, resource, message_queue_size=64, max_message_size=16 * 1024 * 1024
+        )
+    except trio_websocket.HandshakeError as exc:
+        raise _handshake_failure(exc) from None
+    ws._disconnect_timeout = 1.0  # type: ignore[attr-defined]  # a vanished server must not hold us 60 s
+    return ws
 
 
 def _rejection(exc: BaseException) -> trio_websocket.ConnectionRejected | None:
@@ -419,6 +446,13 @@ def _rejection(exc: BaseException) -> trio_websocket.ConnectionRejected | None:
         if leaves and all(leaf is not None for leaf in leaves):
             return leaves[0]
     return None
+
+
+def _alone(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (what failed while connecting)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _handshake_failure(exc: trio_websocket.HandshakeError) -> BaseException:
