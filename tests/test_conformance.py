@@ -73,9 +73,7 @@ class ForgetfulRelay(Relay):
 
 #: What the wrong relay of the next test gets wrong, and the cases that must catch it.
 WRONG_ON_PURPOSE = {
-    # (an empty auth included, which should go to the pipe: so the pipe's refusal is ignored too)
-    "accepts any channel signature": {"private.bad-signature", "private.foreign-key", "private.other-socket-signature",
-                                      "pipe.auth-deny-403"},
+    "accepts any channel signature": {"private.bad-signature", "private.foreign-key", "private.other-socket-signature"},
     "forgets to exclude socket_id": {"rest.socket-id-excluded", "pipe.send-to-channel-excluding"},
     "accepts stale REST timestamps": {"rest.stale-timestamp-401"},
 }

@@ -131,3 +131,14 @@ def test_signers_sign_rest_requests_and_check_webhooks() -> None:
     assert "time_ms" in (webhook_problem("app-key", "app-secret", headers, request.body, now=2000.0) or "")
     loose = {**headers, "Content-Type": "application/json; charset=utf-8"}
     assert "Content-Type" in (webhook_problem("app-key", "app-secret", loose, request.body, now=1001.0) or "")
+
+
+def test_pipe_proto_testing_does_no_io() -> None:
+    """pipe_proto.testing stays sans-I/O: importing it brings in no event loop, socket or randomness."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipe_proto.testing; "
+            "print(sorted(m for m in ('trio', 'socket', 'asyncio', 'ssl', 'select', 'random') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

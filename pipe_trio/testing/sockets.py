@@ -51,8 +51,8 @@ MAX_QUEUED = 1000
 
 
 @attrs.frozen
-class Unreadable(PusherEvent):
-    """A frame the client-side codec refused (``why``), with its text."""
+class Unreadable:
+    """A frame the client-side codec refused (``why``), with its text (not a protocol event)."""
 
     text: str
     why: str
@@ -67,10 +67,10 @@ class SocketClosed(Exception):
         self.reason = reason
 
 
-Match = Callable[[PusherEvent], bool] | type[PusherEvent]
+Match = Callable[[Any], bool] | type
 
 
-def _matches(match: Match, event: PusherEvent) -> bool:
+def _matches(match: Match, event: Any) -> bool:
     if isinstance(match, type):
         return isinstance(event, match)
     return bool(match(event))
@@ -99,9 +99,9 @@ class FakeSocket:
         self.http_status: int | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
-        self.received: list[PusherEvent] = []
+        self.received: list[Any] = []
         self.raw: list[str] = []
-        self._queue: deque[PusherEvent] = deque()
+        self._queue: deque[Any] = deque()
         self._changed = trio.Event()
         self._closed = trio.Event()
 
@@ -222,7 +222,7 @@ class FakeSocket:
 
     # ------------------------------------------------------------ receiving
 
-    async def next(self, timeout: float = 2.0) -> PusherEvent:  # noqa: ASYNC109
+    async def next(self, timeout: float = 2.0) -> Any:  # noqa: ASYNC109
         """The next event received (waiting at most ``timeout`` seconds).
 
         Raises:
@@ -236,7 +236,7 @@ class FakeSocket:
                 await self._changed.wait()
         return self._queue.popleft()
 
-    async def expect(self, match: Match, timeout: float = 2.0) -> PusherEvent:  # noqa: ASYNC109
+    async def expect(self, match: Match, timeout: float = 2.0) -> Any:  # noqa: ASYNC109
         """The first event matching ``match`` (a class or a predicate); others are skipped.
 
         Raises:
@@ -249,9 +249,9 @@ class FakeSocket:
                 if _matches(match, event):
                     return event
 
-    async def gather(self, seconds: float) -> list[PusherEvent]:
+    async def gather(self, seconds: float) -> list[Any]:
         """Every event that arrives within ``seconds`` (or until the connection closes)."""
-        events: list[PusherEvent] = []
+        events: list[Any] = []
         with trio.move_on_after(seconds):
             while True:
                 try:
@@ -270,7 +270,7 @@ class FakeSocket:
             await self._closed.wait()
         return self.close_code or 1006
 
-    def _push(self, event: PusherEvent) -> None:
+    def _push(self, event: Any) -> None:
         self.received.append(event)
         self._queue.append(event)
         self._changed.set()
@@ -312,7 +312,7 @@ class FakeSocket:
                 await self.ws.aclose(code=code, reason=reason)
 
 
-def _decode(text: str) -> PusherEvent:
+def _decode(text: str) -> Any:
     try:
         return decode(text, role=Role.CLIENT)
     except RemoteProtocolError as exc:
@@ -371,7 +371,7 @@ async def open_fake_socket(
                 ws = await connect_ws(nursery, url, streams)
             sock.ws = ws
             nursery.start_soon(sock._read)
-            first: PusherEvent | None = None
+            first: Any = None
             with suppress(SocketClosed):  # closed without a frame: the close code is the answer
                 first = await sock.next(timeout=timeout)
             if isinstance(first, ConnectionEstablished):
