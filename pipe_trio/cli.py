@@ -26,6 +26,7 @@ import trio
 
 from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
 
+from . import conformance
 from .server import RelayServer, serve
 
 __all__ = ["build_parser", "load_apps", "main"]
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    conformance.add_parser(commands)
     return parser
 
 
@@ -171,6 +173,8 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pipe-relay``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "conformance":
+        return conformance.command(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
