@@ -886,7 +886,7 @@ class RelayMachine(RuleBasedStateMachine):
             st.sampled_from(
                 ["subscribe"] * 3 + ["unsubscribe", "send_to_socket", "send_to_channel", "disconnect_socket",
                                      "terminate_user", "auth_response", "auth_response", "auth_response", "ack",
-                                     "ping", "nope"]
+                                     "ping", "leave", "nope"]
             )
         )
         draw = data.draw

@@ -28,6 +28,7 @@ import trio
 from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
 from pipe_proto.cluster import ClusterDirectory
 
+from . import conformance
 from .server import RelayServer, serve
 from .workers import WORKER_FLAG, supervise
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    conformance.add_parser(commands)
     return parser
 
 
@@ -238,6 +240,8 @@ def _free_port(host: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pipe-relay``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "conformance":
+        return conformance.command(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -91,6 +91,7 @@ class ClusterLink:
         self._up = trio.Event()
         self._down = trio.Event()
         self.round_trips = 0
+        self._resync_left = 0
         self._outage_logged = False
 
     # --------------------------------------------------------------- calls
@@ -180,7 +181,7 @@ class ClusterLink:
         return self.url.rpartition("@")[2]  # never log a password
 
     async def wait_connected(self) -> None:
-        """Wait until Redis answers (the core has then queued its resync, ahead of any later call)."""
+        """Wait until Redis answers and has run this node's resync."""
         await self._up.wait()
 
     async def wait_disconnected(self) -> None:
@@ -193,7 +194,10 @@ class ClusterLink:
         self.execute(self.relay.cluster_up(self.now()))
         if self._down.is_set():
             self._down = trio.Event()
-        self._up.set()
+        # Up once the calls of the resync, first in the queue, have run.
+        self._resync_left = len(self._queue)
+        if not self._resync_left:
+            self._up.set()
 
     def _went_down(self, error: BaseException) -> None:
         was = self.connected
@@ -221,6 +225,10 @@ class ClusterLink:
                             pipe.evalsha(SCRIPT_SHA1, keys=[], args=list(call.args))
                 self.round_trips += 1
                 self._deliver(batch, pipe.results or ())
+                if self._resync_left > 0:
+                    self._resync_left -= len(batch)
+                    if self._resync_left <= 0:
+                        self._up.set()
 
     def _deliver(self, batch: list[tuple[ClusterCall, _Waiter | None]], results: tuple[Any, ...]) -> None:
         import coredis

@@ -677,7 +677,7 @@ class _SocketsSide(_Side):
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         server = self.server
         server.conns.pop(conn_id, None)
-        server.execute(server.relay.socket_closed(conn_id, server.now()))
+        server.execute(server.relay.socket_closed(conn_id, server.now(), code, reason))
         log.info("socket %s disconnected (%s %s)", conn_id, code, reason)
 
 

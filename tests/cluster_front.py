@@ -6,6 +6,7 @@ Tests written for one relay run against this as they are: it has the ``port`` th
 
 from __future__ import annotations
 
+import contextlib
 from collections import ChainMap
 from collections.abc import Sequence
 from functools import partial
@@ -69,10 +70,8 @@ async def _pipe(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> No
     finally:
         # One way done: tell the other side, so a close travels on.
         if isinstance(sink, trio.SocketStream):
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await sink.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
 
 
 async def _proxy(nursery: trio.Nursery, ports: list[int], task_status: trio.TaskStatus[int]) -> None:
@@ -87,10 +86,9 @@ async def _proxy(nursery: trio.Nursery, ports: list[int], task_status: trio.Task
         except OSError:
             await client.aclose()
             return
-        async with client, upstream:
-            async with trio.open_nursery() as both:
-                both.start_soon(_pipe, client, upstream)
-                both.start_soon(_pipe, upstream, client)
+        async with client, upstream, trio.open_nursery() as both:
+            both.start_soon(_pipe, client, upstream)
+            both.start_soon(_pipe, upstream, client)
 
     await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .. import _json
 from ..names import ChannelKind, channel_type
 from ..pipe import events as pipe_events
 from ..pusher.codec import encode_message
@@ -70,6 +71,12 @@ class Channels:
             )
             self.refuse(sock, name, refusal)
             return
+        # Only attempts to join count: they are what reaches pipes and webhooks.
+        if not self._may_subscribe(sock, now):
+            rate, burst = limits.subscriptions_per_second, limits.max_channels_per_socket
+            message = f"too many subscriptions: {rate:g} per second after a burst of {burst}"
+            self.refuse(sock, name, Refuse("LimitReached", message, 429))
+            return
         decision = authorize_subscription(sock.app.app, sock.id, request, sock.user)
         if isinstance(decision, Refuse):
             self.refuse(sock, name, decision)
@@ -78,6 +85,20 @@ class Channels:
             self.asking.ask(sock, "channel", name, now)
         else:
             self.join(sock, name, decision.member, now)
+
+    @staticmethod
+    def _may_subscribe(sock: Socket, now: float) -> bool:
+        # A token bucket of max_channels_per_socket subscribes, refilled at
+        # subscriptions_per_second, kept as one number per socket: the time
+        # at which it is full again (the generic cell rate algorithm). The
+        # half interval of slack absorbs float rounding at epoch magnitudes.
+        limits = sock.app.app.limits
+        interval = 1.0 / limits.subscriptions_per_second
+        full_at = max(sock.subscribe_full_at, now)
+        if full_at - now > (limits.max_channels_per_socket - 0.5) * interval:
+            return False
+        sock.subscribe_full_at = full_at + interval
+        return True
 
     def join(self, sock: Socket, name: str, member: Member | None, now: float) -> None:
         """Join an authorized socket to ``name`` (``member``: its presence member)."""
@@ -191,26 +212,34 @@ class Channels:
     @staticmethod
     def _channel_hook(state: AppState, kind: str, name: str, now: float, confirmed: bool = False) -> None:
         state.webhooks.event(kind, now, confirmed=confirmed, channel=name)
-        if state.hub.wants("channel_existence"):
-            notice: pipe_events.Notice
+        hub = state.hub
+        if hub.wants("channel_existence"):
+            # Vacated waits, and a quick return cancels both (pipe-protocol.md 3);
+            # a confirmed departure has waited already.
             if kind == "channel_occupied":
-                notice = pipe_events.ChannelOccupied(channel=name)
+                hub.arrive("channel_existence", name, pipe_events.ChannelOccupied(channel=name), now)
+            elif confirmed:
+                hub.publish("channel_existence", name, pipe_events.ChannelVacated(channel=name), now)
             else:
-                notice = pipe_events.ChannelVacated(channel=name)
-            state.hub.publish("channel_existence", name, notice, now)
+                hub.depart("channel_existence", name, pipe_events.ChannelVacated(channel=name), now)
 
     @staticmethod
     def _member_hook(
         state: AppState, kind: str, name: str, user_id: str | int, info: Any, now: float, confirmed: bool = False
     ) -> None:
         state.webhooks.event(kind, now, confirmed=confirmed, channel=name, user_id=str(user_id))
-        if state.hub.wants("presence"):
-            notice: pipe_events.Notice
+        hub = state.hub
+        if hub.wants("presence"):
+            # As for channels; only a return with the same id and info cancels.
+            who, match = str(user_id), _json.dumps([user_id, info])
             if kind == "member_added":
                 notice = pipe_events.MemberAdded(channel=name, user_id=user_id, user_info=info)
+                hub.arrive("presence", name, notice, now, who=who, match=match)
+            elif confirmed:
+                hub.publish("presence", name, pipe_events.MemberRemoved(channel=name, user_id=user_id), now)
             else:
-                notice = pipe_events.MemberRemoved(channel=name, user_id=user_id)
-            state.hub.publish("presence", name, notice, now)
+                gone = pipe_events.MemberRemoved(channel=name, user_id=user_id)
+                hub.depart("presence", name, gone, now, who=who, match=match)
 
     # ---------------------------------------------------------- publishing
 

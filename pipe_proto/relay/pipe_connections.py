@@ -117,6 +117,10 @@ class PipeConnections:
             for item in result:
                 if item["error"] is not None:
                     core.send(pipe.id, encode_error_notification(item["error"]["code"], item["error"]["message"]))
+        if isinstance(request.call, pipe_events.Leave):
+            # Its session is gone: the connection goes too, once the reply is out.
+            del core.pipes[pipe.id]
+            core.out.append(Close(pipe.id, CloseCode.NORMAL, "left the group"))
 
     def _execute(self, pipe: Pipe, call: pipe_events.PipeCall, now: float) -> Any:
         state = pipe.app
@@ -136,6 +140,9 @@ class PipeConnections:
             if targets:
                 core.out.append(Send(targets, text))
             return {"delivered": len(targets)} if modern else {}
+        if isinstance(call, pipe_events.Leave):
+            state.hub.leave(pipe.id, now, for_good=True)
+            return {}
         if isinstance(call, pipe_events.Ack):
             state.hub.ack(pipe.session, call.seq, now)
             return {}
@@ -143,7 +150,7 @@ class PipeConnections:
             state.hub.subscribe(pipe.session, call.events, now)
             return {}
         if isinstance(call, pipe_events.UnsubscribeEvents):
-            state.hub.unsubscribe(pipe.session, call.events)
+            state.hub.unsubscribe(pipe.session, call.events, now)
             return {}
         if isinstance(call, pipe_events.AuthResponse):
             self.asking.answer(state, call, now)

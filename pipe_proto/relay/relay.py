@@ -194,7 +194,14 @@ class Relay:
     def socket_closed(
         self, socket_id: str, now: float, code: int | None = None, reason: str | None = None
     ) -> list[Output]:
-        """A socket's connection ended (the client closed it, or the network failed)."""
+        """A socket's connection ended (the client closed it, or the network failed).
+
+        ``code`` and ``reason`` are the client's close frame's; ``None``, or
+        1006 (which no close frame may carry, RFC 6455 7.4.1), when the
+        connection was lost without one. 1.0 pipes get them in ``socket_closed``.
+        """
+        if code == CloseCode.ABNORMAL:
+            code = reason = None
         sock = self._core.sockets.get(socket_id)
         if sock is None:
             self.directory.abandoned(socket_id)

@@ -55,6 +55,7 @@ class Socket:
         "conn",
         "details",
         "id",
+        "subscribe_full_at",
         "user",
     )
 
@@ -71,6 +72,8 @@ class Socket:
         self.client_count = 0
         self.back_window = 0.0
         self.back_count = 0
+        #: When its subscribe allowance is whole again (see Relay._may_subscribe).
+        self.subscribe_full_at = 0.0
         #: Where the socket came from (see :meth:`describe`).
         self.details = details
         #: Pending pipe authorizations (request ids), ``None`` when there are none.
