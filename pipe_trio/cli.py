@@ -166,7 +166,8 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
     directory = None
     if args.redis:
-        node = secrets.token_hex(6)
+        # Digits: socket ids start with the node's id (pipes find a socket's node by it).
+        node = str(secrets.randbelow(9 * 10**8) + 10**8)
         directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
         log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
     relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)

@@ -158,13 +158,12 @@ class ClusterLink:
         import coredis
         from coredis.retry import NoRetryPolicy
 
-        async with coredis.Redis.from_url(
-            self.url,
-            decode_responses=False,
-            retry_policy=NoRetryPolicy(),
-            stream_timeout=CALL_TIMEOUT,
-            connect_timeout=CALL_TIMEOUT,
-        ) as client:
+        options: dict[str, Any] = {
+            "retry_policy": NoRetryPolicy(),
+            "stream_timeout": CALL_TIMEOUT,
+            "connect_timeout": CALL_TIMEOUT,
+        }
+        async with coredis.Redis.from_url(self.url, decode_responses=False, **options) as client:
             await client.script_load(SCRIPT)
             async with client.pubsub(channels=[self.directory.inbox], retry_policy=NoRetryPolicy()) as inbox:
                 self._went_up()

@@ -237,6 +237,8 @@ class Pipe:
         self._iterators = 0
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
+        #: The id of the subscribe request a fresh session sent, until its reply.
+        self._subscribing: int | None = None
         self._reconnected = trio.Event()
         self._established = 0
         self._closed = trio.Event()
@@ -512,6 +514,13 @@ class Pipe:
             for item in items:
                 if item.established is not None:
                     await self._on_established(ws, item.established)
+                    if task_status is not None and self._subscribing is None:
+                        task_status.started()
+                        task_status = None
+                elif item.reply is not None and item.reply.id == self._subscribing:
+                    self._subscribing = None
+                    if isinstance(item.reply, ev.ErrorReply):
+                        log.warning("subscribing failed: %s %s", item.reply.code, item.reply.message)
                     if task_status is not None:
                         task_status.started()
                         task_status = None
@@ -534,10 +543,12 @@ class Pipe:
             "pipe connected as %s (session %s, resumed %s, gap %s)",
             notice.socket_id, notice.session, notice.resumed, notice.gap,
         )
+        self._subscribing = None
         if not notice.resumed and self.types:
-            # A fresh session knows no subscriptions: (re)subscribe, without
-            # waiting for the reply here (the reader must go on reading).
-            _, text = self.core.request(ev.SubscribeEvents(events=self.types), reply=False)
+            # A fresh session knows no subscriptions: (re)subscribe. The
+            # reader goes on reading; open_pipe returns once the reply came,
+            # so events are wanted from then on, on every node of a cluster.
+            self._subscribing, text = self.core.request(ev.SubscribeEvents(events=self.types))
             await ws.send_message(text)
         self._established += 1
         self._connected.set()

@@ -74,6 +74,31 @@ async def _pipe(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> No
                 await sink.send_eof()
 
 
+class Forward:
+    """A TCP forwarder to one port that can change: a load balancer moving to a surviving node."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+
+    async def serve(self, nursery: trio.Nursery, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+
+        async def handle(client: trio.SocketStream) -> None:
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
+            except OSError:
+                await client.aclose()
+                return
+            async with client, upstream, trio.open_nursery() as both:
+                both.start_soon(_pipe, client, upstream)
+                both.start_soon(_pipe, upstream, client)
+
+        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+
+
 async def _proxy(nursery: trio.Nursery, ports: list[int], task_status: trio.TaskStatus[int]) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
@@ -101,8 +126,8 @@ async def start_cluster(
     prefix = f"front-{next(_clusters)}-{trio.current_time():.0f}"
     servers: list[RelayServer] = []
     for index in range(nodes):
-        directory = partial(ClusterDirectory, node=f"n{index}", prefix=prefix, beat=beat, dead_after=dead_after)
-        relay = Relay(apps, id_base=(index + 1) * 10**6, directory=directory)
+        directory = partial(ClusterDirectory, node=str(index + 1), prefix=prefix, beat=beat, dead_after=dead_after)
+        relay = Relay(apps, directory=directory)
         server: RelayServer = await nursery.start(
             lambda task_status, relay=relay: serve(relay, "127.0.0.1", 0, redis=redis_url, task_status=task_status)
         )

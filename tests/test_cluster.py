@@ -57,8 +57,8 @@ class Cluster:
 
     async def add(self) -> RelayServer:
         index = len(self.nodes)
-        directory = partial(ClusterDirectory, node=f"n{index}", prefix=self.prefix, beat=BEAT, dead_after=DEAD_AFTER)
-        relay = Relay(self.apps, id_base=(index + 1) * 10**6, directory=directory)
+        directory = partial(ClusterDirectory, node=str(index + 1), prefix=self.prefix, beat=BEAT, dead_after=DEAD_AFTER)
+        relay = Relay(self.apps, directory=directory)
         scope = trio.CancelScope()
 
         async def run(task_status: trio.TaskStatus[RelayServer]) -> None:

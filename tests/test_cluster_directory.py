@@ -21,7 +21,7 @@ HOOK = "http://hooks/x"
 
 def node(**options: Any) -> Relay:
     app = App(id="1", key=KEY, secret=SECRET, webhooks=[WebhookTarget(url=HOOK)], **options)
-    return Relay([app], id_base=100, directory=partial(ClusterDirectory, node="me", prefix="p"))
+    return Relay([app], id_base=100, directory=partial(ClusterDirectory, node="7", prefix="p"))
 
 
 def calls(out: list[Output]) -> list[tuple[str, ...]]:
@@ -29,7 +29,7 @@ def calls(out: list[Output]) -> list[tuple[str, ...]]:
     found = []
     for item in out:
         if isinstance(item, ClusterCall):
-            assert item.args[1:3] == ("p", "me")
+            assert item.args[1:3] == ("p", "7")
             found.append((item.args[0], *item.args[3:]))
     return found
 
@@ -54,9 +54,9 @@ def subscribe(relay: Relay, socket_id: str, channel: str, **data: Any) -> list[O
 
 
 def test_a_node_starts_by_putting_its_share_right_and_beating() -> None:
-    """cluster_up: resync (begin, end: nothing to add yet), a heartbeat and a look for dead nodes."""
+    """cluster_up: resync (begin, end: nothing to add yet), the pipes' members, a heartbeat, a look for dead nodes."""
     relay = node()
-    assert [c[0] for c in calls(connected(relay))] == ["rs_begin", "rs_end", "beat", "reap"]
+    assert [c[0] for c in calls(connected(relay))] == ["rs_begin", "rs_end", "pmembers", "beat", "reap", "pexpire"]
 
 
 def test_a_join_waits_for_its_answer_from_the_inbox() -> None:
@@ -145,10 +145,10 @@ def test_departure_webhooks_wait_and_are_confirmed_against_redis() -> None:
     out = relay.socket_closed(sid, 1.0, 1000, "bye")
     (leave,) = [c for c in out if isinstance(c, ClusterCall)]
     assert leave.token is not None
-    relay.cluster_result(leave.token, json.dumps({"count": 0, "transitions": [["vacated", "1", "news", "me|1"]]}), 1.0)
-    assert [c for c in calls(relay.tick(2.0)) if c[0] not in ("beat", "reap")] == []
+    relay.cluster_result(leave.token, json.dumps({"count": 0, "transitions": [["vacated", "1", "news", "7|1"]]}), 1.0)
+    assert [c for c in calls(relay.tick(2.0)) if c[0] not in ("beat", "reap", "pexpire")] == []
     (confirm,) = [c for c in relay.tick(4.5) if isinstance(c, ClusterCall) and c.args[0] == "confirm"]
-    assert confirm.args[3:] == ("1", "v|news", "me|1")
+    assert confirm.args[3:] == ("1", "v|news", "7|1")
     assert confirm.token is not None
     out = relay.cluster_result(confirm.token, 1, 4.6)
     assert [o.event["name"] for o in out if isinstance(o, WebhookEvent)] == ["channel_vacated"]

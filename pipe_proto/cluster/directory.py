@@ -40,16 +40,27 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _json
+from ..apps import App
+from ..errors import PusherCode
+from ..pipe import events as pipe_events
+from ..pipe.codec import PipeFrameError
+from ..pipe.events import AuthResponse
 from ..pusher.events import MemberAdded, MemberRemoved
 from ..relay.authorization import Member, Refuse, SignedInUser
 from ..relay.core import Core, frame
 from ..relay.directory import Answer, ChannelFacts, Joined, LocalDirectory, Pending
+from ..relay.later import Later, gather
 from ..relay.outputs import ClusterCall
+from ..relay.pipes import Hub
 from ..relay.state import AppState, Cached, Channel, PresenceMember, Socket
 from ..webhooks import LEAVE_DELAY
+from .pipes import ClusterHub
+from .remote import RemoteRequests, unknown_request
 
 if TYPE_CHECKING:
     from ..relay.channels import Channels
+    from ..relay.pipe_auth import PipeAuthorizations
+    from ..relay.pipe_connections import PipeConnections
     from ..relay.sockets import Sockets
     from ..relay.users import Users
 
@@ -61,6 +72,8 @@ BEAT = 2.0
 DEAD_AFTER = 10.0
 #: Fields of a node's share sent per resynchronising call.
 RESYNC_CHUNK = 200
+#: Connection numbers per node (ids are ``{node * ID_SPAN + n}.{nonce}``).
+ID_SPAN = 10**12
 
 
 def inbox(prefix: str, node: str) -> str:
@@ -81,7 +94,9 @@ class ClusterDirectory:
 
     Args:
         core: the relay's records.
-        node: this node's id (unique in the cluster; letters and digits).
+        node: this node's id: digits, unique in the cluster (socket, pipe and
+            session ids start with it times 10**12, so any node can tell
+            which node holds a socket).
         prefix: the cluster's name: every Redis key and channel starts with it.
         beat: seconds between heartbeats.
         dead_after: seconds of silence after which a node is reaped.
@@ -92,9 +107,13 @@ class ClusterDirectory:
     def __init__(
         self, core: Core, *, node: str, prefix: str = "pipe-relay", beat: float = BEAT, dead_after: float = DEAD_AFTER
     ) -> None:
+        if not node.isdigit() or len(node) > 9:
+            raise ValueError(f"a node id is 1 to 9 digits, not {node!r}")
         self.core = core
         self._local = LocalDirectory(core)
-        self.node = node
+        self.node = str(int(node))
+        #: The first connection number of this node (see ``node``).
+        self.id_base = int(node) * ID_SPAN
         self.prefix = prefix
         self.beat = beat
         self.dead_after = dead_after
@@ -103,6 +122,12 @@ class ClusterDirectory:
         self._channels: Channels | None = None
         self._users: Users | None = None
         self._sockets: Sockets | None = None
+        self._pipes: PipeConnections | None = None
+        self._asking: PipeAuthorizations | None = None
+        self._hubs: dict[str, ClusterHub] = {}
+        #: Sockets pipes were told of (their node's share lists them).
+        self._known: set[str] = set()
+        self.remote_requests = RemoteRequests(self)
         self._token = 0
         #: Answers awaited from the inbox or from a call's result, by token.
         self._waiting: dict[int, Callable[[Any, float], None]] = {}
@@ -124,9 +149,47 @@ class ClusterDirectory:
             "outages": 0,
         }
 
-    def bind(self, sockets: Sockets, channels: Channels, users: Users) -> None:
+    def bind(
+        self, sockets: Sockets, channels: Channels, users: Users, pipes: PipeConnections, asking: PipeAuthorizations
+    ) -> None:
         """Attach the rules the answers go to."""
         self._sockets, self._channels, self._users = sockets, channels, users
+        self._pipes, self._asking = pipes, asking
+
+    def new_hub(self, app: App, send: Callable[[str, str], None]) -> Hub:
+        hub = self._hubs[app.id] = ClusterHub(app, send, self)
+        return hub
+
+    def node_of(self, conn_id: str) -> str | None:
+        """The node that made a socket, pipe or session id (``None``: not a cluster id)."""
+        number = conn_id.partition(".")[0]
+        return str(int(number) // ID_SPAN) if number.isdigit() else None
+
+    def socket_known(self, state: AppState, socket_id: str) -> None:
+        self._known.add(socket_id)
+        if self.connected:
+            self.call("sock", state.app.id, socket_id, "1")
+
+    def socket_gone(self, state: AppState, socket_id: str) -> None:
+        if socket_id in self._known:
+            self._known.discard(socket_id)
+            if self.connected:
+                self.call("sock", state.app.id, socket_id, "-1")
+
+    @property
+    def sockets(self) -> Sockets | None:
+        """The socket rules (for other nodes' requests)."""
+        return self._sockets
+
+    @property
+    def asking(self) -> PipeAuthorizations | None:
+        """The pipe authorizations (for other nodes' requests)."""
+        return self._asking
+
+    def expect_many(self) -> str:
+        """A fresh token for answers that come as messages (not kept in ``_waiting``)."""
+        self._token += 1
+        return str(self._token)
 
     @property
     def inbox(self) -> str:
@@ -135,7 +198,7 @@ class ClusterDirectory:
 
     # ------------------------------------------------------------- calling
 
-    def _call(self, op: str, *args: str, answer: Callable[[Any, float], None] | None = None) -> int:
+    def call(self, op: str, *args: str, answer: Callable[[Any, float], None] | None = None) -> int:
         """Queue a call of the script; ``answer`` gets its result (or its inbox reply, by token)."""
         token = 0
         if answer is not None:
@@ -146,7 +209,7 @@ class ClusterDirectory:
         self.core.out.append(ClusterCall((op, self.prefix, self.node, *args), token or None))
         return token
 
-    def _expect(self, answer: Callable[[Any, float], None]) -> str:
+    def expect(self, answer: Callable[[Any, float], None]) -> str:
         """A token for an answer that comes through the inbox."""
         self._token += 1
         self._waiting[self._token] = answer
@@ -177,16 +240,16 @@ class ClusterDirectory:
             if self._admissions.pop(socket_id, None) is None:
                 # It went away meanwhile: give its place back.
                 if not reply.get("refused"):
-                    self._call("conn", state.app.id, "-1", "0")
+                    self.call("conn", state.app.id, "-1", "0")
                 return
             answer(not reply.get("refused"), now)
 
         self._admissions[socket_id] = (state, answer)
-        self._call("conn", state.app.id, "1", str(limit), self._expect(admitted))
+        self.call("conn", state.app.id, "1", str(limit), self.expect(admitted))
 
     def released(self, state: AppState, socket_id: str) -> None:
         if state.app.limits.max_connections is not None and self.connected:
-            self._call("conn", state.app.id, "-1", "0")
+            self.call("conn", state.app.id, "-1", "0")
 
     def abandoned(self, socket_id: str) -> None:
         self._admissions.pop(socket_id, None)
@@ -204,7 +267,7 @@ class ClusterDirectory:
             self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
             return
         join = _Join(sock, channel, member, [False])
-        token = self._expect(lambda reply, now: self._joined(number, reply, now))
+        token = self.expect(lambda reply, now: self._joined(number, reply, now))
         number = int(token)
         self._joins[number] = join
         self._joining[sock.id, channel.name] = number
@@ -212,7 +275,7 @@ class ClusterDirectory:
         if member is not None:
             args += [member.key, *self._member_texts(channel.name, member.user_id, member.info)]
             args.append(str(state.app.limits.max_presence_members))
-        self._call("join", *args)
+        self.call("join", *args)
 
     @staticmethod
     def _member_texts(channel: str, user_id: str | int, info: Any) -> tuple[str, str, str]:
@@ -306,7 +369,7 @@ class ClusterDirectory:
             if state.webhooks.wants("subscription_count") and self._counted(state, channel) == "1":
                 state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=reply["count"])
 
-        self._call("leave", *args, answer=left)
+        self.call("leave", *args, answer=left)
 
     def members(self, state: AppState, channel: Channel, sock: Socket, now: float) -> None:
         assert self._channels is not None
@@ -319,21 +382,38 @@ class ClusterDirectory:
             members = [tuple(_json.loads(m)) for m in result]
             self._channels.joined_again(sock, channel, [(m[0], m[1]) for m in members])
 
-        self._call("members", state.app.id, channel.name, answer=answer)
+        self.call("members", state.app.id, channel.name, answer=answer)
 
     def publish(
-        self, state: AppState, name: str, text: str, exclude: str | None, cached: Cached | None, now: float
-    ) -> None:
+        self,
+        state: AppState,
+        name: str,
+        text: str,
+        exclude: str | None,
+        cached: Cached | None,
+        now: float,
+        *,
+        counted: bool = False,
+    ) -> Later | None:
         if not self.connected:
             self.counters["lost_while_down"] += 1
-            return
+            return None
         args = [state.app.id, name, exclude or "-", text]
         if cached is None:
-            args.append("0")
+            args += ["0", ""]
         else:
             ttl = max(1, int((cached.expires - now) * 1000))
             args += [str(ttl), _json.dumps({"event": cached.event, "data": cached.data})]
-        self._call("pub", *args)
+        return self._counted_call("pub", args, counted, now)
+
+    def _counted_call(self, op: str, args: list[str], counted: bool, now: float) -> Later | None:
+        """Call ``op``; with ``counted``, a count the nodes it reached will answer."""
+        if not counted:
+            self.call(op, *args, "-")
+            return None
+        token, entry = self.remote_requests.count(now)
+        self.call(op, *args, token, answer=lambda reached, now: self.remote_requests.expecting(token, int(reached)))
+        return entry.later
 
     def cached(self, state: AppState, name: str, now: float) -> Answer[Cached | None]:
         return self._ask("channel", state.app.id, name, parse=lambda r: self._facts(r, now).cached)
@@ -351,26 +431,70 @@ class ClusterDirectory:
             self._signins.pop(number, None)
             users.watching(sock, user, list(reply.get("online") or []))
 
-        token = self._expect(answer)
+        token = self.expect(answer)
         number = int(token)
         self._signins[number] = (sock, user)
-        self._call("signin", state.app.id, user.id, token, *user.watchlist)
+        self.call("signin", state.app.id, user.id, token, *user.watchlist)
 
     def sign_out(self, state: AppState, sock: Socket, user: SignedInUser, now: float) -> None:
         if self.connected:
-            self._call("signout", state.app.id, user.id, *user.watchlist)
+            self.call("signout", state.app.id, user.id, *user.watchlist)
 
-    def to_user(self, state: AppState, user_id: str, text: str) -> None:
-        if self.connected:
-            self._call("touser", state.app.id, user_id, text)
-        else:
+    def to_user(
+        self, state: AppState, user_id: str, text: str, exclude: str | None, now: float, *, counted: bool = False
+    ) -> Later | None:
+        if not self.connected:
             self.counters["lost_while_down"] += 1
+            return None
+        return self._counted_call("touser", [state.app.id, user_id, exclude or "-", text], counted, now)
 
-    def terminate(self, state: AppState, user_id: str) -> None:
-        if self.connected:
-            self._call("term", state.app.id, user_id)
-        else:
+    def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> Later | None:
+        if not self.connected:
             self.counters["lost_while_down"] += 1
+            return None
+        return self._counted_call("term", [state.app.id, user_id], counted, now)
+
+    # ----------------------------------------------------- other nodes' sockets
+
+    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
+        by_node: dict[str, list[str]] = {}
+        for socket_id in socket_ids:
+            node = self.node_of(socket_id)
+            if node is not None and node != self.node:
+                by_node.setdefault(node, []).append(socket_id)
+        if not by_node or not self.connected:
+            return 0
+        asks = [
+            self.remote_requests.ask(node, state, "ss", {"ids": ids, "text": text}, now, 0)
+            for node, ids in by_node.items()
+        ]
+        def total(counts: list[Any]) -> int:
+            return sum(int(c) for c in counts if not isinstance(c, PipeFrameError))
+
+        found: int | Later = gather(asks, total)
+        return found
+
+    def disconnect_elsewhere(
+        self, state: AppState, socket_id: str, code: int, reason: str | None, now: float
+    ) -> bool | Later:
+        node = self.node_of(socket_id)
+        if node is None or node == self.node or not self.connected:
+            return False
+        body = {"id": socket_id, "code": code, "reason": reason}
+        return self.remote_requests.ask(node, state, "sd", body, now, False)
+
+    def answer_elsewhere(self, state: AppState, answer: AuthResponse, now: float) -> Later:
+        node = answer.request_id.partition(":")[0]
+        if not node.isdigit() or node == self.node or not self.connected:
+            raise unknown_request(answer.request_id)
+        body = {
+            "request_id": answer.request_id,
+            "allow": answer.allow,
+            "channel_data": answer.channel_data,
+            "user_data": answer.user_data,
+            "reason": answer.reason,
+        }
+        return self.remote_requests.ask(node, state, "ar", body, now, unknown_request(answer.request_id))
 
     # ---------------------------------------------------------------- REST
 
@@ -410,31 +534,61 @@ class ClusterDirectory:
     # --------------------------------------------------------------- inbox
 
     def message(self, data: bytes, now: float) -> None:
-        """A message from this node's inbox."""
+        """A message from this node's inbox (docs/cluster.md lists them)."""
         self.counters["messages_in"] += 1
         text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
         head, _, body = text.partition("\n")
         kind, _, rest = head.partition(" ")
         if kind == "r":
+            if self.remote_requests.answered(rest, body):
+                return
             answer = self._waiting.pop(int(rest), None)
             if answer is not None:
                 answer(_json.loads(body), now)
             return
         words = rest.split(" ")
+        if kind == "q":
+            self.remote_requests.handle(words, body, now)
+            return
         state = self.core.states.get(words[0])
         if state is None:
             return
+        if kind[0] == "p":
+            self._pipe_message(kind, words, body, now)
+            return
         assert self._channels is not None and self._users is not None
+        reached = 0
         if kind in ("e", "m", "n"):
             channel = state.channels.get(words[1])
             if channel is not None and channel.sockets:
-                self._channels.deliver(channel, body, words[2] if kind == "e" and words[2] != "-" else None)
+                exclude = words[2] if kind == "e" and words[2] != "-" else None
+                reached = self._channels.deliver(channel, body, exclude)
         elif kind == "u":
-            self._users.deliver_to_user(state, words[1], body)
+            reached = self._users.deliver_to_user(state, words[1], body, None if words[2] == "-" else words[2])
         elif kind == "t":
-            self._users.terminate_here(state, words[1], now)
+            reached = self._users.terminate_here(state, words[1], now)
         elif kind == "w":
             self._users.went(state, words[1], online=words[2] == "online")
+            return
+        # A counted publish or termination: [... node token] at the end.
+        if len(words) >= (5 if kind in ("e", "u") else 4) and kind in ("e", "u", "t"):
+            asker, token = words[-2], words[-1]
+            self.call("tell", asker, f"r {token}\n{reached}")
+
+    def _pipe_message(self, kind: str, words: list[str], body: str, now: float) -> None:
+        hub = self._hubs.get(words[0])
+        if hub is None:
+            return
+        if kind == "pm":
+            hub.learn(words[1], body)
+        elif kind == "pn":
+            hub.notified(words[1])
+        elif kind == "pl":
+            hub.legacy(words[1], body)
+        elif kind == "px":
+            pipe_id = hub.taken_over(words[1], words[2])
+            if pipe_id is not None and self._pipes is not None:
+                self._pipes.drop(pipe_id, now, (PusherCode.RECONNECT, "session resumed on another connection"))
 
     # --------------------------------------------------------- transitions
 
@@ -463,6 +617,10 @@ class ClusterDirectory:
                 self._departures.append((now + LEAVE_DELAY, rest[0], field, rest[-1]))
             elif kind == "due":
                 self._departed(state, rest[1], now)
+            elif kind == "lost":
+                # A dead node's socket: its pipes hear of it once, from the node that reaped it.
+                closed = pipe_events.SocketClosed(socket_id=rest[1], code=None, reason=None)
+                state.hub.publish("socket_existence", rest[1], closed, now)
             # "reoccupied" and "readded": back in time, nothing to tell.
 
     def _departed(self, state: AppState, field: str, now: float) -> None:
@@ -477,12 +635,13 @@ class ClusterDirectory:
     # ---------------------------------------------------------------- time
 
     def next_deadline(self) -> float:
-        deadline = self._next_beat
+        deadline = min(self._next_beat, self.remote_requests.next_deadline())
         if self._departures:
             deadline = min(deadline, self._departures[0][0])
         return deadline
 
     def tick(self, now: float) -> None:
+        self.remote_requests.tick(now)
         while self._departures and self._departures[0][0] <= now:
             _, app_id, field, token = self._departures.pop(0)
             state = self.core.states.get(app_id)
@@ -493,7 +652,7 @@ class ClusterDirectory:
                 if int(result) == 1:
                     self._departed(state, field, now)
 
-            self._call("confirm", app_id, field, token, answer=confirmed)
+            self.call("confirm", app_id, field, token, answer=confirmed)
         if now >= self._next_beat:
             self._next_beat = now + self.beat
             if self.connected:
@@ -502,15 +661,24 @@ class ClusterDirectory:
     def _heartbeat(self) -> None:
         core = self.core
         info = _json.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
-        self._call("beat", info)
-        apps = [app.id for app in core.apps]
-        self._call(
+        self.call("beat", info)
+        apps = list(core.apps)
+        graces = " ".join(str(int(app.pipe.resume_grace * 1000)) for app in apps)
+        self.call(
             "reap",
             str(int(self.dead_after * 1000)),
             " ".join(self._counted_apps()),
-            " ".join(apps),
+            " ".join(app.id for app in apps),
+            graces,
             answer=lambda result, now: self._transitions(_json.loads(result), now, None),
         )
+        for app in apps:
+            # Sessions whose grace is over end, buffered events too old go (any node may: it is atomic).
+            settings = app.pipe
+            self.call(
+                "pexpire", app.id, str(settings.buffer_events), str(settings.buffer_bytes),
+                str(int(settings.buffer_ttl * 1000)),
+            )
 
     def _counted_apps(self) -> list[str]:
         return [app.id for app in self.core.apps if app.features.subscription_count]
@@ -521,18 +689,21 @@ class ClusterDirectory:
         """Redis is reachable (again): put this node's share right, then carry on."""
         self.connected = True
         self.counters["resyncs"] += 1
-        self._call("rs_begin")
+        self.call("rs_begin")
         counted = " ".join(self._counted_apps())
         chunk: list[str] = []
         on_result = lambda result, now: self._transitions(_json.loads(result), now, None)  # noqa: E731
         for field in self._share():
             chunk.extend(field)
             if len(chunk) >= RESYNC_CHUNK * 5:
-                self._call("rs_add", counted, *chunk, answer=on_result)
+                self.call("rs_add", counted, *chunk, answer=on_result)
                 chunk = []
         if chunk:
-            self._call("rs_add", counted, *chunk, answer=on_result)
-        self._call("rs_end", counted, answer=on_result)
+            self.call("rs_add", counted, *chunk, answer=on_result)
+        self.call("rs_end", counted, answer=on_result)
+        for app_id, hub in self._hubs.items():
+            hub.restore(now)
+            self.call("pmembers", app_id, answer=_resetting(hub))
         self._next_beat = now
         self.tick(now)
 
@@ -548,6 +719,9 @@ class ClusterDirectory:
         self._signins.clear()
         self._waiting.clear()
         self._departures.clear()
+        self.remote_requests.down()
+        for hub in self._hubs.values():
+            hub.down()
         assert self._channels is not None
         for join in joins:
             sock, channel = join.sock, join.channel
@@ -585,10 +759,26 @@ class ClusterDirectory:
                 share.append((f"w|{app_id}|{uid}", str(len(sockets)), "", "", ""))
             if state.app.limits.max_connections is not None and state.socket_count:
                 share.append((f"c|{app_id}", str(state.socket_count), "", "", ""))
+        for socket_id in self._known:
+            sock = self.core.sockets.get(socket_id)
+            if sock is not None:
+                share.append((f"k|{sock.app.app.id}|{socket_id}", "1", "", "", ""))
         return share
 
     def stats(self) -> dict[str, Any]:
         return {"node": self.node, "connected": self.connected, **self.counters}
+
+
+def _resetting(hub: ClusterHub) -> Callable[[Any, float], None]:
+    def reset(result: Any, now: float) -> None:
+        hub.reset(_pairs(result))
+
+    return reset
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    items = [_text(item) for item in flat]
+    return dict(zip(items[0::2], items[1::2], strict=True))
 
 
 def _text(value: Any) -> str:

@@ -27,6 +27,7 @@ from ..pusher.events import CacheMiss, Presence, Subscribe, SubscriptionCount, S
 from .authorization import AskPipe, Member, Refuse, authorize_subscription
 from .core import Core, frame
 from .directory import Directory, Joined
+from .later import Later, gather
 from .outputs import Send
 from .state import AppState, Cached, Channel, Socket
 
@@ -243,19 +244,35 @@ class Channels:
 
     # ---------------------------------------------------------- publishing
 
-    def publish(self, state: AppState, name: str, event: str, data: str, exclude: str | None, now: float) -> int:
-        """Publish a channel event (REST, a pipe); returns how many of this relay's sockets it reached."""
+    def publish(
+        self,
+        state: AppState,
+        name: str,
+        event: str,
+        data: str,
+        exclude: str | None,
+        now: float,
+        *,
+        counted: bool = False,
+    ) -> int | Later:
+        """Publish a channel event (REST, a pipe); returns how many sockets it reached.
+
+        This relay's sockets only, unless ``counted``: then the whole
+        deployment's, which in a cluster is a :class:`~.later.Later` count.
+        """
         ctype = channel_type(name)
         if ctype.kind is ChannelKind.USER:
             assert self.users is not None
-            return self.users.send_to_user(state, name, encode_message(event, data, name), exclude)
+            text = encode_message(event, data, name)
+            return self.users.send_to_user(state, name, text, exclude, now, counted=counted)
         channel = state.channels.get(name)
         local = channel is not None and bool(channel.sockets)
         # Encoded once, and only when someone will read it.
         text = encode_message(event, data, name) if local or self.directory.remote else ""
         cached = Cached(event, data, now + state.app.limits.cache_ttl) if ctype.cached else None
-        self.directory.publish(state, name, text, exclude, cached, now)
-        return self.deliver(channel, text, exclude) if local and channel is not None else 0
+        elsewhere = self.directory.publish(state, name, text, exclude, cached, now, counted=counted)
+        here = self.deliver(channel, text, exclude) if local and channel is not None else 0
+        return here if elsewhere is None else gather([here, elsewhere], sum)
 
     def deliver(self, channel: Channel, text: str, exclude: str | None) -> int:
         """Send a channel event to this relay's subscribers of ``channel``, but ``exclude``."""

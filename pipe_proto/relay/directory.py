@@ -25,15 +25,23 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar, Union
 
+from ..apps import App
+from ..errors import PipeCode
 from ..names import SERVER_TO_USER_PREFIX, ChannelKind, channel_type
+from ..pipe.codec import PipeFrameError
+from ..pipe.events import AuthResponse
 from ..pusher.events import MemberAdded, MemberRemoved
 from .authorization import Member, Refuse, SignedInUser
 from .core import Core, frame
+from .later import Later
 from .outputs import Output, Send
+from .pipes import Hub, PipeHub
 from .state import AppState, Cached, Channel, PresenceMember, Socket
 
 if TYPE_CHECKING:
     from .channels import Channels
+    from .pipe_auth import PipeAuthorizations
+    from .pipe_connections import PipeConnections
     from .sockets import Sockets
     from .users import Users
 
@@ -99,8 +107,19 @@ class Directory(Protocol):
     #: Whether other relays take part (published events must then be encoded for them).
     remote: bool
 
-    def bind(self, sockets: Sockets, channels: Channels, users: Users) -> None:
+    def bind(
+        self, sockets: Sockets, channels: Channels, users: Users, pipes: PipeConnections, asking: PipeAuthorizations
+    ) -> None:
         """Attach the rules the answers go to (called once by the relay)."""
+
+    def new_hub(self, app: App, send: Callable[[str, str], None]) -> Hub:
+        """The pipe hub of an app (``send(pipe_id, text)`` sends a frame)."""
+
+    def socket_known(self, state: AppState, socket_id: str) -> None:
+        """Pipes were told this socket opened: they must hear when it closes, even if this relay dies."""
+
+    def socket_gone(self, state: AppState, socket_id: str) -> None:
+        """A socket pipes knew of closed."""
 
     def admit(self, state: AppState, socket_id: str, now: float, answer: Callable[[bool, float], None]) -> None:
         """Whether a new socket fits the app's connection limit: ``answer(fits, now)``, now or later."""
@@ -121,9 +140,21 @@ class Directory(Protocol):
         """A joined socket asks again: answered with ``channels.joined_again``."""
 
     def publish(
-        self, state: AppState, name: str, text: str, exclude: str | None, cached: Cached | None, now: float
-    ) -> None:
-        """A channel event published here: store it if cached, carry it to the rest of the deployment."""
+        self,
+        state: AppState,
+        name: str,
+        text: str,
+        exclude: str | None,
+        cached: Cached | None,
+        now: float,
+        *,
+        counted: bool = False,
+    ) -> Later | None:
+        """A channel event published here: store it if cached, carry it to the rest of the deployment.
+
+        ``counted``: return how many sockets elsewhere it reached, once known
+        (``None``: no other relay).
+        """
 
     def cached(self, state: AppState, name: str, now: float) -> Answer[Cached | None]:
         """A cache channel's event, if it has one that has not expired."""
@@ -134,11 +165,28 @@ class Directory(Protocol):
     def sign_out(self, state: AppState, sock: Socket, user: SignedInUser, now: float) -> None:
         """``sock``, signed in as ``user``, went away."""
 
-    def to_user(self, state: AppState, user_id: str, text: str) -> None:
-        """Carry an event for ``user_id``'s sockets to the rest of the deployment."""
+    def to_user(
+        self, state: AppState, user_id: str, text: str, exclude: str | None, now: float, *, counted: bool = False
+    ) -> Later | None:
+        """Carry an event for ``user_id``'s sockets to the rest of the deployment (``counted``: as for publish)."""
 
-    def terminate(self, state: AppState, user_id: str) -> None:
-        """Close ``user_id``'s sockets in the rest of the deployment."""
+    def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> Later | None:
+        """Close ``user_id``'s sockets in the rest of the deployment (``counted``: how many, once known)."""
+
+    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
+        """Send ``text`` to sockets of other relays; how many got it."""
+
+    def disconnect_elsewhere(
+        self, state: AppState, socket_id: str, code: int, reason: str | None, now: float
+    ) -> bool | Later:
+        """Close a socket of another relay (a pipe's ``disconnect_socket``); whether one was."""
+
+    def answer_elsewhere(self, state: AppState, answer: AuthResponse, now: float) -> Later:
+        """A pipe's ``auth_response`` to a request another relay made.
+
+        Raises:
+            PipeFrameError: 4222, no relay made it.
+        """
 
     def channels(self, state: AppState, prefix: str, users: bool) -> Answer[dict[str, tuple[int, int]]]:
         """Occupied channels starting with ``prefix``: subscriptions and (``users``) presence users."""
@@ -170,9 +218,20 @@ class LocalDirectory:
         self.users_: Users | None = None
         self.sockets_: Sockets | None = None
 
-    def bind(self, sockets: Sockets, channels: Channels, users: Users) -> None:
+    def bind(
+        self, sockets: Sockets, channels: Channels, users: Users, pipes: PipeConnections, asking: PipeAuthorizations
+    ) -> None:
         """Attach the rules the answers go to."""
         self.sockets_, self.channels_, self.users_ = sockets, channels, users
+
+    def new_hub(self, app: App, send: Callable[[str, str], None]) -> Hub:
+        return PipeHub(app, send)
+
+    def socket_known(self, state: AppState, socket_id: str) -> None:
+        pass
+
+    def socket_gone(self, state: AppState, socket_id: str) -> None:
+        pass
 
     # ------------------------------------------------------------- sockets
 
@@ -248,8 +307,16 @@ class LocalDirectory:
         self.channels_.joined_again(sock, channel, snapshot)
 
     def publish(
-        self, state: AppState, name: str, text: str, exclude: str | None, cached: Cached | None, now: float
-    ) -> None:
+        self,
+        state: AppState,
+        name: str,
+        text: str,
+        exclude: str | None,
+        cached: Cached | None,
+        now: float,
+        *,
+        counted: bool = False,
+    ) -> Later | None:
         if cached is not None:
             cache = state.cache
             cache.pop(name, None)
@@ -259,6 +326,7 @@ class LocalDirectory:
             channel = state.channels.get(name)
             if channel is not None:
                 channel.miss_reported = False
+        return None
 
     def cached(self, state: AppState, name: str, now: float) -> Answer[Cached | None]:
         return self._cached(state, name, now)
@@ -288,11 +356,26 @@ class LocalDirectory:
         if user.id not in state.users:
             self.users_.went(state, user.id, online=False)
 
-    def to_user(self, state: AppState, user_id: str, text: str) -> None:
-        pass
+    def to_user(
+        self, state: AppState, user_id: str, text: str, exclude: str | None, now: float, *, counted: bool = False
+    ) -> Later | None:
+        return None
 
-    def terminate(self, state: AppState, user_id: str) -> None:
-        pass
+    def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> Later | None:
+        return None
+
+    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
+        return 0  # unknown or closed: skipped, as pipe-protocol.md 4 says
+
+    def disconnect_elsewhere(
+        self, state: AppState, socket_id: str, code: int, reason: str | None, now: float
+    ) -> bool | Later:
+        return False
+
+    def answer_elsewhere(self, state: AppState, answer: AuthResponse, now: float) -> Later:
+        raise PipeFrameError(
+            PipeCode.UNKNOWN_REQUEST_ID, f"request_id {answer.request_id!r} is unknown, already answered or timed out"
+        )
 
     # ---------------------------------------------------------------- REST
 

@@ -32,13 +32,19 @@ MAX_PENDING_AUTHS = 16
 class PipeAuthorizations:
     """Authorizations waiting for a pipe's answer."""
 
-    def __init__(self, core: Core, channels: Channels, users: Users) -> None:
+    def __init__(self, core: Core, channels: Channels, users: Users, prefix: str = "") -> None:
         self.core = core
         self.channels = channels
         self.users = users
         self.pending: dict[str, PendingAuth] = {}
         self.deadlines = Deadlines()
         self._next = 1
+        #: Starts this relay's request ids (a cluster node's id and a colon), so an answer finds its way back.
+        self.prefix = prefix
+
+    def is_local(self, request_id: str) -> bool:
+        """Whether this relay made the request (or nobody did)."""
+        return not self.prefix or request_id.startswith(self.prefix) or ":" not in request_id
 
     def ask(self, sock: Socket, kind: str, channel: str | None, now: float) -> None:
         """Ask the pipe holding ``auth``: may ``sock`` join ``channel`` (``kind`` "channel"), or sign in ("user")?"""
@@ -50,7 +56,7 @@ class PipeAuthorizations:
         if sock.auths is not None and len(sock.auths) >= MAX_PENDING_AUTHS:
             self.failed(sock, kind, channel, 429, "Too many authorizations waiting")
             return
-        request_id = f"{self._next}"
+        request_id = f"{self.prefix}{self._next}"
         self._next += 1
         deadline = now + state.app.pipe.auth_timeout
         self.pending[request_id] = PendingAuth(sock.id, kind, channel, deadline)

@@ -24,6 +24,8 @@ from ..pipe.server import PipeServerConnection
 from ..pusher.codec import encode_message
 from .channels import Channels
 from .core import Core
+from .directory import Directory
+from .later import Later, gather
 from .outputs import Close, Probe, Send
 from .pipe_auth import PipeAuthorizations
 from .sockets import Sockets
@@ -33,13 +35,27 @@ from .users import Users
 __all__ = ["PipeConnections"]
 
 
+def _outcome(value: Any) -> dict[str, Any]:
+    """One call of a batch: its result, or its error."""
+    if isinstance(value, PipeFrameError):
+        return {"result": None, "error": {"code": value.code, "message": value.message}}
+    return {"result": value, "error": None}
+
+
 class PipeConnections:
     """The pipe rules of one relay."""
 
     def __init__(
-        self, core: Core, sockets: Sockets, channels: Channels, users: Users, asking: PipeAuthorizations
+        self,
+        core: Core,
+        directory: Directory,
+        sockets: Sockets,
+        channels: Channels,
+        users: Users,
+        asking: PipeAuthorizations,
     ) -> None:
         self.core = core
+        self.directory = directory
         self.sockets = sockets
         self.channels = channels
         self.users = users
@@ -55,25 +71,37 @@ class PipeConnections:
         return decision
 
     def open(self, pipe_id: str, accepted: PipeAccepted, now: float, nonce: int) -> None:
-        """A pipe's WebSocket was accepted: attach it to its session and greet it."""
+        """A pipe's WebSocket was accepted: attach it to its session, then greet it.
+
+        The hub answers at once on one relay; in a cluster, once Redis did.
+        """
         core = self.core
         state = core.states[accepted.app.id]
-        hub = state.hub
-        previous = hub.sessions.get(accepted.session or "")
-        if previous is not None and previous.pipe is not None and previous.pipe in core.pipes:
-            # The same session reconnected before its old connection was seen to die.
-            old = previous.pipe
-            core.pipes.pop(old)
-            hub.leave(old, now)
-            core.out.append(Close(old, PusherCode.RECONNECT, "session resumed on another connection"))
-        session_id = f"{core.new_id(nonce)}.{accepted.group}"
-        try:
-            session, resumed, gap = hub.join(
-                pipe_id, accepted.version, accepted.group, session_id, accepted.session, accepted.last_seq, now
-            )
-        except PipeFrameError as exc:
-            core.out.append(Close(pipe_id, CloseCode.INTERNAL_ERROR, exc.message))
-            return
+
+        def attached(session: Any, resumed: bool, gap: int, now: float) -> None:
+            self._attached(pipe_id, accepted, session, resumed, gap, now)
+
+        def failed(message: str) -> None:
+            core.out.append(Close(pipe_id, CloseCode.INTERNAL_ERROR, message))
+
+        state.hub.attach(
+            pipe_id,
+            accepted.version,
+            accepted.group,
+            accepted.session,
+            accepted.last_seq,
+            now,
+            new_session=lambda: f"{core.new_id(nonce)}.{accepted.group}",
+            taken_over=lambda old: self.drop(old, now, (PusherCode.RECONNECT, "session resumed on another connection")),
+            attached=attached,
+            failed=failed,
+        )
+
+    def _attached(
+        self, pipe_id: str, accepted: PipeAccepted, session: Any, resumed: bool, gap: int, now: float
+    ) -> None:
+        core = self.core
+        state = core.states[accepted.app.id]
         conn = PipeServerConnection(accepted.app, accepted.version, now)
         core.pipes[pipe_id] = Pipe(pipe_id, state, conn, session)
         core.counters["pipes_opened"] += 1
@@ -87,11 +115,10 @@ class PipeConnections:
         )
         core.send(pipe_id, encode_notification(pipe_events.Notification(notice=established), accepted.version))
         core.deadlines.push(conn.liveness.deadline(), pipe_id)
-        hub.start(session, now)
+        state.hub.start(session, now)
 
     def message(self, pipe: Pipe, text: str, now: float) -> None:
-        """A request from ``pipe``: executed, answered unless its id is null."""
-        core = self.core
+        """A request from ``pipe``: executed, answered unless its id is null (answered later if it must wait)."""
         try:
             request = pipe.conn.receive(text, now)
             try:
@@ -100,46 +127,59 @@ class PipeConnections:
                 exc.request_id = request.id
                 raise
         except PipeFrameError as exc:
-            code = exc.code or PipeCode.MALFORMED_REQUEST
-            if exc.request_id is None:
-                core.send(pipe.id, encode_error_notification(code, exc.message))
-            else:
-                reply = pipe_events.ErrorReply(id=exc.request_id, code=code, message=exc.message)
-                core.send(pipe.id, encode_reply(reply))
+            self._error(pipe.id, exc.request_id, exc)
             return
-        if pipe.id not in core.pipes:
+        if isinstance(result, Later):
+            result.then(lambda value, error: self._answer(pipe.id, request, value, error))
+        else:
+            self._answer(pipe.id, request, result, None)
+
+    def _error(self, pipe_id: str, request_id: Any, exc: PipeFrameError) -> None:
+        code = exc.code or PipeCode.MALFORMED_REQUEST
+        if request_id is None:
+            self.core.send(pipe_id, encode_error_notification(code, exc.message))
+        else:
+            self.core.send(pipe_id, encode_reply(pipe_events.ErrorReply(id=request_id, code=code, message=exc.message)))
+
+    def _answer(self, pipe_id: str, request: pipe_events.Request, result: Any, error: PipeFrameError | None) -> None:
+        core = self.core
+        if pipe_id not in core.pipes:
+            return
+        if error is not None:
+            self._error(pipe_id, request.id, error)
             return
         if request.id is not None:
-            core.send(pipe.id, encode_reply(pipe_events.Reply(id=request.id, result=result)))
+            core.send(pipe_id, encode_reply(pipe_events.Reply(id=request.id, result=result)))
         elif isinstance(request.call, pipe_events.Batch):
             # Nobody waits for this batch's reply, but its failures must not
             # go unnoticed: each is reported as a single request's would be.
             for item in result:
                 if item["error"] is not None:
-                    core.send(pipe.id, encode_error_notification(item["error"]["code"], item["error"]["message"]))
+                    core.send(pipe_id, encode_error_notification(item["error"]["code"], item["error"]["message"]))
         if isinstance(request.call, pipe_events.Leave):
             # Its session is gone: the connection goes too, once the reply is out.
-            del core.pipes[pipe.id]
-            core.out.append(Close(pipe.id, CloseCode.NORMAL, "left the group"))
+            del core.pipes[pipe_id]
+            core.out.append(Close(pipe_id, CloseCode.NORMAL, "left the group"))
 
     def _execute(self, pipe: Pipe, call: pipe_events.PipeCall, now: float) -> Any:
+        """Carry out one call; its result, or a :class:`~.later.Later` one (cluster)."""
         state = pipe.app
         core = self.core
         modern = pipe.conn.version != "0.2"
         if isinstance(call, pipe_events.SendToChannel):
-            delivered = 0
-            for channel in call.channels:
-                delivered += self.channels.publish(state, channel, call.event, call.data, call.exclude, now)
-            return {"delivered": delivered} if modern else {}
+            counts = [
+                self.channels.publish(state, channel, call.event, call.data, call.exclude, now, counted=modern)
+                for channel in call.channels
+            ]
+            return gather(counts, lambda found: {"delivered": sum(found)} if modern else {})
         if isinstance(call, pipe_events.SendToSocket):
             text = encode_message(call.event, call.data, call.channel)
-            targets = tuple(
-                sid for sid in dict.fromkeys(call.socket_ids)
-                if sid in core.sockets and core.sockets[sid].app is state
-            )
+            wanted = tuple(dict.fromkeys(call.socket_ids))
+            targets = tuple(sid for sid in wanted if sid in core.sockets and core.sockets[sid].app is state)
             if targets:
                 core.out.append(Send(targets, text))
-            return {"delivered": len(targets)} if modern else {}
+            elsewhere = self.directory.send_to_sockets(state, [s for s in wanted if s not in core.sockets], text, now)
+            return gather([len(targets), elsewhere], lambda found: {"delivered": sum(found)} if modern else {})
         if isinstance(call, pipe_events.Leave):
             state.hub.leave(pipe.id, now, for_good=True)
             return {}
@@ -147,33 +187,38 @@ class PipeConnections:
             state.hub.ack(pipe.session, call.seq, now)
             return {}
         if isinstance(call, pipe_events.SubscribeEvents):
-            state.hub.subscribe(pipe.session, call.events, now)
-            return {}
+            return gather([state.hub.subscribe(pipe.session, call.events, now)], lambda _: {})
         if isinstance(call, pipe_events.UnsubscribeEvents):
             state.hub.unsubscribe(pipe.session, call.events, now)
             return {}
         if isinstance(call, pipe_events.AuthResponse):
-            self.asking.answer(state, call, now)
-            return {}
+            if self.asking.is_local(call.request_id):
+                self.asking.answer(state, call, now)
+                return {}
+            return self.directory.answer_elsewhere(state, call, now)
         if isinstance(call, pipe_events.DisconnectSocket):
             sock = core.sockets.get(call.socket_id)
-            found = sock is not None and sock.app is state
-            if sock is not None and found:
-                self.sockets.kick(sock, call.code, call.reason or "Disconnected by the app", now)
-            return {"disconnected": found} if modern else {}
+            if sock is None:
+                found: Any = self.directory.disconnect_elsewhere(state, call.socket_id, call.code, call.reason, now)
+            else:
+                found = sock.app is state
+                if found:
+                    self.sockets.kick(sock, call.code, call.reason or "Disconnected by the app", now)
+            return gather([found], lambda found: {"disconnected": bool(found[0])} if modern else {})
         if isinstance(call, pipe_events.TerminateUser):
-            return {"terminated": self.users.terminate(state, call.user_id, now)}
+            closed = self.users.terminate(state, call.user_id, now, counted=True)
+            return gather([closed], lambda found: {"terminated": found[0]})
         if isinstance(call, pipe_events.Batch):
-            results: list[dict[str, Any]] = []
+            outcomes: list[Any] = []
             for item in call.calls:
                 if isinstance(item, pipe_events.CallError):
-                    results.append({"result": None, "error": {"code": item.code, "message": item.message}})
+                    outcomes.append(PipeFrameError(item.code, item.message))
                     continue
                 try:
-                    results.append({"result": self._execute(pipe, item, now), "error": None})
+                    outcomes.append(self._execute(pipe, item, now))
                 except PipeFrameError as exc:
-                    results.append({"result": None, "error": {"code": exc.code, "message": exc.message}})
-            return results
+                    outcomes.append(exc)
+            return gather(outcomes, lambda values: [_outcome(v) for v in values])
         return {}  # ping
 
     def heard(self, pipe: Pipe, now: float) -> None:
@@ -185,8 +230,10 @@ class PipeConnections:
         pipe = self.core.pipes.pop(pipe_id, None)
         if pipe is not None:
             pipe.app.hub.leave(pipe_id, now)
-            if close is not None:
-                self.core.out.append(Close(pipe_id, *close))
+        elif not any(state.hub.abandoned(pipe_id, now) for state in self.core.states.values()):
+            return  # not a pipe, or one already forgotten
+        if close is not None:
+            self.core.out.append(Close(pipe_id, *close))
 
     def oversized(self, pipe: Pipe, now: float) -> None:
         """``pipe`` sent a frame over ``max_frame_bytes``: close it with 1009."""

@@ -48,7 +48,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from .. import _json
 from ..apps import App
@@ -56,8 +56,9 @@ from ..departures import LEAVE_DELAY, Departures
 from ..errors import PipeCode
 from ..pipe.codec import PipeFrameError, notice_data
 from ..pipe.events import Notice
+from .later import Later
 
-__all__ = ["Group", "PipeHub", "Session"]
+__all__ = ["EVENT_OVERHEAD", "MAX_GROUPS", "Group", "Hub", "PipeHub", "Session", "notification_frame"]
 
 #: Groups an app may have at once (sessions of all groups count against
 #: ``max_pipes`` too); groups remembered only for unreported drops included.
@@ -72,7 +73,7 @@ CONTROL_TYPES = frozenset({"channel_existence", "presence"})
 EVENT_OVERHEAD = 320
 
 
-def _frame(name: str, data: str, extra: str = "") -> str:
+def notification_frame(name: str, data: str, extra: str = "") -> str:
     """A notification frame around ``data``, already JSON (``extra``: more members of ``result``)."""
     return '{"id":null,"error":null,"result":{"event":"' + name + '","data":' + data + extra + "}}"
 
@@ -248,6 +249,47 @@ class Group:
         return best
 
 
+class Hub(Protocol):
+    """What the relay's rules ask of an app's pipes: :class:`PipeHub` on one relay,
+    :class:`pipe_proto.cluster.ClusterHub` on a cluster node. Sessions are opaque
+    to the rules (they have an ``id``)."""
+
+    unrouted: int
+
+    def wants(self, type: str) -> bool: ...
+    def holder(self, type: str) -> object | None: ...
+    @property
+    def pipe_count(self) -> int: ...
+    @property
+    def busy(self) -> bool: ...
+    def attach(
+        self,
+        pipe_id: str,
+        version: str,
+        group: str,
+        wanted_session: str | None,
+        last_seq: int | None,
+        now: float,
+        *,
+        new_session: Callable[[], str],
+        taken_over: Callable[[str], None],
+        attached: Callable[[Any, bool, int, float], None],
+        failed: Callable[[str], None],
+    ) -> None: ...
+    def abandoned(self, pipe_id: str, now: float) -> bool: ...
+    def start(self, session: Any, now: float) -> None: ...
+    def leave(self, pipe_id: str, now: float, *, for_good: bool = False) -> object: ...
+    def subscribe(self, session: Any, types: tuple[str, ...], now: float) -> Later | None: ...
+    def unsubscribe(self, session: Any, types: tuple[str, ...], now: float) -> None: ...
+    def ack(self, session: Any, seq: int, now: float) -> None: ...
+    def arrive(self, type: str, key: str, notice: Notice, now: float, *, who: str = "", match: Any = None) -> None: ...
+    def depart(self, type: str, key: str, notice: Notice, now: float, *, who: str = "", match: Any = None) -> None: ...
+    def publish(self, type: str, key: str, notice: Notice, now: float) -> int: ...
+    def next_deadline(self) -> float: ...
+    def tick(self, now: float) -> object: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
 class PipeHub:
     """The pipes of one app: groups, sessions and what they are owed.
 
@@ -288,7 +330,48 @@ class PipeHub:
         """Pipes connected now."""
         return len(self.by_pipe)
 
+    @property
+    def busy(self) -> bool:
+        """Whether anything is held here (sessions or groups): timers may be due."""
+        return bool(self.sessions or self.groups)
+
     # ---------------------------------------------------------- membership
+
+    def attach(
+        self,
+        pipe_id: str,
+        version: str,
+        group: str,
+        wanted_session: str | None,
+        last_seq: int | None,
+        now: float,
+        *,
+        new_session: Callable[[], str],
+        taken_over: Callable[[str], None],
+        attached: Callable[[Session, bool, int, float], None],
+        failed: Callable[[str], None],
+    ) -> None:
+        """Attach a pipe to its session (resumed, or new) and call ``attached(session, resumed, gap, now)``.
+
+        ``taken_over(old_pipe)``: the session was still attached to another
+        connection, which must go (the process came back before its old
+        connection was seen to die). ``failed(message)``: no session (too
+        many groups). Here everything is answered at once; the same call
+        answers later in a cluster (:class:`pipe_proto.cluster.ClusterHub`).
+        """
+        previous = self.sessions.get(wanted_session or "")
+        if previous is not None and previous.pipe is not None:
+            taken_over(previous.pipe)
+        try:
+            session, resumed, gap = self.join(pipe_id, version, group, new_session(), wanted_session, last_seq, now)
+        except PipeFrameError as exc:
+            failed(exc.message)
+            return
+        attached(session, resumed, gap, now)
+
+    def abandoned(self, pipe_id: str, now: float) -> bool:
+        """A pipe went away before :meth:`attach` answered (never here: it answers at once)."""
+        return False
 
     def join(
         self,
@@ -363,8 +446,8 @@ class PipeHub:
             session.grace_until = now + self.app.pipe.resume_grace
         return session
 
-    def subscribe(self, session: Session, types: tuple[str, ...], now: float) -> None:
-        """Add event types to a session.
+    def subscribe(self, session: Session, types: tuple[str, ...], now: float) -> Later | None:
+        """Add event types to a session (answered at once here: ``None``; later in a cluster).
 
         Raises:
             PipeFrameError: 4230 when ``auth`` is held by another group.
@@ -383,6 +466,7 @@ class PipeHub:
                 session.group.routed_at = now
         if session.group.buffer:
             self._drain_buffer(session.group, now)
+        return None
 
     def unsubscribe(self, session: Session, types: tuple[str, ...], now: float) -> None:
         """Remove event types from a session."""
@@ -498,7 +582,7 @@ class PipeHub:
                 # 0.2: no acks, nothing kept; written now, or never.
                 if owner.pipe is not None:
                     if legacy is None:
-                        legacy = _frame(notice.event, _json.dumps(notice_data(notice, "0.2")))
+                        legacy = notification_frame(notice.event, _json.dumps(notice_data(notice, "0.2")))
                     group.delivered += 1
                     self._send(owner.pipe, legacy)
                 continue
@@ -562,7 +646,7 @@ class PipeHub:
         if pending.redelivered:
             extra += ',"redelivered":true'
         session.group.delivered += 1
-        self._send(session.pipe, _frame(event.name, event.text, extra))
+        self._send(session.pipe, notification_frame(event.name, event.text, extra))
 
     def _drain_buffer(self, group: Group, now: float) -> None:
         held = list(group.buffer)

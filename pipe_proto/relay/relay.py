@@ -56,7 +56,6 @@ from .directory import Answer, ChannelFacts, Directory, LocalDirectory
 from .outputs import Close, Failure, Output, Send
 from .pipe_auth import PipeAuthorizations
 from .pipe_connections import PipeConnections
-from .pipes import PipeHub
 from .sockets import SUPPORTED_PROTOCOLS, Sockets
 from .state import AppState, Cached, SocketDetails
 from .users import Users
@@ -93,12 +92,16 @@ class Relay:
         self._channels = Channels(core, self.directory)
         self._users = Users(core, self.directory)
         self._sockets = Sockets(core, self.directory, self._channels, self._users)
-        self._asking = PipeAuthorizations(core, self._channels, self._users)
-        self._pipes = PipeConnections(core, self._sockets, self._channels, self._users, self._asking)
+        node = getattr(self.directory, "node", None)
+        self._asking = PipeAuthorizations(core, self._channels, self._users, f"{node}:" if node else "")
+        self._pipes = PipeConnections(core, self.directory, self._sockets, self._channels, self._users, self._asking)
         self._channels.bind(self._users, self._asking)
         self._users.bind(self._sockets, self._asking)
         self._sockets.bind(self._asking)
-        self.directory.bind(self._sockets, self._channels, self._users)
+        self.directory.bind(self._sockets, self._channels, self._users, self._pipes, self._asking)
+        base = getattr(self.directory, "id_base", None)
+        if base is not None:
+            core.next_id = base
         for app in registry:
             core.add_app(app, self._new_state(app))
 
@@ -108,7 +111,7 @@ class Relay:
         def send(pipe_id: str, text: str) -> None:
             core.out.append(Send((pipe_id,), text))
 
-        return AppState(app, PipeHub(app, send), core.webhooks_for(app))
+        return AppState(app, self.directory.new_hub(app, send), core.webhooks_for(app))
 
     @property
     def counters(self) -> dict[str, int]:
@@ -226,7 +229,8 @@ class Relay:
         sock = self._core.sockets.get(conn_id)
         if sock is not None:
             self._sockets.kick(sock, PusherCode.SLOW_CONSUMER, reason, now)
-        self._pipes.drop(conn_id, now, (PusherCode.SLOW_CONSUMER, reason))
+        else:
+            self._pipes.drop(conn_id, now, (PusherCode.SLOW_CONSUMER, reason))
         return self._core.take()
 
     # ================================================================ pipes
@@ -348,7 +352,7 @@ class Relay:
         """When :meth:`tick` next has something to do (``inf``: nothing pending)."""
         deadline = min(self._core.deadlines.next(), self._asking.next_deadline(), self.directory.next_deadline())
         for state in self._core.states.values():
-            if state.hub.sessions or state.hub.groups:
+            if state.hub.busy:
                 deadline = min(deadline, state.hub.next_deadline())
             if len(state.webhooks):
                 deadline = min(deadline, state.webhooks.next_deadline())
@@ -367,7 +371,7 @@ class Relay:
                 self._guard(conn_id, now, lambda: self._pipes.tick(pipe, now))  # noqa: B023
         self._asking.tick(now)
         for state in core.states.values():
-            if (state.hub.sessions or state.hub.groups) and state.hub.next_deadline() <= now:
+            if state.hub.busy and state.hub.next_deadline() <= now:
                 state.hub.tick(now)
             if len(state.webhooks):
                 state.webhooks.tick(now)

@@ -102,6 +102,7 @@ class Sockets:
         if state.hub.wants("socket_existence"):
             notice = pipe_events.SocketOpened(socket_id=socket_id, **sock.describe())
             state.hub.publish("socket_existence", socket_id, notice, now)
+            self.directory.socket_known(state, socket_id)
 
     def _refusal(self, app: App | None, query: Mapping[str, str], secure: bool) -> tuple[int, str] | None:
         if app is None:
@@ -181,6 +182,7 @@ class Sockets:
             self.users.sign_out(sock, now)
         if self.asking is not None:
             self.asking.forget(sock)
+        self.directory.socket_gone(state, sock.id)
         if state.hub.wants("socket_existence"):
             notice = pipe_events.SocketClosed(socket_id=sock.id, code=code, reason=reason)
             state.hub.publish("socket_existence", sock.id, notice, now)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..pusher.connection import PusherConnection
     from ..webhooks import WebhookScheduler
     from .authorization import Member, SignedInUser
-    from .pipes import PipeHub, Session
+    from .pipes import Hub
 
 __all__ = ["AppState", "Cached", "Channel", "PendingAuth", "Pipe", "PresenceMember", "Socket", "SocketDetails"]
 
@@ -135,10 +135,11 @@ class Pipe:
 
     __slots__ = ("app", "conn", "id", "session")
 
-    def __init__(self, pipe_id: str, app: AppState, conn: PipeServerConnection, session: Session) -> None:
+    def __init__(self, pipe_id: str, app: AppState, conn: PipeServerConnection, session: Any) -> None:
         self.id = pipe_id
         self.app = app
         self.conn = conn
+        #: Its place in its group (the hub's record: a PipeHub ``Session`` or a cluster's).
         self.session = session
 
 
@@ -156,7 +157,7 @@ class AppState:
 
     __slots__ = ("app", "cache", "channels", "hub", "socket_count", "users", "watchers", "webhooks")
 
-    def __init__(self, app: App, hub: PipeHub, webhooks: WebhookScheduler) -> None:
+    def __init__(self, app: App, hub: Hub, webhooks: WebhookScheduler) -> None:
         self.app = app
         self.channels: dict[str, Channel] = {}
         #: Signed-in user id -> its sockets.

@@ -17,6 +17,7 @@ from ..pusher.events import SignIn, SignInSuccess, WatchlistChange, WatchlistEve
 from .authorization import AskPipe, Refuse, SignedInUser, authorize_signin
 from .core import Core, frame
 from .directory import Directory, user_channel
+from .later import Later, gather
 from .outputs import Send
 from .state import AppState, Socket
 
@@ -114,12 +115,19 @@ class Users:
             change = WatchlistChange(name="online" if online else "offline", user_ids=[user_id])
             self.core.out.append(Send(tuple(watchers), frame(WatchlistEvents(events=[change]))))
 
-    def send_to_user(self, state: AppState, channel: str, text: str, exclude: str | None) -> int:
-        """An event on ``#server-to-user-{id}``: every socket signed in as that user."""
+    def send_to_user(
+        self, state: AppState, channel: str, text: str, exclude: str | None, now: float, *, counted: bool = False
+    ) -> int | Later:
+        """An event on ``#server-to-user-{id}``: every socket signed in as that user.
+
+        Returns how many of this relay's sockets it reached (``counted``: of
+        the deployment's, perhaps later).
+        """
         user_id = user_channel(channel)
         assert user_id is not None
-        self.directory.to_user(state, user_id, text)
-        return self.deliver_to_user(state, user_id, text, exclude)
+        elsewhere = self.directory.to_user(state, user_id, text, exclude, now, counted=counted)
+        here = self.deliver_to_user(state, user_id, text, exclude)
+        return here if elsewhere is None else gather([here, elsewhere], sum)
 
     def deliver_to_user(self, state: AppState, user_id: str, text: str, exclude: str | None = None) -> int:
         """Send ``text`` to this relay's sockets signed in as ``user_id``, but ``exclude``."""
@@ -128,10 +136,15 @@ class Users:
             self.core.out.append(Send(targets, text))
         return len(targets)
 
-    def terminate(self, state: AppState, user_id: str, now: float) -> int:
-        """Close every socket signed in as ``user_id`` (4009); returns how many of this relay's."""
-        self.directory.terminate(state, user_id)
-        return self.terminate_here(state, user_id, now)
+    def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> int | Later:
+        """Close every socket signed in as ``user_id`` (4009).
+
+        Returns how many of this relay's it closed (``counted``: of the
+        deployment's, perhaps later).
+        """
+        elsewhere = self.directory.terminate(state, user_id, now, counted=counted)
+        here = self.terminate_here(state, user_id, now)
+        return here if elsewhere is None else gather([here, elsewhere], sum)
 
     def terminate_here(self, state: AppState, user_id: str, now: float) -> int:
         """Close this relay's sockets signed in as ``user_id`` (4009)."""

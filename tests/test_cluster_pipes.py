@@ -1,0 +1,193 @@
+"""Pipes across a cluster, in one process: three nodes on a real redis-server, pipes and sockets on different nodes.
+
+The nodes of tests/test_cluster.py (beats of 0.1 s, dead after 0.6 s); open_pipe backends and Python socket clients.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import Any
+
+import trio
+
+from pipe_proto import App, PipeSettings
+from pipe_proto.pipe import AuthRequest, SocketClosed, SocketMessage, SocketOpened
+from pipe_trio import AuthAnswer, open_pipe
+from pipe_trio.client import SubscriptionFailed
+from tests.cluster_front import Forward
+from tests.redis_server import RedisServer
+from tests.test_cluster import KEY, SECRET, TIMEOUT, Cluster, client, cluster
+
+APP_ID = "1"
+
+
+def pipe_app(**pipe: Any) -> App:
+    return App(id=APP_ID, key=KEY, secret=SECRET, pipe=PipeSettings(**pipe))
+
+
+def backend(found: Cluster, index: int, **options: Any) -> Any:
+    return open_pipe(found.url(index), app_id=APP_ID, key=KEY, secret=SECRET, **options)
+
+
+async def settled(found: Cluster) -> None:
+    """Every node has heard of what changed before this call in Redis (pipes' subscriptions, say).
+
+    A join's answer comes through a node's inbox after everything Redis sent
+    there earlier: once a socket of each node has joined a channel, each
+    node has read what came before.
+    """
+    for index in range(len(found.nodes)):
+        async with client(found, index) as barrier:
+            await barrier.subscribe("settled")
+
+
+async def next_notice(pipe: Any, kind: type, **fields: Any) -> Any:
+    with trio.fail_after(TIMEOUT):
+        async with aclosing(pipe.events()) as notices:
+            async for notice in notices:
+                if isinstance(notice, kind) and all(getattr(notice, k) == v for k, v in fields.items()):
+                    return notice
+    raise AssertionError("the pipe ended")
+
+
+async def test_a_pipe_sees_and_reaches_sockets_on_every_node(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A pipe on node 0: opened, messages and closed of sockets on nodes 1 and 2; its sends reach them, counted."""
+    async with cluster(nursery, redis, pipe_app()) as found, backend(found, 0) as pipe:
+        await settled(found)
+        async with client(found, 1) as one, client(found, 2) as two:
+            for socket in (one, two):
+                await next_notice(pipe, SocketOpened, socket_id=socket.socket_id)
+            await two.send_event("hello", {"from": 2})
+            message = await next_notice(pipe, SocketMessage, socket_id=two.socket_id)
+            assert (message.name, message.data) == ("hello", {"from": 2})
+            assert await pipe.socket(one.socket_id).trigger("direct", {"to": 1}) == 1
+            with trio.fail_after(TIMEOUT):
+                got = await one.next_event("direct")
+            assert json.loads(got.data) == {"to": 1}
+            for socket in (one, two):
+                await socket.subscribe("news")
+            assert await pipe.channel("news").trigger("all", {}, exclude=one.socket_id) == 1
+            with trio.fail_after(TIMEOUT):
+                await two.next_event("all")
+            await pipe.disconnect_socket(two.socket_id, code=4009, reason="bye")
+            closed = await next_notice(pipe, SocketClosed, socket_id=two.socket_id)
+            assert closed.code == 4009
+        closed = await next_notice(pipe, SocketClosed, socket_id=one.socket_id)
+        assert closed.code == 1000
+
+
+async def test_authorization_by_a_pipe_on_another_node(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A socket on node 2 subscribes unsigned; the pipe holding auth on node 0 allows one channel and denies another."""
+
+    async def decide(request: AuthRequest) -> Any:
+        return request.channel == "private-yes" or AuthAnswer(allow=False, reason="not that one")
+
+    async with cluster(nursery, redis, pipe_app()) as found, backend(found, 0, events=(), auth=decide):
+        await settled(found)
+        async with client(found, 2) as socket:
+            socket._secret = None  # unsigned: the pipe decides
+            joined = await socket.subscribe("private-yes")
+            assert joined.channel == "private-yes"
+            try:
+                await socket.subscribe("private-no")
+            except SubscriptionFailed as refused:
+                assert (refused.status, refused.error) == (403, "not that one")
+            else:  # pragma: no cover
+                raise AssertionError("private-no was allowed")
+
+
+class Tally:
+    """Back-channel messages ``n`` received by named members, with an event when a count is reached."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str, int, bool]] = []
+        self._wanted = 0
+        self._done = trio.Event()
+
+    def take(self, member: str) -> Any:
+        def handler(note: Any) -> None:
+            notice = note.notice
+            if isinstance(notice, SocketMessage) and notice.name == "n":
+                self.got.append((member, notice.socket_id, int(notice.data), bool(note.redelivered)))
+                if len(self.got) >= self._wanted:
+                    self._done.set()
+
+        return handler
+
+    async def wait_for(self, count: int) -> None:
+        self._wanted = count
+        if len(self.got) < count:
+            self._done = trio.Event()
+            with trio.fail_after(TIMEOUT * 2):
+                await self._done.wait()
+
+
+async def consume(pipe: Any, handler: Any) -> None:
+    async with aclosing(pipe.events(meta=True)) as notes:
+        async for note in notes:
+            handler(note)
+
+
+async def test_a_group_spans_nodes_and_shares_the_sockets(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Members on nodes 1 and 2 share sockets of node 0: each socket's messages reach one member, once, in order."""
+    tally = Tally()
+    async with cluster(nursery, redis, pipe_app()) as found:
+        async with backend(found, 1, events=("socket_message",), group="g") as a, backend(
+            found, 2, events=("socket_message",), group="g"
+        ) as b, trio.open_nursery() as readers:
+            readers.start_soon(consume, a, tally.take("a"))
+            readers.start_soon(consume, b, tally.take("b"))
+            await settled(found)
+            async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3:
+                sockets = (s1, s2, s3)
+                for n in range(5):
+                    for socket in sockets:
+                        await socket.send_event("n", n)
+                await tally.wait_for(15)
+            readers.cancel_scope.cancel()
+    for socket in sockets:
+        mine = [(member, n) for member, sid, n, _ in tally.got if sid == socket.socket_id]
+        assert [n for _, n in mine] == [0, 1, 2, 3, 4], "every message once, in order"
+        assert len({member for member, _ in mine}) == 1, "one member per socket"
+
+
+async def test_a_backend_resumes_on_another_node_when_its_node_dies(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Node 2 dies under member b: b reconnects (through the balancer) to node 1, resumes, and nothing is lost.
+
+    Sockets on node 0 keep sending while node 2 is gone; every message reaches a member exactly once (the
+    pipe client drops replays it had processed), and b's session comes back resumed.
+    """
+    tally = Tally()
+    async with cluster(nursery, redis, pipe_app(resume_grace=30.0)) as found:
+        balancer = Forward(found.nodes[2].port)
+        await nursery.start(balancer.serve, nursery)
+        url = f"ws://127.0.0.1:{balancer.port}"
+        options: dict[str, Any] = {"events": ("socket_message",), "group": "g", "max_backoff": 0.2}
+        async with backend(found, 1, **options) as a, open_pipe(
+            url, app_id=APP_ID, key=KEY, secret=SECRET, **options
+        ) as b, trio.open_nursery() as readers:
+            session = b.session
+            readers.start_soon(consume, a, tally.take("a"))
+            readers.start_soon(consume, b, tally.take("b"))
+            await settled(found)
+            async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3, client(found, 0) as s4:
+                sockets = (s1, s2, s3, s4)
+                for n in range(10):
+                    for socket in sockets:
+                        await socket.send_event("n", n)
+                await tally.wait_for(40)
+                reconnections = b.connections
+                balancer.target = found.nodes[1].port
+                found.kill(2)
+                for n in range(10, 20):
+                    for socket in sockets:
+                        await socket.send_event("n", n)
+                with trio.fail_after(TIMEOUT):
+                    await b.wait_connected(after=reconnections)
+                assert b.session == session, "the same session, resumed"
+                await tally.wait_for(80)
+            readers.cancel_scope.cancel()
+    for socket in sockets:
+        mine = sorted(n for _, sid, n, _ in tally.got if sid == socket.socket_id)
+        assert mine == list(range(20)), f"{socket.socket_id}: {mine}"
