@@ -132,20 +132,23 @@ async def consume(pipe: Any, handler: Any) -> None:
 async def test_a_group_spans_nodes_and_shares_the_sockets(nursery: trio.Nursery, redis: RedisServer) -> None:
     """Members on nodes 1 and 2 share sockets of node 0: each socket's messages reach one member, once, in order."""
     tally = Tally()
-    async with cluster(nursery, redis, pipe_app()) as found:
-        async with backend(found, 1, events=("socket_message",), group="g") as a, backend(
-            found, 2, events=("socket_message",), group="g"
-        ) as b, trio.open_nursery() as readers:
-            readers.start_soon(consume, a, tally.take("a"))
-            readers.start_soon(consume, b, tally.take("b"))
-            await settled(found)
-            async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3:
-                sockets = (s1, s2, s3)
-                for n in range(5):
-                    for socket in sockets:
-                        await socket.send_event("n", n)
-                await tally.wait_for(15)
-            readers.cancel_scope.cancel()
+    options: dict[str, Any] = {"events": ("socket_message",), "group": "g"}
+    async with (
+        cluster(nursery, redis, pipe_app()) as found,
+        backend(found, 1, **options) as a,
+        backend(found, 2, **options) as b,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(consume, a, tally.take("a"))
+        readers.start_soon(consume, b, tally.take("b"))
+        await settled(found)
+        async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3:
+            sockets = (s1, s2, s3)
+            for n in range(5):
+                for socket in sockets:
+                    await socket.send_event("n", n)
+            await tally.wait_for(15)
+        readers.cancel_scope.cancel()
     for socket in sockets:
         mine = [(member, n) for member, sid, n, _ in tally.got if sid == socket.socket_id]
         assert [n for _, n in mine] == [0, 1, 2, 3, 4], "every message once, in order"
