@@ -58,14 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=256 * 1024,
         metavar="BYTES",
-        help="bytes queued for a socket before it is closed as too slow (4101; default 262144)",
+        help="bytes a socket may leave unread for more than 5 s (or 4 times this at any time) "
+        "before it is closed as too slow (4101; default 262144)",
     )
     run.add_argument(
         "--max-pipe-buffer",
         type=int,
         default=16 * 1024 * 1024,
         metavar="BYTES",
-        help="bytes queued for a pipe before it is closed as too slow (default 16 MiB)",
+        help="the same for a pipe (default 16 MiB)",
     )
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -11,8 +11,9 @@ one task, reporting every message to the :class:`~pipe_proto.Relay` and
 carrying out the outputs it returns; the connection's task ends there (a TLS
 connection's task stays its reader). Outputs are carried out synchronously:
 a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
-the same bytes to each socket's bounded buffer; a socket whose buffer is full
-is closed as a slow consumer (4101) instead of stalling anyone else.
+the same bytes to each socket's bounded queue; a socket whose queue the
+kernel will not take (over the bound for longer than a grace period, or far
+over it) is closed as a slow consumer (4101) instead of stalling anyone else.
 
 Time: the core wants seconds since the epoch. The server reads Trio's clock
 plus a fixed offset taken at start, so a ``MockClock`` drives the core too.
@@ -94,8 +95,10 @@ class RelayServer:
 
     Args:
         relay: the core.
-        max_socket_buffer: bytes queued for one socket before it is closed
-            as a slow consumer (4101).
+        max_socket_buffer: bytes the kernel may leave unwritten for one
+            socket for longer than ``SLOW_GRACE`` (or, for any time, up to
+            ``BURST_ALLOWANCE`` times this) before it is closed as a slow
+            consumer (4101); see :mod:`._websocket`.
         max_pipe_buffer: the same for pipes.
         max_body: largest REST request body (413 beyond, refused unread).
         secure: whether the listeners are TLS (apps with ``tls_only`` refuse
@@ -251,8 +254,8 @@ class RelayServer:
                     conn.close(output.code, output.reason)
             elif type(output) is Probe:
                 conn = conns.get(output.target)
-                if conn is not None:
-                    conn.ping()
+                if conn is not None and not conn.ping():
+                    overflowing.append(conn)
             elif type(output) is WebhookEvent:
                 self.webhooks.add(output.app_id, output.urls, output.event)
         for conn in overflowing:
@@ -264,7 +267,10 @@ class RelayServer:
     def _slow_consumer(self, conn: WebSocket) -> None:
         if conn.id not in self.conns:
             return
-        log.info("closing %s: slow consumer (outbound buffer of %d bytes full)", conn.id, conn.max_buffer)
+        log.info(
+            "closing %s: slow consumer (%d bytes the kernel would not take; bound %d)",
+            conn.id, conn.unwritten, conn.max_buffer,
+        )
         conn.discard_queue()
         self.execute(self.relay.slow_consumer(conn.id, self.now()))
 
