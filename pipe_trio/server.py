@@ -42,7 +42,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
-from ._io import RandomBytes, read_now
+from ._io import RandomBytes, escaped, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
@@ -346,7 +346,7 @@ class RelayServer:
                 try:
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
-                    await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                    await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
                     return None
                 finally:
                     self._idle_http.discard(waiting)
@@ -373,15 +373,24 @@ class RelayServer:
                     try:
                         await self._rest(stream, conn, method, found, headers)
                     except h11.RemoteProtocolError as exc:  # a malformed body
-                        await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                        await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
                         return None
-            elif found.kind is RouteKind.STATUS:
-                await self._respond(stream, conn, 200, self.status(), head=head)
-            elif found.kind is RouteKind.PIPE_CLIENT_JS:
-                script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
-                await self._respond(stream, conn, 200, script, "application/javascript; charset=utf-8", head=head)
             else:
-                await self._respond(stream, conn, 404, {"error": f"Not found: {found.path}"}, head=head)
+                # These routes take no body: a request without one ends here,
+                # and the connection is kept (unless the relay is stopping);
+                # one with a body is answered, unread, and the connection closed.
+                ended = isinstance(conn.next_event(), h11.EndOfMessage)
+                close = self._stopping or not ended
+                if found.kind is RouteKind.STATUS:
+                    await self._respond(stream, conn, 200, self.status(), head=head, close=close)
+                elif found.kind is RouteKind.PIPE_CLIENT_JS:
+                    script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
+                    await self._respond(
+                        stream, conn, 200, script, "application/javascript; charset=utf-8", head=head, close=close
+                    )
+                else:
+                    body = {"error": f"Not found: {escaped(found.path)}"}
+                    await self._respond(stream, conn, 404, body, head=head, close=close)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
@@ -405,7 +414,14 @@ class RelayServer:
         headers: Sequence[tuple[str, str]] = (),
         *,
         head: bool = False,
+        close: bool = False,
     ) -> None:
+        """Send one whole response; ``close``: the connection ends after it, and the response says so.
+
+        Every response either leaves the connection ready for the next
+        request or carries ``Connection: close`` (h11 adds it itself when the
+        client asked for it or speaks HTTP/1.0).
+        """
         # A response to HEAD declares the body's length but carries no body
         # (RFC 9110 9.3.2); h11 refuses to send one.
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -418,6 +434,7 @@ class RelayServer:
                 ("content-length", str(len(data))),
                 ("access-control-allow-origin", "*"),
                 *headers,
+                *([("connection", "close")] if close else []),
             ],
         )
         start = conn.send(response) or b""
@@ -432,9 +449,10 @@ class RelayServer:
         found: Route,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
+        too_large = {"error": f"Body larger than {self.max_body} bytes"}
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+            await self._respond(stream, conn, 413, too_large, close=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -443,7 +461,7 @@ class RelayServer:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+                    await self._respond(stream, conn, 413, too_large, close=True)
                     return
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -456,7 +474,7 @@ class RelayServer:
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
-        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
+        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
 
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""
@@ -505,7 +523,7 @@ class RelayServer:
         conn.receive_data(data)
         conn.next_event()  # the request h11 reads just the same (the parser's promise)
         status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers)
+        await self._respond(stream, conn, status, body, headers=headers, close=True)
         return None
 
     async def _accept_websocket(
@@ -518,7 +536,7 @@ class RelayServer:
         if isinstance(outcome, _Upgrade):
             return outcome
         status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers)
+        await self._respond(stream, conn, status, body, headers=headers, close=True)
         return None
 
     def _upgrade_or_refusal(
@@ -542,7 +560,9 @@ class RelayServer:
         if found.kind is RouteKind.PIPE:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
             if not isinstance(decision, PipeAccepted):
-                log.info("pipe refused for app %s: %d %s", found.name, decision.status, decision.message)
+                log.info(
+                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message)
+                )
                 return decision.status, {"error": decision.message}, []
             accepted = decision
         if self._stopping:
@@ -588,7 +608,7 @@ class RelayServer:
             self.execute(outputs)
             log.info(
                 "pipe %s connected (app %s, protocol %s, group %s)",
-                ws.id, accepted.app.id, accepted.version, accepted.group,
+                ws.id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
             )
             return ws, self._pipes_side, accepted.app.pipe.max_frame_bytes
         ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self.writer)
@@ -606,7 +626,9 @@ class RelayServer:
         app = relay.apps.by_key(found.name)
         if any(type(o) is Close for o in outputs) or app is None:
             return ws, self._refused_side, 1
-        log.info("socket %s connected (app key %s, from %s)", ws.id, found.name, upgrade.details.remote_addr)
+        log.info(
+            "socket %s connected (app key %s, from %s)", ws.id, escaped(found.name), upgrade.details.remote_addr
+        )
         return ws, self._sockets_side, app.limits.max_socket_message_bytes
 
 
@@ -651,7 +673,7 @@ class _SocketsSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server.execute(server.relay.socket_closed(conn_id, server.now()))
-        log.info("socket %s disconnected (%s %s)", conn_id, code, reason)
+        log.info("socket %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 
 class _PipesSide(_Side):
@@ -674,7 +696,7 @@ class _PipesSide(_Side):
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
         server.execute(server.relay.pipe_closed(conn_id, server.now()))
-        log.info("pipe %s disconnected (%s %s)", conn_id, code, reason)
+        log.info("pipe %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 
 async def serve(
