@@ -68,9 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="the same for a pipe (default 16 MiB)",
     )
+    run.add_argument(
+        "--max-connections-per-ip",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most connections open at once from one IP address; more are answered 429 and closed "
+        "(default: no limit, as a load balancer or a benchmark may connect many from one address)",
+    )
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _parse_app(spec: str) -> App:
@@ -151,6 +166,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
                 ssl_context=ssl_context,
                 max_socket_buffer=args.max_socket_buffer,
                 max_pipe_buffer=args.max_pipe_buffer,
+                max_connections_per_ip=args.max_connections_per_ip,
             )
         )
         scheme = "wss" if ssl_context else "ws"

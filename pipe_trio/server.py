@@ -42,7 +42,7 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
-from ._io import RandomBytes, escaped, read_now
+from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
@@ -57,8 +57,13 @@ HTTP_IDLE_TIMEOUT = 60.0
 MAX_HEAD_BYTES = 16 * 1024
 #: Longest the timer loop sleeps: timers fire at most this late.
 TIMER_GRANULARITY = 1.0
-#: Seconds to wait before accepting again when out of file descriptors or memory.
+#: Seconds to wait before accepting again when out of file descriptors or
+#: memory; the wait doubles with each failure in a row, up to ACCEPT_RETRY_MAX.
 ACCEPT_RETRY = 0.1
+ACCEPT_RETRY_MAX = 1.0
+#: Longest a connection over --max-connections-per-ip is waited for (for
+#: its request, then to take the 429) before it is closed.
+REFUSE_WAIT = 1.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name)
 )
@@ -83,6 +88,23 @@ class _Upgrade:
         self.response = response
 
 
+_TOO_MANY_BODY = b'{"error": "Too many connections from your address"}'
+# Written before the request is read, to a connection over --max-connections-per-ip.
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\naccess-control-allow-origin: *\r\nconnection: close\r\n\r\n%s"
+) % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+
+
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The client's IP address (also under TLS), or None when it cannot be known."""
+    inner: Any = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])
+    except (AttributeError, OSError, IndexError, TypeError):
+        return None
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -103,6 +125,9 @@ class RelayServer:
         max_body: largest REST request body (413 beyond, refused unread).
         secure: whether the listeners are TLS (apps with ``tls_only`` refuse
             plain sockets with 4000).
+        max_connections_per_ip: most connections (HTTP and WebSocket) open
+            at once from one IP address; beyond, a new one is answered 429
+            and closed (TLS: closed at once). None: no limit.
     """
 
     def __init__(
@@ -113,6 +138,7 @@ class RelayServer:
         max_pipe_buffer: int = 16 * 1024 * 1024,
         max_body: int = MAX_BODY_BYTES,
         secure: bool = False,
+        max_connections_per_ip: int | None = None,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -120,6 +146,13 @@ class RelayServer:
         self.max_body = max_body
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
+        self.max_connections_per_ip = max_connections_per_ip
+        # With a per-address limit: open connections per address, the address
+        # of each counted connection (by id of its stream), and the addresses
+        # refused since they last went under the limit (logged once each).
+        self._per_ip: dict[str, int] = {}
+        self._ip_of: dict[int, str] = {}
+        self._limited: set[str] = set()
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
         # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
@@ -182,6 +215,8 @@ class RelayServer:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
         # handed to the poller outlives its handler task.
         assert self._nursery is not None
+        retry = 0.0  # the wait before the next accept; 0: accepting normally
+        failing_since = 0.0
         async with listener:
             while True:
                 try:
@@ -189,11 +224,58 @@ class RelayServer:
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_RETRY)
-                    await trio.sleep(ACCEPT_RETRY)
+                    # Out of descriptors or memory: every accept fails until
+                    # some close. One line per episode, and back off.
+                    if not retry:
+                        failing_since = trio.current_time()
+                        log.error(
+                            "accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
+                            exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX,
+                        )
+                    retry = min(ACCEPT_RETRY_MAX, retry * 2) if retry else ACCEPT_RETRY
+                    await trio.sleep(retry)
                     continue
+                if retry:
+                    log.warning("accepting connections again after %.1f s", trio.current_time() - failing_since)
+                    retry = 0.0
                 self._connections += 1
-                self._nursery.start_soon(self._handle_tcp, stream)
+                if self.max_connections_per_ip is not None and not self._admit(stream):
+                    self._nursery.start_soon(self._refuse, stream)
+                else:
+                    self._nursery.start_soon(self._handle_tcp, stream)
+
+    def _admit(self, stream: trio.abc.Stream) -> bool:
+        """Count a new connection against its address's limit; False if over it."""
+        limit = self.max_connections_per_ip
+        address = _peer_address(stream)
+        if limit is None or address is None:
+            return True
+        count = self._per_ip.get(address, 0)
+        if count >= limit:
+            if address not in self._limited:
+                self._limited.add(address)
+                log.warning("%s has %d connections open (--max-connections-per-ip): refusing more", address, count)
+            return False
+        self._per_ip[address] = count + 1
+        self._ip_of[id(stream)] = address
+        return True
+
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        """Answer a connection over the per-address limit with 429 (plain TCP) and close it."""
+        try:
+            if raw_fd(stream) >= 0:
+                with trio.move_on_after(REFUSE_WAIT):
+                    # The request is read first (unparsed): closing a socket
+                    # with unread data resets it, and the client would likely
+                    # lose the answer.
+                    await stream.receive_some(65536)
+                with trio.move_on_after(REFUSE_WAIT):
+                    await stream.send_all(_TOO_MANY_CONNECTIONS)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+            self._closed_one(stream)
 
     def _nonce(self) -> int:
         # Unguessable, for connection ids (pipe_proto.relay.Relay names them).
@@ -305,7 +387,7 @@ class RelayServer:
         finally:
             if not handed_over:
                 await trio.aclose_forcefully(stream)
-                self._closed_one()
+                self._closed_one(stream)
 
     async def _finish(self, ws: WebSocket) -> None:
         """A WebSocket ended: tell the relay (unless done), then close it."""
@@ -319,10 +401,17 @@ class RelayServer:
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("closing %s failed", ws.id)
         finally:
-            self._closed_one()
+            self._closed_one(ws.stream)
 
-    def _closed_one(self) -> None:
+    def _closed_one(self, stream: trio.abc.Stream) -> None:
         self._connections -= 1
+        if self._ip_of:
+            address = self._ip_of.pop(id(stream), None)
+            if address is not None:
+                count = self._per_ip.pop(address) - 1
+                if count:
+                    self._per_ip[address] = count
+                self._limited.discard(address)
         if self._connections == 0 and self._all_closed is not None:
             self._all_closed.set()
 
@@ -572,14 +661,8 @@ class RelayServer:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
         )
-        remote = None
-        try:
-            peer = stream.socket.getpeername()  # type: ignore[attr-defined]
-            remote = str(peer[0])
-        except (AttributeError, OSError, IndexError, TypeError):
-            pass
         details = SocketDetails(
-            remote_addr=remote,
+            remote_addr=_peer_address(stream),
             origin=_header(headers, b"origin"),
             user_agent=_header(headers, b"user-agent"),
             query=target.partition("?")[2],

@@ -262,3 +262,32 @@ async def test_serve_on_any_free_port() -> None:
             with trio.fail_after(5):
                 code = await stop(process)
         assert code == 0
+
+
+def test_max_connections_per_ip_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-connections-per-ip is off by default and takes a positive number."""
+    assert serve_args().max_connections_per_ip is None
+    assert serve_args("--max-connections-per-ip", "3").max_connections_per_ip == 3
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--max-connections-per-ip", "0"])
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+async def test_serve_enforces_max_connections_per_ip() -> None:
+    """A relay started with --max-connections-per-ip 1 answers a second connection from the address with 429."""
+    port = free_port()
+    with trio.fail_after(30):
+        _, process = await run_relay("--port", str(port), "--max-connections-per-ip", "1")
+        try:
+            held = await trio.open_tcp_stream("127.0.0.1", port)
+            async with held:
+                await held.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert (await held.receive_some(65536)).startswith(b"HTTP/1.1 200")  # kept alive, still counted
+                second = await trio.open_tcp_stream("127.0.0.1", port)
+                async with second:
+                    assert (await read_until(second, b"\r\n\r\n")).startswith(b"HTTP/1.1 429")
+        finally:
+            with trio.fail_after(5):
+                code = await stop(process)
+        assert code == 0

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 
 import h11
 import pytest
 import trio
 import trio.testing
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Message
 
+from pipe_proto import Relay
 from pipe_trio import RelayServer
 from pipe_trio._io import escaped
+from pipe_trio.server import ACCEPT_RETRY, ACCEPT_RETRY_MAX
+from tests.support import default_apps, start_relay
 from tests.test_server import SOCKET_PATH, UPGRADE_HEAD, RawClient
 
 PIPE_PATH = b"/app/1?auth_key=app-key&auth_timestamp=1&auth_version=1.0&protocol_version=1.0&auth_signature=00"
@@ -183,3 +188,91 @@ async def test_a_pipe_upgrade_with_a_newline_in_its_path_is_logged_on_one_line(
     messages = [r.getMessage() for r in caplog.records]
     refused = [m for m in messages if "forged" in m]
     assert refused and all("\n" not in m for m in messages)
+
+
+# ---------------------------------------------------------- descriptors
+
+
+class ExhaustedListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose accept fails with EMFILE ``failures`` times, then hands over one stream, then waits."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[float] = []
+        self.client, self.server_side = trio.testing.memory_stream_pair()
+        self.handed = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        self.calls.append(trio.current_time())
+        if len(self.calls) <= self.failures:
+            raise OSError(errno.EMFILE, "Too many open files")
+        if not self.handed.is_set():
+            self.handed.set()
+            return self.server_side
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_accept_backs_off_and_logs_once_per_episode(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Out of descriptors, accept retries after a growing, bounded delay, logging one error, then one line on recovery."""
+    caplog.set_level(logging.INFO, logger="pipe_trio")
+    listener = ExhaustedListener(failures=40)
+    server = RelayServer(Relay(default_apps(), id_base=1000))
+    with trio.fail_after(600):
+        await nursery.start(server.serve, [listener])
+        await listener.handed.wait()
+    failing = listener.calls[: listener.failures + 1]  # each failed accept and the one after it
+    waits = [later - earlier for earlier, later in itertools.pairwise(failing)]
+    assert waits[0] == pytest.approx(ACCEPT_RETRY)
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(waits))
+    assert max(waits) == pytest.approx(ACCEPT_RETRY_MAX)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "accept failed" in errors[0].getMessage()
+    assert len([r for r in caplog.records if "accepting connections again" in r.getMessage()]) == 1
+
+
+async def test_connections_over_the_per_address_limit_get_429(nursery: trio.Nursery) -> None:
+    """With --max-connections-per-ip 2, a third connection from the address is answered 429 and closed; others are not."""
+    server = await start_relay(nursery, max_connections_per_ip=2)
+    with trio.fail_after(10):
+        first = await RawClient.connect(server.port, SOCKET_PATH)
+        second = await trio.open_tcp_stream("127.0.0.1", server.port)  # an idle HTTP connection counts too
+        try:
+            await first.next_text()
+            third = await trio.open_tcp_stream("127.0.0.1", server.port)
+            async with third:
+                await third.send_all(UPGRADE_HEAD)
+                received = await read_to_end(third)
+            assert received.startswith(b"HTTP/1.1 429")
+            assert b"\r\nconnection: close\r\n" in received.lower()
+            # The first connection was not disturbed.
+            await first.send(Message(data='{"event":"pusher:ping","data":{}}'))
+            assert (await first.next_text())["event"] == "pusher:pong"
+            # Once one closes, the address may connect again.
+            await second.aclose()
+            while server._per_ip.get("127.0.0.1") != 1:
+                await trio.testing.wait_all_tasks_blocked()
+            again = await RawClient.connect(server.port, SOCKET_PATH)
+            assert (await again.next_text())["event"] == "pusher:connection_established"
+            await again.aclose()
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+
+async def test_no_per_address_limit_by_default(relay_server: RelayServer) -> None:
+    """Without the option, one address may open many connections."""
+    with trio.fail_after(10):
+        clients = [await RawClient.connect(relay_server.port, SOCKET_PATH) for _ in range(20)]
+        try:
+            for client in clients:
+                assert (await client.next_text())["event"] == "pusher:connection_established"
+        finally:
+            for client in clients:
+                await client.aclose()
