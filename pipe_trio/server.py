@@ -47,7 +47,7 @@ from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .webhooks import WebhookSender
 
-__all__ = ["RelayServer", "serve"]
+__all__ = ["RelayServer", "open_listeners", "serve"]
 
 log = logging.getLogger("pipe_trio")
 
@@ -797,9 +797,21 @@ async def serve(
     :class:`RelayServer` once it listens (its listeners' ports are bound, so
     ``port=0`` works).
     """
+    listeners = await open_listeners(host, port, ssl_context)
+    server = RelayServer(relay, secure=ssl_context is not None, **options)
+    await server.serve(listeners, task_status=task_status)
+
+
+async def open_listeners(
+    host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> list[trio.abc.Listener[Any]]:
+    """The listeners :func:`serve` serves on: TCP on ``host:port``, under TLS when ``ssl_context`` is given.
+
+    Raises:
+        OSError: the port is in use, the address is not this machine's, ...
+    """
     listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
-    server = RelayServer(relay, secure=ssl_context is not None, **options)
-    await server.serve(listeners, task_status=task_status)
+    return listeners
 
