@@ -276,3 +276,15 @@ async def test_no_per_address_limit_by_default(relay_server: RelayServer) -> Non
         finally:
             for client in clients:
                 await client.aclose()
+
+
+async def test_a_chunk_not_ended_by_crlf_is_refused(relay_server: RelayServer) -> None:
+    """A chunked body whose chunk is followed by two other bytes than CRLF is a 400, never read as a request."""
+    body = b"5\r\nhelloXX0\r\n\r\n"
+    head = b"POST /apps/1/events HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        async with stream:
+            await stream.send_all(head + body)
+            received = await read_to_end(stream)
+    assert received.startswith(b"HTTP/1.1 400")
