@@ -70,6 +70,7 @@ from pipe_proto.pipe.events import (
     ErrorReply,
     Established,
     Gap,
+    Leave,
     MemberAdded,
     MemberRemoved,
     Notification,
@@ -229,9 +230,13 @@ CALL_STRATEGIES: dict[type[PipeCall], st.SearchStrategy[PipeCall]] = {
     ),
     Ack: st.builds(Ack, seq=st.integers(min_value=0)),
     PingCall: st.builds(PingCall),
+    Leave: st.builds(Leave),
 }
-SIMPLE_CALLS = st.one_of(list(CALL_STRATEGIES.values()))
-CALLS = SIMPLE_CALLS | st.builds(Batch, calls=st.lists(SIMPLE_CALLS, min_size=1, max_size=MAX_BATCH_CALLS // 20))
+#: What a batch may hold: any call but a batch or a leave.
+BATCHABLE = st.one_of([strategy for kind, strategy in CALL_STRATEGIES.items() if kind is not Leave])
+CALLS = st.one_of(list(CALL_STRATEGIES.values())) | st.builds(
+    Batch, calls=st.lists(BATCHABLE, min_size=1, max_size=MAX_BATCH_CALLS // 20)
+)
 
 NOTICES = st.one_of(
     st.builds(

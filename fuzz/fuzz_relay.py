@@ -430,7 +430,9 @@ class RelayChecker:
             self.tick()
         relay = self.relay
         assert relay.holds_nothing(), relay.stats()
-        assert not relay._timers and not relay._auths and not relay._auth_timers, "timers or auths left"
+        assert not len(relay._core.deadlines) and not relay._asking.pending and not len(relay._asking.deadlines), (
+            "timers or auths left"
+        )
         assert relay.next_deadline() == math.inf
         for app_id in self.app_by_id:
             state = relay.state_of(app_id)
@@ -578,44 +580,45 @@ class RelayChecker:
     def invariants(self) -> None:
         """The relay's books agree with each other and with what everyone was told."""
         relay = self.relay
-        assert set(relay._sockets) == set(self.sockets), "relay and model disagree on open sockets"
-        assert set(relay._pipes) == set(self.pipes), "relay and model disagree on open pipes"
-        for sid, sock in relay._sockets.items():
+        live = relay._core.sockets
+        assert set(relay._core.sockets) == set(self.sockets), "relay and model disagree on open sockets"
+        assert set(relay._core.pipes) == set(self.pipes), "relay and model disagree on open pipes"
+        for sid, sock in relay._core.sockets.items():
             model = self.sockets[sid]
             assert sock.app.app.id == model.app_id
             assert set(sock.channels) == model.joined, f"{sid}: relay {set(sock.channels)} model {model.joined}"
             assert (sock.user.id if sock.user else None) == model.user
             for rid in sock.auths or ():
-                assert relay._auths[rid].socket_id == sid
-        for rid, pending in relay._auths.items():
-            owner = relay._sockets.get(pending.socket_id)
+                assert relay._asking.pending[rid].socket_id == sid
+        for rid, pending in relay._asking.pending.items():
+            owner = relay._core.sockets.get(pending.socket_id)
             assert owner is not None and rid in (owner.auths or ()), f"orphan auth {rid}"
-        for app_id, state in relay._states.items():
+        for app_id, state in relay._core.states.items():
             assert state.socket_count == sum(1 for m in self.sockets.values() if m.app_id == app_id)
             for name, channel in state.channels.items():
                 assert channel.sockets, f"empty channel {name} kept"
                 for sid in channel.sockets:
-                    sock = relay._sockets[sid]
+                    sock = relay._core.sockets[sid]
                     assert sock.app is state and name in sock.channels
                 if channel.members is not None:
-                    keys = {relay._sockets[sid].channels[name] for sid in channel.sockets}
+                    keys = {relay._core.sockets[sid].channels[name] for sid in channel.sockets}
                     assert set(channel.members) == keys, f"{name}: members {set(channel.members)} users {keys}"
                     for key, member in channel.members.items():
-                        assert member.sockets == {s for s in channel.sockets if relay._sockets[s].channels[name] == key}
+                        assert member.sockets == {s for s in channel.sockets if live[s].channels[name] == key}
                     for sid in channel.sockets:
                         assert self.sockets[sid].views[name] == set(channel.members), f"{sid}'s view of {name}"
-            for sid, sock in relay._sockets.items():
+            for sid, sock in relay._core.sockets.items():
                 if sock.app is state:
                     for name in sock.channels:
                         assert sid in state.channels[name].sockets
                     if sock.user is not None:
                         assert sid in state.users[sock.user.id]
             for uid, sids in state.users.items():
-                assert sids and all(relay._sockets[s].user.id == uid for s in sids)  # type: ignore[union-attr]
+                assert sids and all(relay._core.sockets[s].user.id == uid for s in sids)  # type: ignore[union-attr]
             for watched, sids in state.watchers.items():
-                assert sids and all(s in relay._sockets and relay._sockets[s].app is state for s in sids), watched
+                assert sids and all(s in live and live[s].app is state for s in sids), watched
             hub = state.hub
-            assert set(hub.by_pipe) == {pid for pid, p in relay._pipes.items() if p.app is state}
+            assert set(hub.by_pipe) == {pid for pid, p in relay._core.pipes.items() if p.app is state}
             for pid, session in hub.by_pipe.items():
                 assert session.pipe == pid and hub.sessions.get(session.id) is session
             for type_, count in hub.type_counts.items():
@@ -883,7 +886,7 @@ class RelayMachine(RuleBasedStateMachine):
             st.sampled_from(
                 ["subscribe"] * 3 + ["unsubscribe", "send_to_socket", "send_to_channel", "disconnect_socket",
                                      "terminate_user", "auth_response", "auth_response", "auth_response", "ack",
-                                     "ping", "nope"]
+                                     "ping", "leave", "nope"]
             )
         )
         draw = data.draw

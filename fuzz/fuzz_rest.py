@@ -118,7 +118,7 @@ def check_request(method: str, path: str, query: dict[str, str], body: bytes, no
     record(TARGET, {"method": method, "path": path, "query": query,
                     "body_b64": base64.b64encode(body).decode(), "now": now})
     relay, _ = populated_relay()
-    live = set(relay._sockets)
+    live = set(relay._core.sockets)
     response = handle(relay, method, path, query, body, now)
     assert isinstance(response, RestResponse), response
     assert response.status in STATUSES, response

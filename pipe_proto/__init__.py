@@ -25,7 +25,7 @@ from .errors import (
     PusherCode,
     RemoteProtocolError,
 )
-from .relay import Close, Output, Probe, Relay, Send, SocketDetails, WebhookEvent
+from .relay import Close, Failure, Output, Probe, Relay, Send, SocketDetails, WebhookEvent
 
 __all__ = [
     "App",
@@ -33,6 +33,7 @@ __all__ = [
     "Close",
     "CloseCode",
     "ConfigError",
+    "Failure",
     "Features",
     "Limits",
     "LocalProtocolError",

@@ -76,6 +76,10 @@ class Limits:
     max_watchlist: int = attrs.field(default=100, validator=_positive)
     #: Channels one socket may be subscribed to at once.
     max_channels_per_socket: int = attrs.field(default=1000, validator=_positive)
+    #: Subscribe requests one socket may make per second, on average; a burst
+    #: of ``max_channels_per_socket`` is allowed (a client resubscribing to
+    #: all its channels after a reconnect). Over it, ``LimitReached`` 429.
+    subscriptions_per_second: float = attrs.field(default=10, validator=_positive)
     #: Sockets the app may hold at once (``None``: no limit); over it, 4004.
     max_connections: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_positive)
@@ -116,6 +120,8 @@ class PipeSettings:
     auth_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_frame_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     window: int = attrs.field(default=1000, validator=_positive)
+    #: Bytes a member may have in flight (sent, not acked), as held in memory.
+    window_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     resume_grace: float = attrs.field(default=10.0, validator=_positive)
     buffer_events: int = attrs.field(default=10000, validator=_positive)
     buffer_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)

@@ -88,5 +88,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
+    #: Never sent: reported when a connection ended without a close frame.
+    ABNORMAL = 1006
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -12,12 +12,12 @@ schedule of :func:`retry_delay`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import _json
 from .apps import App
+from .departures import LEAVE_DELAY, Departures
 from .signatures import webhook_signature
 
 __all__ = [
@@ -29,8 +29,6 @@ __all__ = [
     "retry_delay",
 ]
 
-#: Seconds a vacated channel or departed member waits before its webhook.
-LEAVE_DELAY = 3.0
 #: Seconds after which a failing webhook is given up (Pusher retries for 5 minutes;
 #: the Python SDK rejects bodies older than that anyway).
 MAX_RETRY_SECONDS = 300.0
@@ -81,44 +79,42 @@ class WebhookScheduler:
                          "client_event", "cache_miss", "subscription_count"):
                 if target.wants(kind):
                     self._urls[kind] = (*self._urls.get(kind, ()), target.url)
-        #: (kind, channel, user) -> (due time, event), in due order.
-        self._delayed: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
+        #: Departures by (kind, channel, user), waiting to go out.
+        self._delayed: Departures[dict[str, Any]] = Departures(LEAVE_DELAY)
 
     def wants(self, kind: str) -> bool:
         """Whether any target takes ``kind`` (checked before building events)."""
         return kind in self._urls
 
-    def event(self, kind: str, now: float, **fields: Any) -> None:
-        """Record that ``kind`` happened, with the event's ``fields``."""
+    def event(self, kind: str, now: float, *, confirmed: bool = False, **fields: Any) -> None:
+        """Record that ``kind`` happened, with the event's ``fields``.
+
+        ``confirmed``: a departure whose delay already passed elsewhere (a
+        cluster confirms it against Redis): it goes out at once.
+        """
         if self._delayed:
             # Departures already due go out first: only a return within the
             # delay cancels one, even if the owner has not ticked since.
             self.tick(now)
         departure = _CANCELS.get(kind)
         key = (departure or kind, fields.get("channel", ""), str(fields.get("user_id", "")))
-        if departure is not None and self._delayed.pop(key, None) is not None:
+        if departure is not None and self._delayed.arrive(key)[0]:
             return  # it came back in time: neither the departure nor this arrival
         if kind not in self._urls:
             return
         event = {"name": kind, **fields}
-        if kind in _DELAYED:
-            self._delayed[key] = (now + LEAVE_DELAY, event)
+        if kind in _DELAYED and not confirmed:
+            self._delayed.hold(key, event, now)
         else:
             self._emit(self._urls[kind], event)
 
     def next_deadline(self) -> float:
         """When :meth:`tick` next has an event due."""
-        for due, _ in self._delayed.values():
-            return due  # insertion order is due order: the delay is constant
-        return math.inf
+        return self._delayed.next_deadline()
 
     def tick(self, now: float) -> None:
         """Emit the delayed events now due."""
-        while self._delayed:
-            key, (due, event) = next(iter(self._delayed.items()))
-            if due > now:
-                break
-            del self._delayed[key]
+        for event in self._delayed.due(now):
             self._emit(self._urls[event["name"]], event)
 
     def __len__(self) -> int:

@@ -28,12 +28,16 @@ import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
+from pipe_proto.cluster import ClusterDirectory
 
+from . import conformance
 from .server import RelayServer, open_listeners
+from .workers import WORKER_FLAG, supervise
 
 __all__ = ["build_parser", "load_apps", "main"]
 
@@ -89,8 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="most connections open at once from one IP address; more are answered 429 and closed "
         "(default: no limit, as a load balancer or a benchmark may connect many from one address)",
     )
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("PIPE_RELAY_REDIS"),
+        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS)",
+    )
+    run.add_argument(
+        "--redis-prefix",
+        metavar="NAME",
+        default=os.environ.get("PIPE_RELAY_REDIS_PREFIX", "pipe-relay"),
+        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("PIPE_RELAY_WORKERS", "1")),
+        metavar="N",
+        help="run N relay processes on the port, one per core (needs --redis; also PIPE_RELAY_WORKERS)",
+    )
+    run.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    conformance.add_parser(commands)
     return parser
 
 
@@ -192,6 +217,16 @@ def _is_loopback(host: str) -> bool:
         return False  # a name: it may well resolve to a public address
 
 
+def _warn_if_public_demo(host: str, port: int) -> None:
+    """Say loudly that the demo app (allowed off loopback by --demo) is open to anyone."""
+    if not _is_loopback(host):
+        log.warning(
+            "THE DEMO APP IS SERVED ON %s, NOT ONLY TO THIS MACHINE: its secret is public, so anyone "
+            "who reaches port %d can publish, sign users in and open a pipe. Configure an app.",
+            host, port,
+        )
+
+
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The TLS context of --tls-cert/--tls-key (None without them).
 
@@ -235,29 +270,30 @@ def _listen_problem(host: str, port: int, exc: OSError) -> str:
 
 async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None) -> None:
     try:
-        listeners = await open_listeners(args.host, args.port, ssl_context)
+        listeners = await open_listeners(args.host, args.port, ssl_context, reuse_port=args.worker)
     except OSError as exc:
         raise StartError(_listen_problem(args.host, args.port, exc)) from None
-    relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000)
+    directory = None
+    if args.redis:
+        node = secrets.token_hex(6)
+        directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
+        log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
+    relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
     server = RelayServer(
         relay,
         secure=ssl_context is not None,
         max_socket_buffer=args.max_socket_buffer,
         max_pipe_buffer=args.max_pipe_buffer,
         max_connections_per_ip=args.max_connections_per_ip,
+        redis=args.redis,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
         scheme = "wss" if ssl_context else "ws"
         port = server.port  # the bound port, also when --port 0 asked for any free one
-        if demo:
+        if demo and not args.worker:
             print(_banner(apps[0], args.host, port, scheme), flush=True)
-            if not _is_loopback(args.host):
-                log.warning(
-                    "THE DEMO APP IS SERVED ON %s, NOT ONLY TO THIS MACHINE: its secret is public, so anyone "
-                    "who reaches port %d can publish, sign users in and open a pipe. Configure an app.",
-                    args.host, port,
-                )
+            _warn_if_public_demo(args.host, port)
         log.info(
             "pipe-relay %s listening on %s:%d (%s), %d app(s)",
             __version__, args.host, port, scheme, len(apps),
@@ -270,9 +306,49 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_contex
         nursery.cancel_scope.cancel()
 
 
+def _supervise(args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None) -> int:
+    if not args.redis:
+        print("pipe-relay: --workers needs --redis: the workers share their state through Redis", file=sys.stderr)
+        return 2
+    given = list(sys.argv[2:] if argv is None else argv[1:])
+    port = args.port or _free_port(args.host)
+    # The workers get the same options, one process each, on one known port.
+    worker_argv = [*_without(given, "--workers"), "--port", str(port)]
+    if demo:
+        print(_banner(apps[0], args.host, port, "wss" if args.tls_cert else "ws"), flush=True)
+        _warn_if_public_demo(args.host, port)
+    log.info("pipe-relay %s: %d workers on %s:%d", __version__, args.workers, args.host, port)
+    try:
+        return trio.run(supervise, worker_argv, args.workers, args.shutdown_timeout)
+    except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
+        return 130
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            kept.append(item)
+    return kept
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pipe-relay``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "conformance":
+        return conformance.command(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -289,6 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2
+    if args.worker:
+        args.workers = 1  # a worker of a supervisor (PIPE_RELAY_WORKERS reaches it too)
+    if args.workers < 1:
+        print("pipe-relay: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _supervise(args, apps, demo, argv)
     try:
         trio.run(_run, args, apps, demo, ssl_context)
     except StartError as exc:

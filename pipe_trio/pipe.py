@@ -27,6 +27,10 @@ connecting are often there before the body of ``async with`` runs).
 Backpressure: the relay sends a member at most ``window`` unacked events; a
 slow handler therefore slows the stream instead of growing a buffer here.
 An exception escaping a handler ends ``open_pipe`` with that exception.
+
+Leaving: a normal exit of ``async with`` leaves the group for good (the
+``leave`` method), so the relay moves this member's sockets to the others at
+once; ``keep_session=True`` keeps the session for a restart that resumes it.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ AUTH_TIMEOUT = 30.0
 MAX_QUEUED = 20000
 #: Largest frame read from the relay (its own frames are far smaller).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: Seconds to wait for the relay's answer to ``leave`` on the way out.
+LEAVE_TIMEOUT = 5.0
 
 Handler = Callable[..., Any]
 
@@ -195,6 +201,7 @@ class Pipe:
         reconnect: bool,
         max_backoff: float,
         client_name: str,
+        keep_session: bool = False,
     ) -> None:
         self._base = url.rstrip("/")
         self.app_id = app_id
@@ -208,6 +215,10 @@ class Pipe:
         self._max_backoff = max_backoff
         self._client_name = client_name
         self.core = PipeClientConnection()
+        #: On a normal exit of ``open_pipe``, keep the session on the relay
+        #: (for a restart that resumes it) instead of leaving the group.
+        self.keep_session = keep_session
+        self._leaving = False
         # Set once the application can take notifications: a handler is
         # registered, someone iterates, or an auth handler was given.
         self._consumers = trio.Event()
@@ -553,6 +564,8 @@ class Pipe:
                     if ack is not None:
                         await self._send_quietly(ack)
                 await self._queued.wait()
+            if self._leaving:
+                await trio.sleep_forever()  # what is not processed goes to the other members
             notification = self._queue.popleft()
             self._room.set()
             await self._deliver(notification)
@@ -606,6 +619,19 @@ class Pipe:
             await self._handoff_send.send((notification, done))
             await done.wait()
 
+    async def _leave(self) -> None:
+        """End the session for good: ack what was processed, then ``leave`` (pipe-protocol.md 6)."""
+        self._leaving = True
+        self._reconnect = False
+        ack = self.core.take_ack(force=True)
+        if ack is not None:
+            await self._send_quietly(ack)
+        with trio.move_on_after(LEAVE_TIMEOUT):
+            try:
+                await self.request(ev.Leave())
+            except PipeError as exc:  # not connected (the session then ends after its grace)
+                log.info("could not leave the group: %s", exc)
+
     async def _answer_auth(self, request: ev.AuthRequest) -> None:
         assert self._auth is not None
         answer = self._auth(request)
@@ -652,6 +678,7 @@ async def open_pipe(
     max_backoff: float = 10.0,
     client_name: str = f"pipe_trio/{__version__}",
     resume: tuple[str, int] | None = None,
+    keep_session: bool = False,
 ) -> AsyncIterator[Pipe]:
     """Connect a backend to the relay at ``url`` (``ws[s]://host:port``).
 
@@ -672,6 +699,15 @@ async def open_pipe(
             :attr:`Pipe.session` and :attr:`Pipe.last_seq`): continue that
             session if the relay still holds it (within its resume grace),
             so its pending events come here and not to other members.
+        keep_session: what a normal exit of the ``async with`` does. By
+            default the pipe leaves its group for good (``leave``): the
+            relay ends its session at once and its sockets move to the other
+            members. With ``True`` the session stays on the relay for its
+            resume grace, for a restart that saved :attr:`Pipe.session` and
+            :attr:`Pipe.last_seq` and passes them as ``resume``
+            (:attr:`Pipe.keep_session` may be changed before exiting). An
+            exit by an exception (a crash, a cancellation, Ctrl-C) never
+            leaves: the session waits for its grace, as after a crash.
 
     Returns once the first connection is established.
 
@@ -691,19 +727,25 @@ async def open_pipe(
         reconnect=reconnect,
         max_backoff=max_backoff,
         client_name=client_name,
+        keep_session=keep_session,
     )
     if resume is not None:
         pipe.core.resume(*resume)
     with _unwrapped():
         async with trio.open_nursery() as nursery:
             await nursery.start(pipe._run)
+            normal_exit = False
             try:
                 yield pipe
+                normal_exit = True
             finally:
-                ack = pipe.core.take_ack(force=True)
-                if ack is not None:
-                    with trio.CancelScope(shield=True), trio.move_on_after(1):
-                        await pipe._send_quietly(ack)
+                if normal_exit and not pipe.keep_session:
+                    await pipe._leave()
+                else:
+                    ack = pipe.core.take_ack(force=True)
+                    if ack is not None:
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await pipe._send_quietly(ack)
                 nursery.cancel_scope.cancel()
 
 

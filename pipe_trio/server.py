@@ -35,9 +35,10 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
-from pipe_proto import Close, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto import Close, Failure, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
 from pipe_proto.pipe.handshake import PipeAccepted
-from pipe_proto.relay.outputs import Output
+from pipe_proto.relay.directory import Pending
+from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
@@ -45,6 +46,7 @@ from pipe_proto.routes import Route, RouteKind, route
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
+from .cluster import ClusterLink, ClusterUnavailable
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "open_listeners", "serve"]
@@ -128,6 +130,8 @@ class RelayServer:
         max_connections_per_ip: most connections (HTTP and WebSocket) open
             at once from one IP address; beyond, a new one is answered 429
             and closed (TLS: closed at once). None: no limit.
+        redis: the Redis URL of the cluster, when ``relay`` is a cluster
+            node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class RelayServer:
         max_body: int = MAX_BODY_BYTES,
         secure: bool = False,
         max_connections_per_ip: int | None = None,
+        redis: str | None = None,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -172,6 +177,7 @@ class RelayServer:
         self._all_closed: trio.Event | None = None
         self._stopping = False
         self._wake_timers = trio.Event()
+        self.cluster = None if redis is None else ClusterLink(redis, relay, self.execute, self.now)
 
     # --------------------------------------------------------------- running
 
@@ -202,6 +208,8 @@ class RelayServer:
             if self.poller is not None:
                 nursery.start_soon(self.poller.run)
             nursery.start_soon(self.webhooks.run)
+            if self.cluster is not None:
+                await nursery.start(self.cluster.run)
             nursery.start_soon(self._accept, listeners)
             task_status.started(self)
 
@@ -340,6 +348,12 @@ class RelayServer:
                     overflowing.append(conn)
             elif type(output) is WebhookEvent:
                 self.webhooks.add(output.app_id, output.urls, output.event)
+            elif type(output) is ClusterCall:
+                assert self.cluster is not None
+                self.cluster.submit(output)
+                self._wake_timers.set()
+            elif type(output) is Failure:
+                log.error("handling %s failed; closed with 1011", output.target, exc_info=output.error)
         for conn in overflowing:
             self._slow_consumer(conn)
         if flush:
@@ -559,16 +573,31 @@ class RelayServer:
                 return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
+        try:
+            while isinstance(answer, Pending):
+                answer = answer.resume(await self.cluster_call(answer.call))
+        except ClusterUnavailable:
+            await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
+            return
         # Written with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
 
+    async def cluster_call(self, call: Output) -> Any:
+        """Run one cluster call and return its result (only a cluster node makes them).
+
+        Raises:
+            ClusterUnavailable: Redis could not answer.
+        """
+        assert self.cluster is not None and type(call) is ClusterCall
+        return await self.cluster.call(call)
+
     def status(self) -> dict[str, Any]:
         """The small health document ``GET /`` answers."""
         stats = self.relay.stats()
-        return {
+        status = {
             "name": "pipe-relay",
             "version": __version__,
             "status": "stopping" if self._stopping else "ok",
@@ -576,6 +605,10 @@ class RelayServer:
             "sockets": stats["sockets"],
             "pipes": stats["pipes"],
         }
+        cluster = stats.get("cluster")
+        if cluster is not None and self.cluster is not None:
+            status["cluster"] = {**cluster, **self.cluster.statistics()}
+        return status
 
     # ----------------------------------------------------------- WebSocket
 
@@ -755,7 +788,7 @@ class _SocketsSide(_Side):
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         server = self.server
         server.conns.pop(conn_id, None)
-        server.execute(server.relay.socket_closed(conn_id, server.now()))
+        server.execute(server.relay.socket_closed(conn_id, server.now(), code, reason))
         log.info("socket %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 
@@ -788,6 +821,7 @@ async def serve(
     port: int = 6001,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[RelayServer] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
@@ -795,23 +829,46 @@ async def serve(
 
     ``await nursery.start(serve, relay, host, port)`` returns the running
     :class:`RelayServer` once it listens (its listeners' ports are bound, so
-    ``port=0`` works).
+    ``port=0`` works). ``reuse_port``: several processes may listen on the
+    same port (``SO_REUSEPORT``, Linux and BSDs), the kernel spreading new
+    connections across them (``pipe-relay serve --workers``).
     """
-    listeners = await open_listeners(host, port, ssl_context)
+    listeners = await open_listeners(host, port, ssl_context, reuse_port=reuse_port)
     server = RelayServer(relay, secure=ssl_context is not None, **options)
     await server.serve(listeners, task_status=task_status)
 
 
 async def open_listeners(
-    host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    host: str, port: int, ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False
 ) -> list[trio.abc.Listener[Any]]:
     """The listeners :func:`serve` serves on: TCP on ``host:port``, under TLS when ``ssl_context`` is given.
 
     Raises:
         OSError: the port is in use, the address is not this machine's, ...
     """
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if reuse_port:
+        listeners: list[trio.abc.Listener[Any]] = await _reuse_port_listeners(host, port)
+    else:
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     return listeners
 
+
+async def _reuse_port_listeners(host: str, port: int) -> list[trio.abc.Listener[Any]]:
+    listeners: list[trio.abc.Listener[Any]] = []
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(4096)
+        except BaseException:
+            sock.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners

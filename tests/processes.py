@@ -42,6 +42,12 @@ class Lines:
         self.ended = True
         self._changed.set()
 
+    async def changed(self) -> None:
+        """Wait for the next lines (or the end of the output)."""
+        if self.ended:
+            raise AssertionError("process ended; output:\n" + "\n".join(self.lines))
+        await self._changed.wait()
+
     async def expect(self, text: str, timeout: float = 10.0) -> str:  # noqa: ASYNC109
         """The first line containing ``text`` (waiting for it at most ``timeout`` seconds)."""
         with trio.fail_after(timeout):

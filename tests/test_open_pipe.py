@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import aclosing
 from typing import Any
 
 import trio
 
 from pipe_proto import App, PipeSettings, Relay
-from pipe_proto.pipe import SocketMessage
+from pipe_proto.pipe import SocketClosed, SocketMessage
 from pipe_trio import RelayServer, connect, open_pipe, serve
+from pipe_trio._wsclient import ClientWebSocket, connect_websocket
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
 
@@ -142,3 +144,93 @@ async def test_events_before_the_loop_begins_wait_for_it(relay_server: RelayServ
                         if len(got) == 5:
                             break
             assert got == [0, 1, 2, 3, 4]
+
+
+async def _raw_socket(url: str) -> tuple[ClientWebSocket, str]:
+    """A bare WebSocket to the relay as a Pusher socket; returns it and its socket id."""
+    host, port = url.removeprefix("ws://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = await connect_websocket(stream, f"{host}:{port}", f"/app/{APP_KEY}?protocol=7", max_message=65536)
+    established = json.loads(await ws.get_message())
+    return ws, json.loads(established["data"])["socket_id"]
+
+
+async def test_socket_closed_carries_the_close_code_or_null_when_the_connection_was_lost(
+    relay_server: RelayServer,
+) -> None:
+    """A socket closing with 1000 "bye" reaches a 1.0 pipe with that code and reason; one cut without a close frame with null."""
+    url = url_of(relay_server)
+    closed: dict[str, SocketClosed] = {}
+    both = trio.Event()
+
+    def on_closed(notice: SocketClosed) -> None:
+        closed[notice.socket_id] = notice
+        if len(closed) == 2:
+            both.set()
+
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_existence"]) as pipe:
+            pipe.on("socket_closed", on_closed)
+            polite, polite_id = await _raw_socket(url)
+            await polite.aclose(1000, "bye")
+            rude, rude_id = await _raw_socket(url)
+            await trio.aclose_forcefully(rude.stream)  # no close frame: the connection is lost
+            await both.wait()
+    assert (closed[polite_id].code, closed[polite_id].reason) == (1000, "bye")
+    assert (closed[rude_id].code, closed[rude_id].reason) == (None, None)
+
+
+async def test_a_normal_exit_leaves_the_group_at_once(relay_server: RelayServer) -> None:
+    """Leaving `async with` normally ends the session on the relay: no grace, its sockets go to the others."""
+    url = url_of(relay_server)
+    hub = relay_server.relay.state_of(APP_ID).hub
+    got: list[int] = []
+    arrived = trio.Event()
+
+    def on_n(socket_id: str, data: Any) -> None:
+        got.append(data["n"])
+        arrived.set()
+
+    credentials = {"app_id": APP_ID, "key": APP_KEY, "secret": APP_SECRET, "events": ["socket_message"]}
+    with trio.fail_after(20):
+        async with open_pipe(url, **credentials) as staying:
+            staying.sockets.on("event:n", on_n)
+            async with open_pipe(url, **credentials) as leaving:
+                session = leaving.session
+                assert session in hub.sessions
+            assert session not in hub.sessions and set(hub.sessions) == {staying.session}
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("n", {"n": 1})
+                await arrived.wait()
+    assert got == [1]
+
+
+async def test_keep_session_keeps_it_for_a_restart_that_resumes(relay_server: RelayServer) -> None:
+    """With keep_session, a clean exit keeps the session for the grace; a new process resumes it and gets what queued."""
+    url = url_of(relay_server)
+    hub = relay_server.relay.state_of(APP_ID).hub
+    credentials = {"app_id": APP_ID, "key": APP_KEY, "secret": APP_SECRET, "events": ["socket_message"]}
+    got: list[int] = []
+    arrived = trio.Event()
+
+    def on_n(socket_id: str, data: Any) -> None:
+        got.append(data["n"])
+        arrived.set()
+
+    with trio.fail_after(20):
+        async with connect(url, APP_KEY) as client:
+            async with open_pipe(url, keep_session=True, **credentials) as first:
+                first.sockets.on("event:n", on_n)
+                await client.send_event("n", {"n": 1})
+                await arrived.wait()
+                session = first.session
+            saved = (session, first.last_seq)
+            assert session in hub.sessions and hub.sessions[session].pipe is None  # in its grace
+            arrived = trio.Event()
+            await client.send_event("n", {"n": 2})  # queues for the session meanwhile
+            await client.ping()
+            async with open_pipe(url, keep_session=True, resume=saved, **credentials) as again:
+                assert again.session == session and again.core.resumed
+                again.sockets.on("event:n", on_n)
+                await arrived.wait()
+    assert got == [1, 2]

@@ -157,7 +157,7 @@ def test_buffered_events_age_out_and_are_counted() -> None:
     hub = h.relay.state_of("1").hub
     assert len(hub.groups["default"].buffer) == 2
     h.tick(30)
-    assert hub.groups["default"].buffer == type(hub.groups["default"].buffer)()
+    assert not hub.groups["default"].buffer
     assert hub.groups["default"].unreported == 2
 
 
@@ -233,3 +233,142 @@ def test_status_counts_per_group() -> None:
         "redelivered": 0,
         "dropped": 0,
     }
+
+
+def test_drops_are_reported_to_the_live_member_at_once_and_add_up() -> None:
+    """Group of two, one leaves (grace), the other stays and keeps up: every drop reaches it as a gap, exactly."""
+    a = app(window=5, buffer_events=20, resume_grace=10.0)
+    h = Harness([a])
+    gone, live = member(h, a), member(h, a)
+    sockets = [h.open_socket()[0] for _ in range(10)]
+    h.relay.pipe_closed(gone, h.now)
+    got: list[dict[str, Any]] = []
+
+    def take(out: list[Any]) -> None:
+        new = notices(out, live)
+        while new:
+            got.extend(new)
+            _, more = h.call(live, "ack", {"seq": max(n["seq"] for n in got)}, reply=False)
+            new = notices(more, live)
+
+    produced = 0
+    for _ in range(10):
+        for sock in sockets:
+            take(h.socket_send(sock, "msg", {"n": produced}))
+            produced += 1
+    gaps_in_grace = sum(n["data"]["dropped"] for n in got if n["event"] == "gap")
+    assert gaps_in_grace > 0  # told while the other member's grace runs, not after
+    take(h.tick(10.1))  # the grace ends: what waited for the gone member moves here
+    messages = {n["data"]["data"]["n"] for n in got if n["event"] == "socket_message"}
+    dropped = sum(n["data"]["dropped"] for n in got if n["event"] == "gap")
+    assert len(messages) + dropped == produced
+    assert dropped == h.relay.stats()["apps"]["1"]["pipe"]["groups"]["default"]["dropped"]
+
+
+def test_a_resumed_session_hears_of_drops_no_live_member_could() -> None:
+    """With nobody connected, drops wait for the next member to connect, a resuming one included."""
+    a = app(buffer_events=3)
+    h = Harness([a])
+    pipe = member(h, a)
+    session = h.relay.state_of("1").hub.by_pipe[pipe].id
+    sock, _ = h.open_socket()
+    h.relay.pipe_closed(pipe, h.now)
+    send_all(h, [sock], 5)
+    again, out = h.open_pipe(a, session=session, last_seq=0)
+    established, gap = notices(out, again)[:2]
+    assert established["data"]["resumed"] is True and established["data"]["gap"] == 2
+    assert gap["data"] == {"dropped": 2}
+
+
+def test_leave_ends_the_session_at_once_and_moves_its_events() -> None:
+    """leave replies {}, closes the pipe with 1000 and hands its sockets to the others without the grace."""
+    from pipe_proto import Close
+
+    a = app(window=3)
+    h = Harness([a])
+    leaving, staying = member(h, a), member(h, a)
+    hub = h.relay.state_of("1").hub
+    session = hub.by_pipe[leaving].id
+    sockets = [h.open_socket()[0] for _ in range(10)]
+    h.now += 1  # membership settled before the messages: moving them later keeps their order
+
+    def take(out: list[Any]) -> list[dict[str, Any]]:
+        """What `staying` gets, acking everything until nothing more comes."""
+        got = new = messages(out, staying)
+        while new:
+            _, more = h.call(staying, "ack", {"seq": new[-1]["seq"]}, reply=False)
+            new = messages(more, staying)
+            got = got + new
+        return got
+
+    out = send_all(h, sockets, 2)
+    take(out)
+    in_flight = [n["data"]["data"]["n"] for n in messages(out, leaving)]
+    theirs = {n["data"]["socket_id"] for n in messages(out, leaving)}
+    waiting = len(hub.sessions[session].waiting)
+    assert len(in_flight) == 3 and waiting
+    reply, out = h.call(leaving, "leave")
+    assert reply["result"] == {} and reply["error"] is None
+    assert out[-1] == Close(leaving, 1000, "left the group")
+    assert session not in hub.sessions and leaving not in hub.by_pipe
+    moved = [(n["data"]["data"]["n"], n.get("redelivered", False)) for n in take(out)]
+    # What it had been sent comes marked; what it had never seen is not.
+    assert [n for n, marked in moved if marked] == in_flight
+    assert len([n for n, marked in moved if not marked]) == waiting
+    later = take(send_all(h, sockets, 1))  # every socket is here now, nothing waits for a grace
+    assert {n["data"]["socket_id"] for n in later} == set(sockets) and theirs
+    assert h.relay.pipe_closed(leaving, h.now) == []
+
+
+def test_leave_cannot_be_batched_and_works_for_0_2() -> None:
+    """leave inside a batch is refused (4220); a 0.2 pipe may leave too."""
+    from pipe_proto import Close
+
+    h = Harness([app()])
+    pipe = member(h, app())
+    reply, _ = h.call(pipe, "batch", {"calls": [{"method": "leave", "params": {}}]})
+    assert reply["result"][0]["error"]["code"] == 4220
+    assert pipe in h.relay.state_of("1").hub.by_pipe
+    legacy, _ = h.open_pipe(app(), version="0.2")
+    reply, out = h.call(legacy, "leave")
+    assert reply["result"] == {} and Close(legacy, 1000, "left the group") in out
+
+
+def test_in_flight_bytes_are_bounded_by_window_bytes() -> None:
+    """A member gets no more events while what it holds unacked reaches window_bytes (one always goes)."""
+    a = app(window=100, window_bytes=1)
+    h = Harness([a])
+    pipe = member(h, a)
+    sock, _ = h.open_socket()
+    out = send_all(h, [sock], 3)
+    assert [n["seq"] for n in messages(out, pipe)] == [1]
+    _, out = h.call(pipe, "ack", {"seq": 1}, reply=False)
+    assert [n["seq"] for n in messages(out, pipe)] == [2]
+
+
+def test_pending_bytes_count_the_text_held_and_its_records() -> None:
+    """An unsent event counts its notification data as JSON text plus a fixed overhead for its records."""
+    from pipe_proto.relay.pipes import EVENT_OVERHEAD
+
+    a = app(window=1)
+    h = Harness([a])
+    member(h, a)
+    sock, _ = h.open_socket()
+    send_all(h, [sock], 2)  # the first is in flight, the second waits
+    data = {"socket_id": sock, "event": "msg", "data": {"n": 1}}
+    group = h.relay.state_of("1").hub.groups["default"]
+    assert group.pending_bytes == len(json.dumps(data, separators=(",", ":"))) + EVENT_OVERHEAD
+
+
+def test_drops_are_told_to_a_member_that_takes_that_type_not_to_one_that_only_sends() -> None:
+    """A pipe of the group subscribed to nothing (it only sends) is not the one told of lost messages."""
+    a = app(window=100, buffer_events=5)
+    h = Harness([a])
+    sender, _ = h.open_pipe(a)  # first in the group, subscribed to nothing
+    gone, worker = member(h, a), member(h, a)
+    sockets = [h.open_socket()[0] for _ in range(10)]
+    h.relay.pipe_closed(gone, h.now)
+    out = send_all(h, sockets, 3)
+    gaps = [n for n in notices(out, worker) if n["event"] == "gap"]
+    assert gaps and notices(out, sender) == []
+    assert sum(n["data"]["dropped"] for n in gaps) == h.relay.state_of("1").hub.dropped

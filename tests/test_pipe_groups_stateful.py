@@ -9,6 +9,8 @@ resume and time out, on a fake clock. After every step:
 * a session sees each seq at most with one message (replays repeat it);
 * per socket, the unmarked (not ``redelivered``) messages a session gets are
   in the order the socket sent them;
+* every drop is reported exactly once: acked ``gap`` reports, unacked ones
+  and drops not yet reported add up to the relay's count;
 * no session has more than ``window`` messages in flight;
 * the relay holds at most ``buffer_events`` unsent messages per group.
 """
@@ -38,6 +40,7 @@ APP = App(
 class SessionModel:
     def __init__(self) -> None:
         self.by_seq: dict[int, int] = {}
+        self.gaps: dict[int, int] = {}
         self.acked = 0
         self.last_plain: dict[str, int] = {}
 
@@ -52,6 +55,7 @@ class GroupMachine(RuleBasedStateMachine):
         self.sessions: dict[str, SessionModel] = {}
         self.produced: set[int] = set()
         self.acked: set[int] = set()
+        self.gaps_acked = 0
         self.counter = 0
 
     # ------------------------------------------------------------ plumbing
@@ -83,6 +87,8 @@ class GroupMachine(RuleBasedStateMachine):
                 n = result["data"]["data"]["n"] if result["event"] == "socket_message" else -seq
                 replay = seq in model.by_seq
                 assert model.by_seq.setdefault(seq, n) == n, "one seq, two messages"
+                if result["event"] == "gap":
+                    model.gaps[seq] = result["data"]["dropped"]
                 if result["event"] == "socket_message" and not result.get("redelivered") and not replay:
                     sock = result["data"]["socket_id"]
                     assert model.last_plain.get(sock, -1) <= n, "unmarked messages out of order"
@@ -151,6 +157,8 @@ class GroupMachine(RuleBasedStateMachine):
             n = model.by_seq.get(s)
             if s in in_flight and n is not None and n > 0:
                 self.acked.add(n)
+            if s in in_flight:
+                self.gaps_acked += model.gaps.get(s, 0)
         model.acked = seq
         _, out = self.h.call(pipe, "ack", {"seq": seq}, reply=False)
         self.route(out)
@@ -161,6 +169,14 @@ class GroupMachine(RuleBasedStateMachine):
         pipe = sorted(self.pipes)[index % len(self.pipes)]
         del self.pipes[pipe]
         self.route(self.h.relay.pipe_closed(pipe, self.h.now))
+
+    @precondition(lambda self: self.pipes)
+    @rule(index=st.integers(0, 2))
+    def leave(self, index: int) -> None:
+        pipe = sorted(self.pipes)[index % len(self.pipes)]
+        del self.pipes[pipe]
+        _, out = self.h.call(pipe, "leave")
+        self.route(out)
 
     @precondition(lambda self: any(s.pipe is None for s in self.hub.sessions.values()))
     @rule(data=st.data())
@@ -184,7 +200,7 @@ class GroupMachine(RuleBasedStateMachine):
             for queue in queues:
                 for pending in queue:
                     if pending.event.type == "socket_message":
-                        items.append(pending.event.notice.data["n"])
+                        items.append(json.loads(pending.event.text)["data"]["n"])
         return items
 
     @invariant()
@@ -194,6 +210,15 @@ class GroupMachine(RuleBasedStateMachine):
         assert not (set(held) & self.acked), "an acked message is still held"
         assert set(held) | self.acked <= self.produced
         assert len(self.produced) == len(self.acked) + len(held) + self.hub.dropped
+
+    @invariant()
+    def drops_add_up(self) -> None:
+        in_flight = sum(
+            p.event.dropped for s in self.hub.sessions.values() for p in (*s.inflight, *s.replay) if p.event.type == "gap"
+        )
+        unreported = sum(g.unreported for g in self.hub.groups.values())
+        unreported += sum(s.unreported for s in self.hub.sessions.values())
+        assert self.gaps_acked + in_flight + unreported == self.hub.dropped
 
     @invariant()
     def windows_and_bounds(self) -> None:

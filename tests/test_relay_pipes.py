@@ -188,7 +188,7 @@ def test_0_2_pipe_cannot_subscribe_to_1_0_types() -> None:
 
 
 def test_channel_existence_and_presence_notifications() -> None:
-    """1.0 pipes see channels occupied/vacated and members added/removed."""
+    """1.0 pipes see channels occupied/vacated and members added/removed (departures 3 s later)."""
     h = Harness()
     pipe, _ = h.open_pipe()
     h.call(pipe, "subscribe", {"events": ["channel_existence", "presence"]})
@@ -200,7 +200,8 @@ def test_channel_existence_and_presence_notifications() -> None:
         ("channel_occupied", {"channel": "presence-room"}),
         ("member_added", {"channel": "presence-room", "user_id": "u1", "user_info": {"n": 1}}),
     ]
-    out = h.relay.socket_closed(sock, h.now)
+    assert notices(h.relay.socket_closed(sock, h.now), pipe) == []
+    out = h.tick(3.0)
     assert [(n["event"], n["data"]) for n in notices(out, pipe)] == [
         ("member_removed", {"channel": "presence-room", "user_id": "u1"}),
         ("channel_vacated", {"channel": "presence-room"}),
@@ -377,6 +378,7 @@ def test_batch_applies_calls_in_order_and_reports_each() -> None:
     assert results[2]["error"]["code"] == 4221
     assert results[3] == {"result": {"delivered": 1}, "error": None}
     assert [json.loads(t)["event"] for t in texts_for(out, sock)] == ["a", "c"]
+    assert frames_for(out, pipe) == [reply]  # its failures are in the reply, not also notified
 
 
 def test_batch_without_id_reports_only_its_failures() -> None:

@@ -32,6 +32,7 @@ from .events import (
     ErrorReply,
     Established,
     Gap,
+    Leave,
     MemberAdded,
     MemberRemoved,
     Notice,
@@ -175,8 +176,8 @@ def _batch(p: dict[str, Any]) -> Batch:
             if not isinstance(item, dict):
                 raise _Malformed("each call must be an object")
             method = item.get("method")
-            if method == "batch":
-                raise _Malformed("a batch cannot contain a batch")
+            if method in ("batch", "leave"):
+                raise _Malformed(f"a batch cannot contain a {method}")
             parsed.append(_call(method, item.get("params", {})))
         except _Malformed as exc:
             parsed.append(CallError(code=PipeCode.MALFORMED_REQUEST, message=str(exc)))
@@ -207,6 +208,7 @@ _CALLS: dict[str, Callable[[dict[str, Any]], PipeCall]] = {
     "ack": _ack,
     "batch": _batch,
     "ping": lambda p: PingCall(),
+    "leave": lambda p: Leave(),
 }
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "ErrorReply",
     "Established",
     "Gap",
+    "Leave",
     "MemberAdded",
     "MemberRemoved",
     "Notice",
@@ -180,6 +181,13 @@ class Batch(PipeCall):
 
     method = "batch"
     calls: tuple[PipeCall | CallError, ...] = attrs.field(converter=_calls)
+
+
+@attrs.frozen
+class Leave(PipeCall):
+    """``leave`` (1.0): end this member's session now; its sockets move to the others without a grace."""
+
+    method = "leave"
 
 
 @attrs.frozen

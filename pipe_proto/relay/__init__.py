@@ -1,7 +1,7 @@
 """The relay core: every decision about apps, sockets, channels and pipes."""
 
 from .authorization import Allow, AskPipe, Member, Refuse, SignedInUser
-from .outputs import Close, Output, Probe, Send, WebhookEvent
+from .outputs import Close, Failure, Output, Probe, Send, WebhookEvent
 from .relay import SUPPORTED_PROTOCOLS, Relay
 from .state import SocketDetails
 
@@ -10,6 +10,7 @@ __all__ = [
     "Allow",
     "AskPipe",
     "Close",
+    "Failure",
     "Member",
     "Output",
     "Probe",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Close", "Output", "Probe", "Send", "WebhookEvent"]
+__all__ = ["Close", "ClusterCall", "Failure", "Output", "Probe", "Send", "WebhookEvent"]
 
 
 class Send(NamedTuple):
@@ -50,4 +50,28 @@ class WebhookEvent(NamedTuple):
     event: dict[str, Any]
 
 
-Output = Send | Close | Probe | WebhookEvent
+class Failure(NamedTuple):
+    """Handling an input raised ``error`` (a bug): the adapter logs it.
+
+    Nothing the input had queued is returned, and ``target``, the connection
+    whose input it was (``None`` for inputs of no connection), is closed
+    with 1011 by the :class:`Close` that follows.
+    """
+
+    target: str | None
+    error: Exception
+
+
+class ClusterCall(NamedTuple):
+    """Run the cluster's script (:mod:`pipe_proto.cluster.script`) with ``args``.
+
+    Only a node of a cluster emits these. Calls must reach Redis in the
+    order they were emitted. With a ``token``, what the call returns goes
+    back to the relay through ``Relay.cluster_result(token, result, now)``.
+    """
+
+    args: tuple[str, ...]
+    token: int | None = None
+
+
+Output = Send | Close | Probe | WebhookEvent | Failure | ClusterCall

@@ -1,7 +1,7 @@
 """The relay's records: sockets, channels, members, pipes, apps.
 
 Plain slotted classes, no behaviour beyond bookkeeping; the rules live in
-:mod:`pipe_proto.relay.relay`. They are kept small on purpose: a relay holds
+the modules of :mod:`pipe_proto.relay` named after each concept. They are kept small on purpose: a relay holds
 tens of thousands of sockets, and a socket's record is what it costs.
 """
 
@@ -55,6 +55,7 @@ class Socket:
         "conn",
         "details",
         "id",
+        "subscribe_full_at",
         "user",
     )
 
@@ -71,6 +72,8 @@ class Socket:
         self.client_count = 0
         self.back_window = 0.0
         self.back_count = 0
+        #: When its subscribe allowance is whole again (see Relay._may_subscribe).
+        self.subscribe_full_at = 0.0
         #: Where the socket came from (see :meth:`describe`).
         self.details = details
         #: Pending pipe authorizations (request ids), ``None`` when there are none.
@@ -104,12 +107,15 @@ class PresenceMember:
 class Channel:
     """An occupied channel (a channel with no subscriber has no record)."""
 
-    __slots__ = ("members", "miss_reported", "name", "sockets", "type")
+    __slots__ = ("joining", "members", "miss_reported", "name", "sockets", "type")
 
     def __init__(self, name: str, type: ChannelType, presence: bool) -> None:
         self.name = name
         self.type = type
+        #: This relay's sockets that have joined (they receive its events).
         self.sockets: set[str] = set()
+        #: Sockets whose join the directory has not answered yet.
+        self.joining = 0
         self.members: dict[str, PresenceMember] | None = {} if presence else None
         #: A cache channel's ``cache_miss`` webhook went out, and nothing was
         #: published since: further misses are not reported again.

@@ -9,13 +9,19 @@ members connected, pending, in flight, delivered, redelivered and dropped.
 the status, the JSON body, and the relay's outputs to carry out (deliveries
 of triggered events, closes of terminated sockets). It never raises for any
 input: every failure is a 4xx with ``{"error": message}``.
+
+Questions about the whole deployment (counts, members, the cache) go to the
+relay's directory; in a cluster their answer may need a Redis call first, so
+:func:`handle` may return a :class:`~pipe_proto.relay.directory.Pending`:
+the adapter runs its ``call`` and passes the result to ``resume``, until a
+:class:`RestResponse` comes.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import attrs
@@ -29,11 +35,12 @@ from ..names import (
     socket_id_error,
     user_id_error,
 )
+from ..relay.directory import Answer, ChannelFacts, Pending
 from ..relay.outputs import Output
 from ..relay.relay import Relay
 from .auth import authenticate
 
-__all__ = ["MAX_BODY_BYTES", "RestResponse", "handle"]
+__all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
 
 #: Bodies larger than this are refused (413) before they are read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -64,9 +71,40 @@ def _error(status: int, message: str) -> RestResponse:
     return RestResponse(status=status, body={"error": message})
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def then(answer: Answer[T], use: Callable[[T], Answer[U]]) -> Answer[U]:
+    """``use(value)`` once ``answer`` has its value: at once, or after its cluster call."""
+    if isinstance(answer, Pending):
+        return Pending(answer.call, lambda result: then(answer.resume(result), use))
+    return use(answer)
+
+
+def _gather(answers: list[Answer[T]]) -> Answer[list[T]]:
+    """All of ``answers``, in order, one cluster call at a time."""
+    values: list[T] = []
+
+    def step(index: int) -> Answer[list[T]]:
+        while index < len(answers):
+            answer = answers[index]
+            if isinstance(answer, Pending):
+                def keep(value: T, at: int = index) -> Answer[list[T]]:
+                    values.append(value)
+                    return step(at + 1)
+
+                return then(answer, keep)
+            values.append(answer)
+            index += 1
+        return values
+
+    return step(0)
+
+
 def handle(
     relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
-) -> RestResponse:
+) -> Answer[RestResponse]:
     """Answer one REST request.
 
     Args:
@@ -85,7 +123,7 @@ def handle(
 
 def _handle(
     relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
-) -> RestResponse:
+) -> Answer[RestResponse]:
     terminate = _USERS_TERMINATE.fullmatch(path)
     if terminate is not None:
         # The Python SDK posts here without /apps/{id} (pusher-channels.md 9.6).
@@ -209,28 +247,32 @@ class _Event:
         self.info = _info(item.get("info"))
 
 
-def _attributes(relay: Relay, app_id: str, channel: str, info: list[str]) -> dict[str, Any]:
-    state = relay.state_of(app_id)
-    assert state is not None
-    found = state.channels.get(channel)
+def _attributes(facts: ChannelFacts, channel: str, info: list[str]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     if "user_count" in info and channel_type(channel).kind is ChannelKind.PRESENCE:
-        attributes["user_count"] = len(found.members or {}) if found else 0
+        attributes["user_count"] = facts.users
     if "subscription_count" in info:
-        attributes["subscription_count"] = len(found.sockets) if found else 0
+        attributes["subscription_count"] = facts.subscriptions
     return attributes
 
 
-def _trigger(relay: Relay, app_id: str, item: dict[str, Any], now: float) -> RestResponse:
+def _trigger(relay: Relay, app_id: str, item: dict[str, Any], now: float) -> Answer[RestResponse]:
     event = _Event(item, relay, app_id, batch=False)
     outputs = relay.publish(app_id, event.channels, event.name, event.data, event.exclude, now)
-    body: dict[str, Any] = {}
-    if event.info:
-        body["channels"] = {c: _attributes(relay, app_id, c, event.info) for c in event.channels}
-    return RestResponse(status=200, body=body, outputs=outputs)
+    if not event.info:
+        return RestResponse(status=200, body={}, outputs=outputs)
+    info, channels = event.info, event.channels
+    return then(
+        _gather([relay.channel_facts(app_id, c, now) for c in channels]),
+        lambda facts: RestResponse(
+            status=200,
+            body={"channels": {c: _attributes(f, c, info) for f, c in zip(facts, channels, strict=True)}},
+            outputs=outputs,
+        ),
+    )
 
 
-def _batch(relay: Relay, app_id: str, body: dict[str, Any], now: float) -> RestResponse:
+def _batch(relay: Relay, app_id: str, body: dict[str, Any], now: float) -> Answer[RestResponse]:
     app = relay.apps.by_id(app_id)
     assert app is not None
     items = body.get("batch")
@@ -251,11 +293,18 @@ def _batch(relay: Relay, app_id: str, body: dict[str, Any], now: float) -> RestR
         outputs.extend(relay.publish(app_id, event.channels, event.name, event.data, event.exclude, now))
     if not any(e.info for e in events):
         return RestResponse(status=200, body={}, outputs=outputs)
-    attributes = [_attributes(relay, app_id, e.channels[0], e.info) for e in events]
-    return RestResponse(status=200, body={"batch": attributes}, outputs=outputs)
+    answers = [relay.channel_facts(app_id, e.channels[0], now) for e in events]
+    return then(
+        _gather(answers),
+        lambda facts: RestResponse(
+            status=200,
+            body={"batch": [_attributes(f, e.channels[0], e.info) for f, e in zip(facts, events, strict=True)]},
+            outputs=outputs,
+        ),
+    )
 
 
-def _channels(relay: Relay, app_id: str, query: Mapping[str, str]) -> RestResponse:
+def _channels(relay: Relay, app_id: str, query: Mapping[str, str]) -> Answer[RestResponse]:
     prefix = query.get("filter_by_prefix", "")
     info = _info(query.get("info"))
     unknown = set(info) - {"user_count", "subscription_count"}
@@ -263,14 +312,15 @@ def _channels(relay: Relay, app_id: str, query: Mapping[str, str]) -> RestRespon
         raise _Fail(400, f"Unknown info attribute(s): {', '.join(sorted(unknown))}")
     if "user_count" in info and not prefix.startswith("presence-"):
         raise _Fail(400, "info=user_count needs filter_by_prefix starting with presence-")
-    state = relay.state_of(app_id)
-    assert state is not None
-    channels = {
-        name: _attributes(relay, app_id, name, info)
-        for name in state.channels
-        if name.startswith(prefix)
-    }
-    return RestResponse(status=200, body={"channels": channels})
+
+    def answer(found: dict[str, tuple[int, int]]) -> RestResponse:
+        channels = {
+            name: _attributes(ChannelFacts(subscriptions, users, None), name, info)
+            for name, (subscriptions, users) in found.items()
+        }
+        return RestResponse(status=200, body={"channels": channels})
+
+    return then(relay.channels_facts(app_id, prefix, "user_count" in info), answer)
 
 
 def _valid_channel(relay: Relay, app_id: str, channel: str) -> None:
@@ -281,7 +331,7 @@ def _valid_channel(relay: Relay, app_id: str, channel: str) -> None:
         raise _Fail(400, problem)
 
 
-def _channel(relay: Relay, app_id: str, channel: str, query: Mapping[str, str], now: float) -> RestResponse:
+def _channel(relay: Relay, app_id: str, channel: str, query: Mapping[str, str], now: float) -> Answer[RestResponse]:
     _valid_channel(relay, app_id, channel)
     info = _info(query.get("info"))
     unknown = set(info) - {"user_count", "subscription_count", "cache"}
@@ -290,25 +340,23 @@ def _channel(relay: Relay, app_id: str, channel: str, query: Mapping[str, str], 
     ctype = channel_type(channel)
     if "user_count" in info and ctype.kind is not ChannelKind.PRESENCE:
         raise _Fail(400, "info=user_count is only for presence channels")
-    state = relay.state_of(app_id)
-    assert state is not None
-    body: dict[str, Any] = {"occupied": channel in state.channels}
-    body.update(_attributes(relay, app_id, channel, info))
-    if "cache" in info:
-        cached = relay.cached_event(app_id, channel, now) if ctype.cached else None
-        body["cache"] = None if cached is None else {
-            "data": cached.data,
-            "ttl": max(0, int(cached.expires - now)),
-        }
-    return RestResponse(status=200, body=body)
+
+    def answer(facts: ChannelFacts) -> RestResponse:
+        body: dict[str, Any] = {"occupied": facts.subscriptions > 0}
+        body.update(_attributes(facts, channel, info))
+        if "cache" in info:
+            cached = facts.cached
+            body["cache"] = None if cached is None else {"data": cached.data, "ttl": max(0, int(cached.expires - now))}
+        return RestResponse(status=200, body=body)
+
+    return then(relay.channel_facts(app_id, channel, now), answer)
 
 
-def _users(relay: Relay, app_id: str, channel: str) -> RestResponse:
+def _users(relay: Relay, app_id: str, channel: str) -> Answer[RestResponse]:
     _valid_channel(relay, app_id, channel)
     if channel_type(channel).kind is not ChannelKind.PRESENCE:
         raise _Fail(400, "users is only for presence channels")
-    state = relay.state_of(app_id)
-    assert state is not None
-    found = state.channels.get(channel)
-    members = found.members or {} if found else {}
-    return RestResponse(status=200, body={"users": [{"id": str(m.user_id)} for m in members.values()]})
+    return then(
+        relay.channel_users(app_id, channel),
+        lambda users: RestResponse(status=200, body={"users": [{"id": user} for user in users]}),
+    )

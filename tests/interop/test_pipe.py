@@ -11,9 +11,15 @@ import trio
 from pipe_proto.pipe import AuthRequest, pipe_url
 from pipe_trio import AuthAnswer, PipeError, PipeRefusedError, RelayServer, open_pipe
 from tests.interop.node import AuthServer, open_driver
-from tests.support import APP_ID, APP_KEY, APP_SECRET, url_of
+from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
 pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+async def relay_server(nursery: trio.Nursery) -> RelayServer:
+    """One relay: these tests run against a cluster once pipes see the whole cluster."""
+    return await start_relay(nursery)
 
 
 def config_2011(server: RelayServer) -> dict[str, Any]:

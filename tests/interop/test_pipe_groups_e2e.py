@@ -58,6 +58,11 @@ class Worker:
                 rows.append((int(n), sock, int(seq), redelivered == "1", int(acked)))
         return rows
 
+    def saved(self) -> int:
+        """The last seq the process saved to its state file (0: none yet)."""
+        seqs = [int(line.split()[1]) for line in self.lines.lines if line.startswith("S ")]
+        return seqs[-1] if seqs else 0
+
     def gaps(self) -> list[int]:
         return [int(line.split()[1]) for line in self.lines.lines if line.startswith("G ")]
 
@@ -196,7 +201,8 @@ async def test_messages_wait_for_an_absent_pipe_and_drops_are_reported_exactly(n
         worker = await f.start("w")
         await senders(js, f.server, 1)
         await send(js, 1, 10, 0)
-        await f.until(lambda: len(worker.processed()) == 10)
+        # Killed once all ten are processed and saved: the restart resumes after them.
+        await f.until(lambda: len(worker.processed()) == 10 and worker.saved() == 10)
         worker.lines.process.send_signal(signal.SIGKILL)
         await worker.lines.process.wait()
         await send(js, 1, 150, 10)

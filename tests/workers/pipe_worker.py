@@ -6,8 +6,9 @@ Prints ``READY <session> resumed=<bool>`` once connected, ``G <dropped> <seq>``
 for a gap report, and one line per processed message:
 ``P <n> <socket_id> <seq> <redelivered 0|1> <acked_seq>``, where
 ``acked_seq`` is what had been acked to the relay before this message. After
-each message it saves ``session last_seq`` to STATE_FILE; started again with
-that file present, it resumes the session (pipe-protocol.md 6).
+each message it saves ``session last_seq`` to STATE_FILE, then prints
+``S <seq>``; started again with that file present, it resumes the session
+(pipe-protocol.md 6).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def save_state(state_file: str, session: str, seq: int) -> None:
 
 async def main(url: str, app_id: str, key: str, secret: str, group: str, state_file: str) -> None:
     resume = saved_state(state_file)
-    async with open_pipe(url, app_id=app_id, key=key, secret=secret, group=group, events=["socket_message"], resume=resume) as pipe:
+    # It saves its session to resume it after a restart: a clean exit must not leave the group.
+    async with open_pipe(
+        url, app_id=app_id, key=key, secret=secret, group=group, events=["socket_message"], resume=resume,
+        keep_session=True,
+    ) as pipe:
         print(f"READY {pipe.session} resumed={pipe.core.resumed}", flush=True)
         async for note in pipe.events(meta=True):
             message = note.notice
@@ -51,6 +56,7 @@ async def main(url: str, app_id: str, key: str, secret: str, group: str, state_f
             print(f"P {message.data['n']} {message.socket_id} {note.seq} {int(note.redelivered)} {pipe.acked_seq}", flush=True)
             assert pipe.session is not None
             save_state(state_file, pipe.session, note.seq)
+            print(f"S {note.seq}", flush=True)
 
 
 if __name__ == "__main__":

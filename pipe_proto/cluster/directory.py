@@ -1,0 +1,595 @@
+"""A relay as one node of a cluster: the directory answered by Redis.
+
+Theory of operation (docs/cluster.md). Every node keeps the records of its
+own sockets, as a lone relay does, and shares through Redis what holds for
+the whole cluster: channel counts, presence members, signed-in users,
+connection counts, the last event of cache channels, and which nodes want
+which traffic. Every change goes through one Lua script
+(:mod:`.script`), called with :class:`~pipe_proto.relay.outputs.ClusterCall`
+outputs that the adapter sends to Redis in order; each node's own share of
+every count is kept apart so that another node can take it out again when
+this one dies.
+
+Each node has an inbox, a Redis pub/sub channel only it reads. The script
+publishes there what a node must act on: channel events published on other
+nodes (only to nodes with subscribers to that channel), presence frames and
+subscription counts, events and terminations for users, watchlist changes,
+and the answers to this node's own joins and sign-ins. Answers and events
+travel the same road, so a node sees them in the order Redis ran them: a
+socket's ``subscription_succeeded`` lists exactly the members whose
+``member_added`` it will not receive.
+
+Liveness: every node writes a heartbeat every :data:`BEAT` seconds and
+reaps nodes silent for :data:`DEAD_AFTER`: the reaping script removes a dead
+node's share in one step (its members leave, the channels it alone occupied
+are vacated), exactly once. Webhooks of departures wait
+:data:`~pipe_proto.webhooks.LEAVE_DELAY` and are confirmed against Redis, so
+that a return on any node cancels them, as on one relay.
+
+When Redis is unreachable a node keeps serving its own sockets from its own
+records (joins answered at once with the members it knows of); events for
+other nodes are lost and counted. When Redis is back the node resynchronises:
+its share in Redis is replaced by what its records say now, and the counts
+move by the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .. import _json
+from ..pusher.events import MemberAdded, MemberRemoved
+from ..relay.authorization import Member, Refuse, SignedInUser
+from ..relay.core import Core, frame
+from ..relay.directory import Answer, ChannelFacts, Joined, LocalDirectory, Pending
+from ..relay.outputs import ClusterCall
+from ..relay.state import AppState, Cached, Channel, PresenceMember, Socket
+from ..webhooks import LEAVE_DELAY
+
+if TYPE_CHECKING:
+    from ..relay.channels import Channels
+    from ..relay.sockets import Sockets
+    from ..relay.users import Users
+
+__all__ = ["BEAT", "DEAD_AFTER", "ClusterDirectory", "inbox"]
+
+#: Seconds between a node's heartbeats (and its look for dead nodes).
+BEAT = 2.0
+#: A node silent this long is dead: the others clean up after it.
+DEAD_AFTER = 10.0
+#: Fields of a node's share sent per resynchronising call.
+RESYNC_CHUNK = 200
+
+
+def inbox(prefix: str, node: str) -> str:
+    """The pub/sub channel a node reads its messages from."""
+    return f"{prefix}:n:{node}"
+
+
+class _Join(NamedTuple):
+    sock: Socket
+    channel: Channel
+    member: Member | None
+    #: Set when the socket left before the answer came: leave once it does.
+    leaving: list[bool]
+
+
+class ClusterDirectory:
+    """The :class:`~pipe_proto.relay.directory.Directory` of a cluster node.
+
+    Args:
+        core: the relay's records.
+        node: this node's id (unique in the cluster; letters and digits).
+        prefix: the cluster's name: every Redis key and channel starts with it.
+        beat: seconds between heartbeats.
+        dead_after: seconds of silence after which a node is reaped.
+    """
+
+    remote = True
+
+    def __init__(
+        self, core: Core, *, node: str, prefix: str = "pipe-relay", beat: float = BEAT, dead_after: float = DEAD_AFTER
+    ) -> None:
+        self.core = core
+        self._local = LocalDirectory(core)
+        self.node = node
+        self.prefix = prefix
+        self.beat = beat
+        self.dead_after = dead_after
+        #: Whether Redis is reachable (both the calls and the inbox).
+        self.connected = False
+        self._channels: Channels | None = None
+        self._users: Users | None = None
+        self._sockets: Sockets | None = None
+        self._token = 0
+        #: Answers awaited from the inbox or from a call's result, by token.
+        self._waiting: dict[int, Callable[[Any, float], None]] = {}
+        self._joins: dict[int, _Join] = {}
+        #: The latest join of a socket to a channel still waiting for its answer.
+        self._joining: dict[tuple[str, str], int] = {}
+        self._signins: dict[int, tuple[Socket, SignedInUser]] = {}
+        #: Sockets waiting to know whether they fit the app's connection limit.
+        self._admissions: dict[str, tuple[AppState, Callable[[bool, float], None]]] = {}
+        self._next_beat = math.inf
+        #: Departures whose webhooks wait: (due, app id, field, token).
+        self._departures: list[tuple[float, str, str, str]] = []
+        self.counters = {
+            "messages_in": 0,
+            "calls": 0,
+            "lost_while_down": 0,
+            "resyncs": 0,
+            "nodes_reaped": 0,
+            "outages": 0,
+        }
+
+    def bind(self, sockets: Sockets, channels: Channels, users: Users) -> None:
+        """Attach the rules the answers go to."""
+        self._sockets, self._channels, self._users = sockets, channels, users
+
+    @property
+    def inbox(self) -> str:
+        """This node's inbox channel."""
+        return inbox(self.prefix, self.node)
+
+    # ------------------------------------------------------------- calling
+
+    def _call(self, op: str, *args: str, answer: Callable[[Any, float], None] | None = None) -> int:
+        """Queue a call of the script; ``answer`` gets its result (or its inbox reply, by token)."""
+        token = 0
+        if answer is not None:
+            self._token += 1
+            token = self._token
+            self._waiting[token] = answer
+        self.counters["calls"] += 1
+        self.core.out.append(ClusterCall((op, self.prefix, self.node, *args), token or None))
+        return token
+
+    def _expect(self, answer: Callable[[Any, float], None]) -> str:
+        """A token for an answer that comes through the inbox."""
+        self._token += 1
+        self._waiting[self._token] = answer
+        return str(self._token)
+
+    def _ask(self, op: str, *args: str, parse: Callable[[Any], Any]) -> Pending[Any]:
+        """A question the REST API waits for: the adapter runs the call and resumes."""
+        return Pending(ClusterCall((op, self.prefix, self.node, *args)), parse)
+
+    def result(self, token: int, result: Any, now: float) -> None:
+        """The result of a call made with an answer."""
+        answer = self._waiting.pop(token, None)
+        if answer is not None:
+            answer(result, now)
+
+    # ------------------------------------------------------------- sockets
+
+    def admit(self, state: AppState, socket_id: str, now: float, answer: Callable[[bool, float], None]) -> None:
+        limit = state.app.limits.max_connections
+        if limit is None:
+            answer(True, now)
+            return
+        if not self.connected:
+            answer(state.socket_count < limit, now)
+            return
+
+        def admitted(reply: Any, now: float) -> None:
+            if self._admissions.pop(socket_id, None) is None:
+                # It went away meanwhile: give its place back.
+                if not reply.get("refused"):
+                    self._call("conn", state.app.id, "-1", "0")
+                return
+            answer(not reply.get("refused"), now)
+
+        self._admissions[socket_id] = (state, answer)
+        self._call("conn", state.app.id, "1", str(limit), self._expect(admitted))
+
+    def released(self, state: AppState, socket_id: str) -> None:
+        if state.app.limits.max_connections is not None and self.connected:
+            self._call("conn", state.app.id, "-1", "0")
+
+    def abandoned(self, socket_id: str) -> None:
+        self._admissions.pop(socket_id, None)
+
+    # ------------------------------------------------------------ channels
+
+    @staticmethod
+    def _counted(state: AppState, channel: Channel) -> str:
+        return "1" if state.app.features.subscription_count and channel.members is None else "0"
+
+    def join(self, state: AppState, channel: Channel, sock: Socket, member: Member | None, now: float) -> None:
+        assert self._channels is not None
+        if not self.connected:
+            self._add_member(channel, sock, member)
+            self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
+            return
+        join = _Join(sock, channel, member, [False])
+        token = self._expect(lambda reply, now: self._joined(number, reply, now))
+        number = int(token)
+        self._joins[number] = join
+        self._joining[sock.id, channel.name] = number
+        args = [state.app.id, channel.name, token, self._counted(state, channel), "1" if channel.type.cached else "0"]
+        if member is not None:
+            args += [member.key, *self._member_texts(channel.name, member.user_id, member.info)]
+            args.append(str(state.app.limits.max_presence_members))
+        self._call("join", *args)
+
+    @staticmethod
+    def _member_texts(channel: str, user_id: str | int, info: Any) -> tuple[str, str, str]:
+        """A member as the script keeps it: its entry in the list, its removal frame, its arrival frame."""
+        return (
+            _json.dumps([user_id, info]),
+            frame(MemberRemoved(channel=channel, user_id=user_id)),
+            frame(MemberAdded(channel=channel, user_id=user_id, user_info=info)),
+        )
+
+    @staticmethod
+    def _add_member(channel: Channel, sock: Socket, member: Member | None) -> None:
+        if member is None or channel.members is None:
+            return
+        known = channel.members.get(member.key)
+        if known is None:
+            channel.members[member.key] = PresenceMember(member, sock.id)
+        else:
+            known.sockets.add(sock.id)
+
+    @staticmethod
+    def _local_members(channel: Channel) -> list[tuple[str | int, Any]] | None:
+        if channel.members is None:
+            return None
+        return [(m.user_id, m.info) for m in channel.members.values()]
+
+    def _joined(self, token: int, reply: Any, now: float) -> None:
+        join = self._joins.pop(token, None)
+        if join is None:
+            return
+        assert self._channels is not None
+        sock, channel, member = join.sock, join.channel, join.member
+        if self._joining.get((sock.id, channel.name)) == token:
+            del self._joining[sock.id, channel.name]
+        state = sock.app
+        if reply.get("refused"):
+            if join.leaving[0]:
+                channel.joining -= 1
+                self._channels.forget_if_empty(state, channel)
+            else:
+                limit = state.app.limits.max_presence_members
+                full = Refuse("LimitReached", f"presence channel is full ({limit} members)", 413)
+                self._channels.join_refused(sock, channel, full)
+            return
+        self._transitions(reply.get("transitions") or [], now, member)
+        if join.leaving[0] or sock.id not in self.core.sockets:
+            # It left before the answer: the join happened, so leave now.
+            channel.joining -= 1
+            self._call_leave(state, channel, member.key if member else None)
+            self._channels.forget_if_empty(state, channel)
+            return
+        self._add_member(channel, sock, member)
+        cached = None
+        if reply.get("cache") is not None:
+            value = reply["cache"]
+            cached = Cached(value["event"], value["data"], math.inf)
+        members = reply.get("members")
+        count = reply.get("count") if self._counted(state, channel) == "1" else None
+        joined = Joined(
+            members=None if members is None else [(m[0], m[1]) for m in members],
+            cached=cached,
+            miss_first=bool(reply.get("miss")),
+            subscription_count=count,
+        )
+        self._channels.joined(sock, channel, joined, now)
+
+    def leave(self, state: AppState, channel: Channel, sock: Socket, key: str | None, joined: bool, now: float) -> None:
+        if not joined:
+            token = self._joining.pop((sock.id, channel.name), None)
+            join = self._joins.get(token) if token is not None else None
+            if join is not None:
+                join.leaving[0] = True
+            return
+        if key is not None and channel.members is not None:
+            known = channel.members.get(key)
+            if known is not None:
+                known.sockets.discard(sock.id)
+                if not known.sockets:
+                    del channel.members[key]
+        if self.connected:
+            self._call_leave(state, channel, key)
+
+    def _call_leave(self, state: AppState, channel: Channel, key: str | None) -> None:
+        args = [state.app.id, channel.name, self._counted(state, channel)]
+        if key is not None:
+            args.append(key)
+
+        def left(result: Any, now: float) -> None:
+            reply = _json.loads(result)
+            self._transitions(reply["transitions"], now, None)
+            if state.webhooks.wants("subscription_count") and self._counted(state, channel) == "1":
+                state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=reply["count"])
+
+        self._call("leave", *args, answer=left)
+
+    def members(self, state: AppState, channel: Channel, sock: Socket, now: float) -> None:
+        assert self._channels is not None
+        if channel.members is None or not self.connected:
+            self._channels.joined_again(sock, channel, self._local_members(channel))
+            return
+
+        def answer(result: Any, now: float) -> None:
+            assert self._channels is not None
+            members = [tuple(_json.loads(m)) for m in result]
+            self._channels.joined_again(sock, channel, [(m[0], m[1]) for m in members])
+
+        self._call("members", state.app.id, channel.name, answer=answer)
+
+    def publish(
+        self, state: AppState, name: str, text: str, exclude: str | None, cached: Cached | None, now: float
+    ) -> None:
+        if not self.connected:
+            self.counters["lost_while_down"] += 1
+            return
+        args = [state.app.id, name, exclude or "-", text]
+        if cached is None:
+            args.append("0")
+        else:
+            ttl = max(1, int((cached.expires - now) * 1000))
+            args += [str(ttl), _json.dumps({"event": cached.event, "data": cached.data})]
+        self._call("pub", *args)
+
+    def cached(self, state: AppState, name: str, now: float) -> Answer[Cached | None]:
+        return self._ask("channel", state.app.id, name, parse=lambda r: self._facts(r, now).cached)
+
+    # --------------------------------------------------------------- users
+
+    def sign_in(self, state: AppState, sock: Socket, user: SignedInUser, now: float) -> None:
+        assert self._users is not None
+        users = self._users
+        if not self.connected:
+            online = [uid for uid in user.watchlist if uid in state.users]
+            users.watching(sock, user, online)
+            return
+        def answer(reply: Any, now: float) -> None:
+            self._signins.pop(number, None)
+            users.watching(sock, user, list(reply.get("online") or []))
+
+        token = self._expect(answer)
+        number = int(token)
+        self._signins[number] = (sock, user)
+        self._call("signin", state.app.id, user.id, token, *user.watchlist)
+
+    def sign_out(self, state: AppState, sock: Socket, user: SignedInUser, now: float) -> None:
+        if self.connected:
+            self._call("signout", state.app.id, user.id, *user.watchlist)
+
+    def to_user(self, state: AppState, user_id: str, text: str) -> None:
+        if self.connected:
+            self._call("touser", state.app.id, user_id, text)
+        else:
+            self.counters["lost_while_down"] += 1
+
+    def terminate(self, state: AppState, user_id: str) -> None:
+        if self.connected:
+            self._call("term", state.app.id, user_id)
+        else:
+            self.counters["lost_while_down"] += 1
+
+    # ---------------------------------------------------------------- REST
+
+    # Without Redis, this node's records answer, as a lone relay's would.
+
+    def channels(self, state: AppState, prefix: str, users: bool) -> Answer[dict[str, tuple[int, int]]]:
+        if not self.connected:
+            return self._local.channels(state, prefix, users)
+
+        def parse(result: Any) -> dict[str, tuple[int, int]]:
+            items = list(result)
+            return {
+                _text(items[i]): (int(items[i + 1]), int(items[i + 2])) for i in range(0, len(items), 3)
+            }
+
+        return self._ask("channels", state.app.id, prefix, "1" if users else "0", parse=parse)
+
+    def channel(self, state: AppState, name: str, now: float) -> Answer[ChannelFacts]:
+        if not self.connected:
+            return self._local.channel(state, name, now)
+        return self._ask("channel", state.app.id, name, parse=lambda r: self._facts(r, now))
+
+    @staticmethod
+    def _facts(result: Any, now: float) -> ChannelFacts:
+        count, users, cache, ttl = result
+        cached = None
+        if cache:
+            value = _json.loads(cache)
+            cached = Cached(value["event"], value["data"], now + max(0, int(ttl)) / 1000)
+        return ChannelFacts(int(count), int(users), cached)
+
+    def channel_users(self, state: AppState, name: str) -> Answer[list[str]]:
+        if not self.connected:
+            return self._local.channel_users(state, name)
+        return self._ask("users", state.app.id, name, parse=lambda r: [_text(u) for u in r])
+
+    # --------------------------------------------------------------- inbox
+
+    def message(self, data: bytes, now: float) -> None:
+        """A message from this node's inbox."""
+        self.counters["messages_in"] += 1
+        text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
+        head, _, body = text.partition("\n")
+        kind, _, rest = head.partition(" ")
+        if kind == "r":
+            answer = self._waiting.pop(int(rest), None)
+            if answer is not None:
+                answer(_json.loads(body), now)
+            return
+        words = rest.split(" ")
+        state = self.core.states.get(words[0])
+        if state is None:
+            return
+        assert self._channels is not None and self._users is not None
+        if kind in ("e", "m", "n"):
+            channel = state.channels.get(words[1])
+            if channel is not None and channel.sockets:
+                self._channels.deliver(channel, body, words[2] if kind == "e" and words[2] != "-" else None)
+        elif kind == "u":
+            self._users.deliver_to_user(state, words[1], body)
+        elif kind == "t":
+            self._users.terminate_here(state, words[1], now)
+        elif kind == "w":
+            self._users.went(state, words[1], online=words[2] == "online")
+
+    # --------------------------------------------------------- transitions
+
+    def _transitions(self, transitions: list[list[str]], now: float, member: Member | None) -> None:
+        """Webhooks and pipe notices for what a call changed in the cluster."""
+        assert self._channels is not None
+        rules = self._channels
+        for transition in transitions:
+            kind, rest = transition[0], transition[1:]
+            if kind == "reaped":
+                self.counters["nodes_reaped"] += 1
+                continue
+            state = self.core.states.get(rest[0])
+            if state is None:
+                continue
+            if kind == "occupied":
+                rules.occupied(state, rest[1], now)
+            elif kind == "added":
+                user_id: str | int = rest[2]
+                info = None
+                if member is not None and member.key == rest[2]:
+                    user_id, info = member.user_id, member.info
+                rules.member_added(state, rest[1], user_id, info, now)
+            elif kind in ("vacated", "removed"):
+                field = ("v|" + rest[1]) if kind == "vacated" else f"r|{rest[1]}|{rest[2]}"
+                self._departures.append((now + LEAVE_DELAY, rest[0], field, rest[-1]))
+            elif kind == "due":
+                self._departed(state, rest[1], now)
+            # "reoccupied" and "readded": back in time, nothing to tell.
+
+    def _departed(self, state: AppState, field: str, now: float) -> None:
+        assert self._channels is not None
+        kind, _, rest = field.partition("|")
+        if kind == "v":
+            self._channels.vacated(state, rest, now, confirmed=True)
+        else:
+            channel, _, user = rest.partition("|")
+            self._channels.member_removed(state, channel, user, None, now, confirmed=True)
+
+    # ---------------------------------------------------------------- time
+
+    def next_deadline(self) -> float:
+        deadline = self._next_beat
+        if self._departures:
+            deadline = min(deadline, self._departures[0][0])
+        return deadline
+
+    def tick(self, now: float) -> None:
+        while self._departures and self._departures[0][0] <= now:
+            _, app_id, field, token = self._departures.pop(0)
+            state = self.core.states.get(app_id)
+            if state is None or not self.connected:
+                continue
+
+            def confirmed(result: Any, now: float, state: AppState = state, field: str = field) -> None:
+                if int(result) == 1:
+                    self._departed(state, field, now)
+
+            self._call("confirm", app_id, field, token, answer=confirmed)
+        if now >= self._next_beat:
+            self._next_beat = now + self.beat
+            if self.connected:
+                self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        core = self.core
+        info = _json.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
+        self._call("beat", info)
+        apps = [app.id for app in core.apps]
+        self._call(
+            "reap",
+            str(int(self.dead_after * 1000)),
+            " ".join(self._counted_apps()),
+            " ".join(apps),
+            answer=lambda result, now: self._transitions(_json.loads(result), now, None),
+        )
+
+    def _counted_apps(self) -> list[str]:
+        return [app.id for app in self.core.apps if app.features.subscription_count]
+
+    # ------------------------------------------------------------- outages
+
+    def up(self, now: float) -> None:
+        """Redis is reachable (again): put this node's share right, then carry on."""
+        self.connected = True
+        self.counters["resyncs"] += 1
+        self._call("rs_begin")
+        counted = " ".join(self._counted_apps())
+        chunk: list[str] = []
+        on_result = lambda result, now: self._transitions(_json.loads(result), now, None)  # noqa: E731
+        for field in self._share():
+            chunk.extend(field)
+            if len(chunk) >= RESYNC_CHUNK * 5:
+                self._call("rs_add", counted, *chunk, answer=on_result)
+                chunk = []
+        if chunk:
+            self._call("rs_add", counted, *chunk, answer=on_result)
+        self._call("rs_end", counted, answer=on_result)
+        self._next_beat = now
+        self.tick(now)
+
+    def down(self, now: float) -> None:
+        """Redis is unreachable: answer what waits from this node's own records."""
+        if self.connected:
+            self.counters["outages"] += 1
+        self.connected = False
+        joins = list(self._joins.values())
+        signins = list(self._signins.values())
+        self._joins.clear()
+        self._joining.clear()
+        self._signins.clear()
+        self._waiting.clear()
+        self._departures.clear()
+        assert self._channels is not None
+        for join in joins:
+            sock, channel = join.sock, join.channel
+            if join.leaving[0] or sock.id not in self.core.sockets:
+                channel.joining -= 1
+                self._channels.forget_if_empty(sock.app, channel)
+                continue
+            self._add_member(channel, sock, join.member)
+            self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
+        # Admissions waiting: the records answer.
+        admissions = list(self._admissions.values())
+        self._admissions.clear()
+        for state, answer in admissions:
+            limit = state.app.limits.max_connections
+            answer(limit is None or state.socket_count < limit, now)
+        # Sign-ins waiting for their watchlist: the records answer.
+        assert self._users is not None
+        for sock, user in signins:
+            online = [uid for uid in user.watchlist if uid in sock.app.users]
+            self._users.watching(sock, user, online)
+
+    def _share(self) -> list[tuple[str, ...]]:
+        """This node's share of the cluster's counts, as its records say now."""
+        share: list[tuple[str, ...]] = []
+        for app_id, state in self.core.states.items():
+            for name, channel in state.channels.items():
+                if channel.sockets:
+                    share.append((f"s|{app_id}|{name}", str(len(channel.sockets)), "", "", ""))
+                for key, known in (channel.members or {}).items():
+                    texts = self._member_texts(name, known.user_id, known.info)
+                    share.append((f"m|{app_id}|{name}|{key}", str(len(known.sockets)), *texts))
+            for uid, sockets in state.users.items():
+                share.append((f"u|{app_id}|{uid}", str(len(sockets)), "", "", ""))
+            for uid, sockets in state.watchers.items():
+                share.append((f"w|{app_id}|{uid}", str(len(sockets)), "", "", ""))
+            if state.app.limits.max_connections is not None and state.socket_count:
+                share.append((f"c|{app_id}", str(state.socket_count), "", "", ""))
+        return share
+
+    def stats(self) -> dict[str, Any]:
+        return {"node": self.node, "connected": self.connected, **self.counters}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,174 @@
+"""A cluster node's core without Redis: the calls it makes, and what it does with answers and messages.
+
+Redis's side is played by hand: the tests read the ClusterCall outputs and feed inbox messages and call
+results back, as the adapter would.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+from pipe_proto import App, Features, Relay, Send, WebhookEvent, WebhookTarget
+from pipe_proto.cluster import ClusterDirectory
+from pipe_proto.relay.outputs import ClusterCall, Output
+from pipe_proto.signatures import channel_auth
+
+KEY, SECRET = "key", "secret"
+HOOK = "http://hooks/x"
+
+
+def node(**options: Any) -> Relay:
+    app = App(id="1", key=KEY, secret=SECRET, webhooks=[WebhookTarget(url=HOOK)], **options)
+    return Relay([app], id_base=100, directory=partial(ClusterDirectory, node="me", prefix="p"))
+
+
+def calls(out: list[Output]) -> list[tuple[str, ...]]:
+    """The script operations called, with their arguments after prefix and node."""
+    found = []
+    for item in out:
+        if isinstance(item, ClusterCall):
+            assert item.args[1:3] == ("p", "me")
+            found.append((item.args[0], *item.args[3:]))
+    return found
+
+
+def frames(out: list[Output], target: str) -> list[dict[str, Any]]:
+    return [json.loads(o.text) for o in out if isinstance(o, Send) and target in o.targets]
+
+
+def connected(relay: Relay) -> list[Output]:
+    return relay.cluster_up(0.0)
+
+
+def open_socket(relay: Relay, nonce: int) -> str:
+    socket_id, out = relay.open_socket(KEY, {"protocol": "7"}, 0.0, nonce=nonce)
+    assert [f["event"] for f in frames(out, socket_id)] == ["pusher:connection_established"]
+    return socket_id
+
+
+def subscribe(relay: Relay, socket_id: str, channel: str, **data: Any) -> list[Output]:
+    message = {"event": "pusher:subscribe", "data": {"channel": channel, **data}}
+    return relay.socket_message(socket_id, json.dumps(message), 0.0)
+
+
+def test_a_node_starts_by_putting_its_share_right_and_beating() -> None:
+    """cluster_up: resync (begin, end: nothing to add yet), a heartbeat and a look for dead nodes."""
+    relay = node()
+    assert [c[0] for c in calls(connected(relay))] == ["rs_begin", "rs_end", "beat", "reap"]
+
+
+def test_a_join_waits_for_its_answer_from_the_inbox() -> None:
+    """subscription_succeeded comes with the inbox answer, with the cluster's members; not before."""
+    relay = node()
+    connected(relay)
+    sid = open_socket(relay, 1)
+    data = json.dumps({"user_id": "u1", "user_info": {"n": 1}})
+    out = subscribe(relay, sid, "presence-room", auth=channel_auth(KEY, SECRET, sid, "presence-room", data), channel_data=data)
+    assert frames(out, sid) == []
+    (join,) = calls(out)
+    assert join[:2] == ("join", "1") and join[2] == "presence-room" and join[6] == "u1"
+    token = join[3]
+    # A member event that Redis ran before this join: the socket is not in yet, so it is not sent.
+    assert frames(relay.cluster_message(b'm 1 presence-room\n{"event":"x"}', 0.0), sid) == []
+    reply = {"count": 2, "members": [["u0", None], ["u1", {"n": 1}]], "cache": None, "miss": False,
+             "transitions": [["added", "1", "presence-room", "u1"]]}
+    out = relay.cluster_message(f"r {token}\n{json.dumps(reply)}".encode(), 0.0)
+    (succeeded,) = frames(out, sid)
+    assert succeeded["event"] == "pusher_internal:subscription_succeeded"
+    assert json.loads(succeeded["data"])["presence"]["ids"] == ["u0", "u1"]
+    hooks = [o.event for o in out if isinstance(o, WebhookEvent)]
+    assert hooks == [{"name": "member_added", "channel": "presence-room", "user_id": "u1"}]
+    # Events after the answer reach it.
+    assert frames(relay.cluster_message(b'm 1 presence-room\n{"event":"y"}', 0.0), sid) == [{"event": "y"}]
+
+
+def test_leaving_before_the_answer_leaves_once_the_join_happened() -> None:
+    """An unsubscribe while the join is in flight: nothing sent now; the leave follows the answer."""
+    relay = node()
+    connected(relay)
+    sid = open_socket(relay, 1)
+    (join,) = calls(subscribe(relay, sid, "news"))
+    out = relay.socket_message(sid, json.dumps({"event": "pusher:unsubscribe", "data": {"channel": "news"}}), 0.0)
+    assert calls(out) == []
+    out = relay.cluster_message(f"r {join[3]}\n" .encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[["occupied","1","news"]]}', 0.0)
+    assert frames(out, sid) == []
+    assert [c[0] for c in calls(out)] == ["leave"]
+    assert relay.stats()["apps"]["1"]["channels"] == 0
+
+
+def test_a_presence_channel_full_in_the_cluster_refuses_with_413() -> None:
+    """The script's refusal becomes the same subscription_error a lone relay sends."""
+    relay = node()
+    connected(relay)
+    sid = open_socket(relay, 1)
+    data = json.dumps({"user_id": "u9"})
+    out = subscribe(relay, sid, "presence-full", auth=channel_auth(KEY, SECRET, sid, "presence-full", data), channel_data=data)
+    (join,) = calls(out)
+    out = relay.cluster_message(f"r {join[3]}\n{{\"refused\":true}}".encode(), 0.0)
+    (error,) = frames(out, sid)
+    assert error["event"] == "pusher:subscription_error"
+    assert error["data"]["status"] == 413
+    assert relay.stats()["apps"]["1"]["channels"] == 0
+
+
+def test_channel_events_from_other_nodes_skip_the_excluded_socket() -> None:
+    """An 'e' message is delivered to this node's subscribers but the excluded one."""
+    relay = node()
+    connected(relay)
+    a, b = open_socket(relay, 1), open_socket(relay, 2)
+    for sid in (a, b):
+        (join,) = calls(subscribe(relay, sid, "news"))
+        relay.cluster_message(f"r {join[3]}\n".encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[]}', 0.0)
+    out = relay.cluster_message(f"e 1 news {a}\n{{\"event\":\"tick\"}}".encode(), 0.0)
+    assert out == [Send((b,), '{"event":"tick"}')]
+
+
+def test_publishing_goes_to_the_cluster_and_to_local_subscribers() -> None:
+    """A REST trigger calls 'pub' with the frame (and the cache for cache channels) and sends locally."""
+    relay = node()
+    connected(relay)
+    out = relay.publish("1", ["cache-x"], "e", "{}", None, 5.0)
+    (pub,) = calls(out)
+    assert pub[:5] == ("pub", "1", "cache-x", "-", '{"event":"e","channel":"cache-x","data":"{}"}')
+    assert pub[5] == str(1800 * 1000) and json.loads(pub[6]) == {"event": "e", "data": "{}"}
+
+
+def test_departure_webhooks_wait_and_are_confirmed_against_redis() -> None:
+    """A vacated transition is confirmed after 3 s; only a confirmed departure is sent."""
+    relay = node()
+    connected(relay)
+    sid = open_socket(relay, 1)
+    (join,) = calls(subscribe(relay, sid, "news"))
+    relay.cluster_message(f"r {join[3]}\n".encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[]}', 0.0)
+    out = relay.socket_closed(sid, 1.0, 1000, "bye")
+    (leave,) = [c for c in out if isinstance(c, ClusterCall)]
+    assert leave.token is not None
+    relay.cluster_result(leave.token, json.dumps({"count": 0, "transitions": [["vacated", "1", "news", "me|1"]]}), 1.0)
+    assert [c for c in calls(relay.tick(2.0)) if c[0] not in ("beat", "reap")] == []
+    (confirm,) = [c for c in relay.tick(4.5) if isinstance(c, ClusterCall) and c.args[0] == "confirm"]
+    assert confirm.args[3:] == ("1", "v|news", "me|1")
+    assert confirm.token is not None
+    out = relay.cluster_result(confirm.token, 1, 4.6)
+    assert [o.event["name"] for o in out if isinstance(o, WebhookEvent)] == ["channel_vacated"]
+    # A departure that came back in time is not confirmed: nothing is sent.
+    assert relay.cluster_result(confirm.token, 0, 4.7) == []
+
+
+def test_without_redis_a_node_answers_from_its_own_records_and_resyncs_after() -> None:
+    """cluster_down: waiting joins are answered from this node's records; cluster_up sends its share."""
+    relay = node(features=Features(subscription_count=True))
+    connected(relay)
+    sid = open_socket(relay, 1)
+    data = json.dumps({"user_id": "u1"})
+    subscribe(relay, sid, "presence-room", auth=channel_auth(KEY, SECRET, sid, "presence-room", data), channel_data=data)
+    out = relay.cluster_down(1.0)
+    (succeeded,) = frames(out, sid)
+    assert json.loads(succeeded["data"])["presence"]["ids"] == ["u1"]
+    assert calls(relay.publish("1", ["presence-room"], "e", "{}", None, 1.0)) == []
+    assert relay.stats()["cluster"]["lost_while_down"] == 1
+    share = [c for c in calls(relay.cluster_up(2.0)) if c[0] == "rs_add"]
+    fields = share[0][2:]
+    assert fields[0::5] == ("s|1|presence-room", "m|1|presence-room|u1")
+    assert fields[1::5] == ("1", "1")

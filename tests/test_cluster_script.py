@@ -1,0 +1,125 @@
+"""The cluster's Lua script on a real redis-server: counts, reaping exactly once, resynchronising, departures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from itertools import count
+from typing import Any
+
+import coredis
+import pytest
+
+from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1
+from tests.redis_server import RedisServer
+
+_prefixes = count(1)
+
+
+
+
+class Script:
+    """Calls of the script as one node, under one prefix."""
+
+    def __init__(self, client: coredis.Redis[bytes], prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def __call__(self, op: str, node: str, *args: str) -> Any:
+        return await self.client.evalsha(SCRIPT_SHA1, keys=[], args=[op, self.prefix, node, *args])
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+
+@pytest.fixture
+async def script(redis: RedisServer) -> AsyncIterator[Script]:
+    async with coredis.Redis.from_url(redis.url) as client:
+        await client.script_load(SCRIPT)
+        yield Script(client, f"t{next(_prefixes)}")
+
+
+async def join(script: Script, node: str, channel: str, token: str = "1", user: str | None = None) -> None:
+    args = ["1", channel, token, "0", "0"]
+    if user is not None:
+        args += [user, json.dumps([user, None]), f"removed {user}", f"added {user}", "100"]
+    assert await script("join", node, *args) == 1
+
+
+async def test_a_dead_node_is_reaped_exactly_once(script: Script) -> None:
+    """Two nodes reaping the same dead node: one gets the transitions, the other nothing; its share is gone."""
+    await join(script, "dead", "news")
+    await join(script, "dead", "presence-x", user="carol")
+    # A departure the dead node was still waiting to confirm: the reaper sends it.
+    await join(script, "dead", "brief")
+    await script("leave", "dead", "1", "brief", "0")
+    await join(script, "alive", "presence-x", user="alice")
+    for node in ("dead", "alive", "other"):
+        await script("beat", node, "{}")
+    # The dead node's last heartbeat, long ago.
+    await script.client.zadd(script.key("nodes"), {"dead": 1})
+    first = json.loads(await script("reap", "alive", "5000", "", "1"))
+    second = json.loads(await script("reap", "other", "5000", "", "1"))
+    assert sorted(t[:3] for t in first) == [
+        ["due", "1", "v|brief"], ["reaped", "dead"], ["removed", "1", "presence-x"], ["vacated", "1", "news"]
+    ]
+    assert second == []
+    client = script.client
+    assert await client.hget(script.key("a:1:ch"), "news") is None
+    assert await client.hget(script.key("a:1:ch"), "presence-x") == b"1"
+    assert list(await client.hkeys(script.key("a:1:pm:presence-x"))) == [b"alice"]
+    assert await client.smembers(script.key("a:1:cn:presence-x")) == {b"alive"}
+    assert not await client.exists([script.key("node:dead")])
+
+
+async def test_resync_puts_a_lost_share_back(script: Script) -> None:
+    """After Redis lost everything, a node's share sent again restores counts, members and interest."""
+    await join(script, "a", "news")
+    await join(script, "a", "presence-x", user="u1")
+    await script.client.flushall()
+    await script.client.script_load(SCRIPT)
+    await script("rs_begin", "a")
+    share = ["s|1|news", "2", "", "", "", "m|1|presence-x|u1", "1", json.dumps(["u1", None]), "rm", "add",
+             "s|1|presence-x", "1", "", "", ""]
+    transitions = json.loads(await script("rs_add", "a", "", *share))
+    assert ["occupied", "1", "news"] in transitions and ["added", "1", "presence-x", "u1"] in transitions
+    assert json.loads(await script("rs_end", "a", "")) == []
+    client = script.client
+    assert await client.hget(script.key("a:1:ch"), "news") == b"2"
+    assert await client.hget(script.key("a:1:pm:presence-x"), "u1") == b"1"
+    assert await client.smembers(script.key("a:1:cn:news")) == {b"a"}
+
+
+async def test_resync_moves_counts_by_the_difference(script: Script) -> None:
+    """A share that changed while Redis was away: counts move by the difference; what is gone is vacated."""
+    await join(script, "a", "news")
+    await join(script, "a", "news")
+    await join(script, "b", "news")
+    await join(script, "a", "gone")
+    await script("rs_begin", "a")
+    assert json.loads(await script("rs_add", "a", "", "s|1|news", "1", "", "", "")) == []
+    transitions = json.loads(await script("rs_end", "a", ""))
+    assert [t[:3] for t in transitions] == [["vacated", "1", "gone"]]
+    assert await script.client.hget(script.key("a:1:ch"), "news") == b"2"
+    assert await script.client.hget(script.key("node:a"), "s|1|news") == b"1"
+
+
+async def test_a_quick_return_cancels_the_departure(script: Script) -> None:
+    """Leaving and coming back before the confirmation: 'reoccupied', and the confirm finds nothing to send."""
+    await join(script, "a", "news")
+    left = json.loads(await script("leave", "a", "1", "news", "0"))
+    ((kind, app, channel, token),) = left["transitions"]
+    assert (kind, app, channel) == ("vacated", "1", "news")
+    assert await script("join", "b", "1", "news", "2", "0", "0") == 1
+    assert await script("confirm", "b", "1", "v|news", token) == 0
+
+
+async def test_every_key_carries_the_prefix(script: Script) -> None:
+    """Two clusters share one Redis without meeting: every key this one made starts with its prefix."""
+    await join(script, "a", "presence-x", user="u")
+    await script("signin", "a", "1", "u", "9", "w")
+    await script("beat", "a", "{}")
+    keys = await script.client.keys(f"{script.prefix}*")
+    assert keys
+    others = [k for k in await script.client.keys("*") if not k.startswith(b"t")]
+    assert others == []
