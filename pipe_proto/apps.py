@@ -174,6 +174,8 @@ class App:
             raise ConfigError(f"app id must be digits, not {self.id!r}")
         for field in ("key", "secret"):
             value = getattr(self, field)
+            if value == "":
+                raise ConfigError(f"app {field} is missing (app {self.id})")
             if not isinstance(value, str) or not _TOKEN.fullmatch(value):
                 raise ConfigError(f"app {field} must be letters, digits or _-. (app {self.id})")
 

@@ -6,10 +6,23 @@ import os
 
 import trio
 
-__all__ = ["RECEIVE_SIZE", "RandomBytes", "raw_fd", "read_now", "receive"]
+__all__ = ["RECEIVE_SIZE", "RandomBytes", "escaped", "raw_fd", "read_now", "receive"]
 
 #: Most bytes taken from a socket in one read.
 RECEIVE_SIZE = 65536
+
+
+def escaped(value: object, limit: int = 200) -> str:
+    """``value`` as one printable line, for a log or an error message: what a client sent goes through here.
+
+    Control characters (newlines included) and other unprintable ones are
+    escaped as in a Python literal, so a client cannot start a log line of
+    its own, and the text is cut to ``limit`` characters (then ``...``), so
+    it cannot fill a log or a response either.
+    """
+    text = str(value)
+    shown = repr(text[:limit])[1:-1]
+    return shown + "..." if len(text) > limit else shown
 
 
 def raw_fd(stream: trio.abc.Stream) -> int:

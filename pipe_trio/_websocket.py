@@ -16,9 +16,19 @@ subscriber's list. Pushing only marks the connection dirty in the shared
 one system call, straight to its (non-blocking) socket. Only what the kernel
 does not take at once is left to a flush task, so under load a broadcast
 costs one ``send`` per subscriber per batch, and an idle connection has no
-task and no buffer. When the queued bytes would pass ``max_buffer``,
-:meth:`WebSocket.push` returns False and the server closes the connection as
-a slow consumer.
+task and no buffer.
+
+A connection is judged slow by what the kernel will not take, and for how
+long, never by what one batch queued before anything was written: when a
+frame would take the queue (the bytes the kernel has not taken yet) past
+``max_buffer``, what is queued is first written (unless a write is already
+waiting for the kernel); if it is still over, the frame is kept, and the
+connection has ``SLOW_GRACE`` seconds to get back under the bound, while its
+queue may hold up to ``BURST_ALLOWANCE`` times the bound. Past either,
+:meth:`WebSocket.push` returns False (a broadcast lists it as full) and the
+server closes it as a slow consumer. So a fast reader takes one request's
+burst, however large it is next to the bound, and memory per connection
+stays under ``BURST_ALLOWANCE * max_buffer``.
 
 Closing sends a close frame after what is queued (nothing may follow it) and
 starts a watchdog: a peer that does not take its last frames and answer
@@ -41,7 +51,17 @@ import trio
 from ._io import RECEIVE_SIZE, raw_fd, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
-__all__ = ["CLOSE_TIMEOUT", "SLOW_CLOSE_TIMEOUT", "Poller", "Side", "WebSocket", "Writer", "broadcast_frame"]
+__all__ = [
+    "BURST_ALLOWANCE",
+    "CLOSE_TIMEOUT",
+    "SLOW_CLOSE_TIMEOUT",
+    "SLOW_GRACE",
+    "Poller",
+    "Side",
+    "WebSocket",
+    "Writer",
+    "broadcast_frame",
+]
 
 log = logging.getLogger("pipe_trio")
 
@@ -51,6 +71,15 @@ CLOSE_TIMEOUT = 5.0
 #: already in the kernel sit before its close frame, and it may read again
 #: (a mobile network back from a tunnel) and learn why it was closed.
 SLOW_CLOSE_TIMEOUT = 60.0
+#: Seconds the bytes the kernel would not take may stay over ``max_buffer``
+#: before the connection is a slow consumer (judged at its next frame).
+SLOW_GRACE = 5.0
+#: While within ``SLOW_GRACE``, the queue may hold this many times
+#: ``max_buffer`` (a burst being drained); past it the connection is slow at once.
+BURST_ALLOWANCE = 4
+
+# Bytes handed to the stream at a time by a flush task.
+_FLUSH_SLICE = 65536
 
 #: The bytes of a text frame carrying a text, ready to write to any socket
 #: (server frames are unmasked: the same bytes serve every subscriber).
@@ -119,7 +148,8 @@ class Writer:
                 continue
             queued = conn._size + size
             if queued > conn.max_buffer:
-                full.append(conn)
+                if not conn._over_bound(frame):
+                    full.append(conn)
                 continue
             out = conn._out
             if out is None:
@@ -144,8 +174,8 @@ class WebSocket:
     Args:
         stream: the transport (TCP or TLS stream).
         trailing_data: bytes received after the HTTP upgrade request.
-        max_buffer: most bytes queued for writing before the peer counts as
-            a slow consumer.
+        max_buffer: most bytes the kernel may leave unwritten for longer
+            than ``SLOW_GRACE`` before the peer counts as a slow consumer.
         writer: the server's :class:`Writer`.
     """
 
@@ -156,6 +186,7 @@ class WebSocket:
         "_flushing",
         "_on_end",
         "_out",
+        "_over_since",
         "_size",
         "_trailing",
         "_watchdog",
@@ -189,7 +220,10 @@ class WebSocket:
         self._dirty = False
         # Created on first use: an idle connection has no buffer at all.
         self._out: list[bytes] | None = None
+        # Bytes the kernel has not taken: queued, and being written by _flush.
         self._size = 0
+        # When the queue passed max_buffer (None: under it).
+        self._over_since: float | None = None
         self._flushing = False
         self._drained: trio.Event | None = None
         self._watchdog: trio.CancelScope | None = None
@@ -203,6 +237,11 @@ class WebSocket:
         self._on_end: Callable[[WebSocket], Awaitable[None]] | None = None
 
     @property
+    def unwritten(self) -> int:
+        """Bytes queued for this connection that the kernel has not taken yet."""
+        return self._size
+
+    @property
     def pollable(self) -> bool:
         """Whether a :class:`Poller` can read it (plain TCP: its descriptor is known)."""
         return self._fd >= 0
@@ -210,12 +249,12 @@ class WebSocket:
     # ------------------------------------------------------------- writing
 
     def push(self, frame: bytes) -> bool:
-        """Queue a frame; False when the buffer would pass ``max_buffer``."""
+        """Queue a frame; False when the connection is a slow consumer (see the module's docstring)."""
         if self.closing:
             return True
         size = self._size + len(frame)
         if size > self.max_buffer:
-            return False
+            return self._over_bound(frame)
         if self._out is None:
             self._out = [frame]
         else:
@@ -226,22 +265,67 @@ class WebSocket:
             self.writer.dirty.append(self)
         return True
 
+    def _over_bound(self, frame: bytes) -> bool:
+        """Queue ``frame``, which takes the queue past ``max_buffer``, unless the connection is slow.
+
+        Off the per-delivery path: it runs once per frame over the bound.
+        """
+        if not self._flushing:
+            # Judge what the kernel would not take, not what this batch queued.
+            dirty = self._dirty
+            self._write_now()
+            self._dirty = dirty  # still listed in the writer's dirty list, if it was
+            if self.closing:
+                return True  # the write failed: the peer is gone and the reader will see it
+        size = self._size + len(frame)
+        if size > self.max_buffer:
+            now = trio.current_time()
+            if self._over_since is None:
+                self._over_since = now
+            elif now - self._over_since > SLOW_GRACE:
+                return False
+            if size > self.max_buffer * BURST_ALLOWANCE:
+                return False
+        if self._out is None:
+            self._out = [frame]
+        else:
+            self._out.append(frame)
+        self._size = size
+        if not self._dirty and not self._flushing:
+            self._dirty = True
+            self.writer.dirty.append(self)
+        return True
+
+    def _wrote(self, size: int) -> None:
+        # The kernel took ``size`` bytes of the queue.
+        self._size = max(0, self._size - size)  # discard_queue may have zeroed it meanwhile
+        if self._size <= self.max_buffer:
+            self._over_since = None
+
     def push_text(self, text: str) -> bool:
         """Queue a text message of this connection only."""
         return self.push(broadcast_frame(text))
 
-    def ping(self) -> None:
-        """Queue a WebSocket ping (pipe heartbeats)."""
-        if not self.close_sent:
-            self.push(control_frame(PING))
+    def ping(self) -> bool:
+        """Queue a WebSocket ping (pipe heartbeats); False when the connection is a slow consumer."""
+        return self.close_sent or self.push(control_frame(PING))
 
     def discard_queue(self) -> None:
         """Forget what is queued and not yet being written (a slow consumer).
 
         The close that follows waits ``SLOW_CLOSE_TIMEOUT`` for the peer.
         """
-        self._out = None
-        self._size = 0
+        out = self._out
+        if out and self._flushing:
+            # The first piece may be the rest of a frame the kernel took only
+            # part of (before the flush task picked it up): dropping it would
+            # corrupt the stream. Any other first piece is one whole frame.
+            self._out = out[:1]
+            self._size = len(out[0])
+        else:
+            self._out = None
+            self._size = 0
+        self._over_since = None
         self.close_timeout = SLOW_CLOSE_TIMEOUT
 
     def close(self, code: int, reason: str) -> None:
@@ -304,10 +388,11 @@ class WebSocket:
             if written == len(chunk):
                 self._out = None
                 self._size = 0
+                self._over_since = None
                 return
             rest = chunk[written:]
             self._out = [rest]
-            self._size = len(rest)
+            self._wrote(written)
         self._flushing = True
         self.writer.spawn(self._flush)
 
@@ -315,11 +400,15 @@ class WebSocket:
         try:
             while self._out:
                 out, self._out = self._out, None
-                chunk = out[0] if len(out) == 1 else b"".join(out)
-                self._size = 0
-                await self.stream.send_all(chunk)
+                chunk = memoryview(out[0] if len(out) == 1 else b"".join(out))
+                # In slices, so the queue's size follows what the kernel takes.
+                for start in range(0, len(chunk), _FLUSH_SLICE):
+                    piece = chunk[start : start + _FLUSH_SLICE]
+                    await self.stream.send_all(piece)
+                    self._wrote(len(piece))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._out = None
+            self._size = 0
             self.closing = True
         except Exception:  # pragma: no cover - a bug; never let it take the server down
             log.exception("writer of %s failed", self.id)

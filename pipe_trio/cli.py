@@ -2,16 +2,23 @@
 
 ``pipe-relay serve`` runs a relay. Apps come from ``--app ID:KEY:SECRET``
 (repeatable), ``--config FILE`` (TOML, see :func:`pipe_proto.apps_from_config`),
-or the environment (``PIPE_RELAY_APP_ID``, ``PIPE_RELAY_APP_KEY``,
-``PIPE_RELAY_APP_SECRET``); with none of these it runs a demo app and prints
-its credentials and a pusher-js snippet. SIGINT and SIGTERM stop it
-gracefully: no new connections, every client told to reconnect (4200), done
-within ``--shutdown-timeout`` seconds.
+or the environment (``PIPE_RELAY_APP_KEY`` and ``PIPE_RELAY_APP_SECRET``, with
+``PIPE_RELAY_APP_ID``, 1 when unset; a partial set is refused); with none of
+these it runs a demo app and prints its credentials and a pusher-js snippet,
+on a loopback address only unless ``--demo`` is given (its secret is public).
+SIGINT and SIGTERM stop it gracefully: no new connections, every client told
+to reconnect (4200), done within ``--shutdown-timeout`` seconds.
+
+Mistakes found at start are one line on stderr, never a traceback: status 2
+for the configuration (apps, options, TLS files), 1 when the relay cannot
+listen (the port is in use, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import logging
 import os
 import secrets
@@ -29,12 +36,13 @@ from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
-from .server import RelayServer, serve
+from .server import RelayServer, open_listeners
 from .workers import WORKER_FLAG, supervise
 
 __all__ = ["build_parser", "load_apps", "main"]
 
 DEMO_APP = App(id="1", key="demo-key", secret="demo-secret", name="demo")
+ENVIRONMENT = ("PIPE_RELAY_APP_ID", "PIPE_RELAY_APP_KEY", "PIPE_RELAY_APP_SECRET")
 
 log = logging.getLogger("pipe_trio")
 
@@ -46,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="run the relay")
     run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=6001, help="port for HTTP and WebSocket (default 6001)")
+    run.add_argument("--port", type=_port, default=6001, help="port for HTTP and WebSocket (default 6001)")
     run.add_argument(
         "--app",
         action="append",
@@ -58,18 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS")
     run.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
     run.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the demo app (whose secret is public) even on an address other than loopback",
+    )
+    run.add_argument(
         "--max-socket-buffer",
         type=int,
         default=256 * 1024,
         metavar="BYTES",
-        help="bytes queued for a socket before it is closed as too slow (4101; default 262144)",
+        help="bytes a socket may leave unread for more than 5 s (or 4 times this at any time) "
+        "before it is closed as too slow (4101; default 262144)",
     )
     run.add_argument(
         "--max-pipe-buffer",
         type=int,
         default=16 * 1024 * 1024,
         metavar="BYTES",
-        help="bytes queued for a pipe before it is closed as too slow (default 16 MiB)",
+        help="the same for a pipe (default 16 MiB)",
+    )
+    run.add_argument(
+        "--max-connections-per-ip",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most connections open at once from one IP address; more are answered 429 and closed "
+        "(default: no limit, as a load balancer or a benchmark may connect many from one address)",
     )
     run.add_argument(
         "--redis",
@@ -97,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
 def _parse_app(spec: str) -> App:
     parts = spec.split(":")
     if len(parts) != 3:
@@ -119,14 +155,23 @@ def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {args.config}: {exc}") from None
         apps.extend(apps_from_config(config))
-    if not apps and environ.get("PIPE_RELAY_APP_KEY"):
-        apps.append(
-            App(
-                id=environ.get("PIPE_RELAY_APP_ID", "1"),
-                key=environ["PIPE_RELAY_APP_KEY"],
-                secret=environ.get("PIPE_RELAY_APP_SECRET", ""),
+    if not apps:
+        given = [name for name in ENVIRONMENT if environ.get(name)]
+        if given:
+            # A typo or a forgotten export must not fall back to the demo app.
+            missing = [name for name in ENVIRONMENT[1:] if name not in given]
+            if missing:
+                raise ConfigError(
+                    f"{' and '.join(given)} set without {' and '.join(missing)}: "
+                    "an app from the environment needs PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET"
+                )
+            apps.append(
+                App(
+                    id=environ.get("PIPE_RELAY_APP_ID") or "1",
+                    key=environ["PIPE_RELAY_APP_KEY"],
+                    secret=environ["PIPE_RELAY_APP_SECRET"],
+                )
             )
-        )
     if apps:
         AppRegistry(apps)  # refuses two apps with the same id or key
         return apps, False
@@ -159,11 +204,75 @@ on the Pipe (examples/quickstart/). Stop with Ctrl-C.
 """
 
 
-async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
-    ssl_context = None
-    if args.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+class StartError(Exception):
+    """The relay cannot start; the message is the one line shown (status 1)."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may well resolve to a public address
+
+
+def _warn_if_public_demo(host: str, port: int) -> None:
+    """Say loudly that the demo app (allowed off loopback by --demo) is open to anyone."""
+    if not _is_loopback(host):
+        log.warning(
+            "THE DEMO APP IS SERVED ON %s, NOT ONLY TO THIS MACHINE: its secret is public, so anyone "
+            "who reaches port %d can publish, sign users in and open a pipe. Configure an app.",
+            host, port,
+        )
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of --tls-cert/--tls-key (None without them).
+
+    Raises:
+        ConfigError: a file cannot be read, or they are not a certificate and its key.
+    """
+    if not (args.tls_cert or args.tls_key):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {reason} "
+            "(PEM files: the certificate chain, and its private key without a passphrase)"
+        ) from None
+    return context
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    """One line saying why the relay cannot listen on ``host:port``."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use on {host} (another pipe-relay running?); stop it or choose another --port"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on port {port} (ports below 1024 need privileges); choose another --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine (see --host)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host}: unknown host ({exc.strerror}; see --host)"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None) -> None:
+    try:
+        listeners = await open_listeners(args.host, args.port, ssl_context, reuse_port=args.worker)
+    except OSError as exc:
+        raise StartError(_listen_problem(args.host, args.port, exc)) from None
     directory = None
     if args.redis:
         # Digits: socket ids start with the node's id (pipes find a socket's node by it).
@@ -171,24 +280,21 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
         directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
         log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
     relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
+    server = RelayServer(
+        relay,
+        secure=ssl_context is not None,
+        max_socket_buffer=args.max_socket_buffer,
+        max_pipe_buffer=args.max_pipe_buffer,
+        max_connections_per_ip=args.max_connections_per_ip,
+        redis=args.redis,
+    )
     async with trio.open_nursery() as nursery:
-        server: RelayServer = await nursery.start(
-            partial(
-                serve,
-                relay,
-                args.host,
-                args.port,
-                reuse_port=args.worker,
-                ssl_context=ssl_context,
-                max_socket_buffer=args.max_socket_buffer,
-                max_pipe_buffer=args.max_pipe_buffer,
-                redis=args.redis,
-            )
-        )
+        await nursery.start(server.serve, listeners)
         scheme = "wss" if ssl_context else "ws"
         port = server.port  # the bound port, also when --port 0 asked for any free one
         if demo and not args.worker:
             print(_banner(apps[0], args.host, port, scheme), flush=True)
+            _warn_if_public_demo(args.host, port)
         log.info(
             "pipe-relay %s listening on %s:%d (%s), %d app(s)",
             __version__, args.host, port, scheme, len(apps),
@@ -211,6 +317,7 @@ def _supervise(args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequ
     worker_argv = [*_without(given, "--workers"), "--port", str(port)]
     if demo:
         print(_banner(apps[0], args.host, port, "wss" if args.tls_cert else "ws"), flush=True)
+        _warn_if_public_demo(args.host, port)
     log.info("pipe-relay %s: %d workers on %s:%d", __version__, args.workers, args.host, port)
     try:
         return trio.run(supervise, worker_argv, args.workers, args.shutdown_timeout)
@@ -249,8 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         apps, demo = load_apps(args)
-        if bool(args.tls_cert) != bool(args.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together")
+        if demo and not _is_loopback(args.host) and not args.demo:
+            raise ConfigError(
+                f"no app configured, and the demo app's secret is public: it is served on a loopback "
+                f"--host only, not on {args.host}. Configure an app (--app, --config or "
+                "PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET), or pass --demo to serve it anyway"
+            )
+        ssl_context = _tls_context(args)
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2
@@ -262,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         return _supervise(args, apps, demo, argv)
     try:
-        trio.run(_run, args, apps, demo)
-    except OSError as exc:
+        trio.run(_run, args, apps, demo, ssl_context)
+    except StartError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C

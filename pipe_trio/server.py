@@ -11,8 +11,9 @@ one task, reporting every message to the :class:`~pipe_proto.Relay` and
 carrying out the outputs it returns; the connection's task ends there (a TLS
 connection's task stays its reader). Outputs are carried out synchronously:
 a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
-the same bytes to each socket's bounded buffer; a socket whose buffer is full
-is closed as a slow consumer (4101) instead of stalling anyone else.
+the same bytes to each socket's bounded queue; a socket whose queue the
+kernel will not take (over the bound for longer than a grace period, or far
+over it) is closed as a slow consumer (4101) instead of stalling anyone else.
 
 Time: the core wants seconds since the epoch. The server reads Trio's clock
 plus a fixed offset taken at start, so a ``MockClock`` drives the core too.
@@ -42,13 +43,13 @@ from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 
-from ._io import RandomBytes, read_now
+from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .cluster import ClusterLink, ClusterUnavailable
 from .webhooks import WebhookSender
 
-__all__ = ["RelayServer", "serve"]
+__all__ = ["RelayServer", "open_listeners", "serve"]
 
 log = logging.getLogger("pipe_trio")
 
@@ -58,8 +59,13 @@ HTTP_IDLE_TIMEOUT = 60.0
 MAX_HEAD_BYTES = 16 * 1024
 #: Longest the timer loop sleeps: timers fire at most this late.
 TIMER_GRANULARITY = 1.0
-#: Seconds to wait before accepting again when out of file descriptors or memory.
+#: Seconds to wait before accepting again when out of file descriptors or
+#: memory; the wait doubles with each failure in a row, up to ACCEPT_RETRY_MAX.
 ACCEPT_RETRY = 0.1
+ACCEPT_RETRY_MAX = 1.0
+#: Longest a connection over --max-connections-per-ip is waited for (for
+#: its request, then to take the 429) before it is closed.
+REFUSE_WAIT = 1.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name)
 )
@@ -84,6 +90,23 @@ class _Upgrade:
         self.response = response
 
 
+_TOO_MANY_BODY = b'{"error": "Too many connections from your address"}'
+# Written before the request is read, to a connection over --max-connections-per-ip.
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\naccess-control-allow-origin: *\r\nconnection: close\r\n\r\n%s"
+) % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+
+
+def _peer_address(stream: trio.abc.Stream) -> str | None:
+    """The client's IP address (also under TLS), or None when it cannot be known."""
+    inner: Any = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])
+    except (AttributeError, OSError, IndexError, TypeError):
+        return None
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -96,12 +119,17 @@ class RelayServer:
 
     Args:
         relay: the core.
-        max_socket_buffer: bytes queued for one socket before it is closed
-            as a slow consumer (4101).
+        max_socket_buffer: bytes the kernel may leave unwritten for one
+            socket for longer than ``SLOW_GRACE`` (or, for any time, up to
+            ``BURST_ALLOWANCE`` times this) before it is closed as a slow
+            consumer (4101); see :mod:`._websocket`.
         max_pipe_buffer: the same for pipes.
         max_body: largest REST request body (413 beyond, refused unread).
         secure: whether the listeners are TLS (apps with ``tls_only`` refuse
             plain sockets with 4000).
+        max_connections_per_ip: most connections (HTTP and WebSocket) open
+            at once from one IP address; beyond, a new one is answered 429
+            and closed (TLS: closed at once). None: no limit.
         redis: the Redis URL of the cluster, when ``relay`` is a cluster
             node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
     """
@@ -114,6 +142,7 @@ class RelayServer:
         max_pipe_buffer: int = 16 * 1024 * 1024,
         max_body: int = MAX_BODY_BYTES,
         secure: bool = False,
+        max_connections_per_ip: int | None = None,
         redis: str | None = None,
     ) -> None:
         self.relay = relay
@@ -122,6 +151,13 @@ class RelayServer:
         self.max_body = max_body
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
+        self.max_connections_per_ip = max_connections_per_ip
+        # With a per-address limit: open connections per address, the address
+        # of each counted connection (by id of its stream), and the addresses
+        # refused since they last went under the limit (logged once each).
+        self._per_ip: dict[str, int] = {}
+        self._ip_of: dict[int, str] = {}
+        self._limited: set[str] = set()
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
         # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
@@ -187,6 +223,8 @@ class RelayServer:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
         # handed to the poller outlives its handler task.
         assert self._nursery is not None
+        retry = 0.0  # the wait before the next accept; 0: accepting normally
+        failing_since = 0.0
         async with listener:
             while True:
                 try:
@@ -194,11 +232,58 @@ class RelayServer:
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    log.error("accept failed (%s); retrying in %.1f s", exc, ACCEPT_RETRY)
-                    await trio.sleep(ACCEPT_RETRY)
+                    # Out of descriptors or memory: every accept fails until
+                    # some close. One line per episode, and back off.
+                    if not retry:
+                        failing_since = trio.current_time()
+                        log.error(
+                            "accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
+                            exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX,
+                        )
+                    retry = min(ACCEPT_RETRY_MAX, retry * 2) if retry else ACCEPT_RETRY
+                    await trio.sleep(retry)
                     continue
+                if retry:
+                    log.warning("accepting connections again after %.1f s", trio.current_time() - failing_since)
+                    retry = 0.0
                 self._connections += 1
-                self._nursery.start_soon(self._handle_tcp, stream)
+                if self.max_connections_per_ip is not None and not self._admit(stream):
+                    self._nursery.start_soon(self._refuse, stream)
+                else:
+                    self._nursery.start_soon(self._handle_tcp, stream)
+
+    def _admit(self, stream: trio.abc.Stream) -> bool:
+        """Count a new connection against its address's limit; False if over it."""
+        limit = self.max_connections_per_ip
+        address = _peer_address(stream)
+        if limit is None or address is None:
+            return True
+        count = self._per_ip.get(address, 0)
+        if count >= limit:
+            if address not in self._limited:
+                self._limited.add(address)
+                log.warning("%s has %d connections open (--max-connections-per-ip): refusing more", address, count)
+            return False
+        self._per_ip[address] = count + 1
+        self._ip_of[id(stream)] = address
+        return True
+
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        """Answer a connection over the per-address limit with 429 (plain TCP) and close it."""
+        try:
+            if raw_fd(stream) >= 0:
+                with trio.move_on_after(REFUSE_WAIT):
+                    # The request is read first (unparsed): closing a socket
+                    # with unread data resets it, and the client would likely
+                    # lose the answer.
+                    await stream.receive_some(65536)
+                with trio.move_on_after(REFUSE_WAIT):
+                    await stream.send_all(_TOO_MANY_CONNECTIONS)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+            self._closed_one(stream)
 
     def _nonce(self) -> int:
         # Unguessable, for connection ids (pipe_proto.relay.Relay names them).
@@ -259,8 +344,8 @@ class RelayServer:
                     conn.close(output.code, output.reason)
             elif type(output) is Probe:
                 conn = conns.get(output.target)
-                if conn is not None:
-                    conn.ping()
+                if conn is not None and not conn.ping():
+                    overflowing.append(conn)
             elif type(output) is WebhookEvent:
                 self.webhooks.add(output.app_id, output.urls, output.event)
             elif type(output) is ClusterCall:
@@ -278,7 +363,10 @@ class RelayServer:
     def _slow_consumer(self, conn: WebSocket) -> None:
         if conn.id not in self.conns:
             return
-        log.info("closing %s: slow consumer (outbound buffer of %d bytes full)", conn.id, conn.max_buffer)
+        log.info(
+            "closing %s: slow consumer (%d bytes the kernel would not take; bound %d)",
+            conn.id, conn.unwritten, conn.max_buffer,
+        )
         conn.discard_queue()
         self.execute(self.relay.slow_consumer(conn.id, self.now()))
 
@@ -313,7 +401,7 @@ class RelayServer:
         finally:
             if not handed_over:
                 await trio.aclose_forcefully(stream)
-                self._closed_one()
+                self._closed_one(stream)
 
     async def _finish(self, ws: WebSocket) -> None:
         """A WebSocket ended: tell the relay (unless done), then close it."""
@@ -327,10 +415,17 @@ class RelayServer:
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("closing %s failed", ws.id)
         finally:
-            self._closed_one()
+            self._closed_one(ws.stream)
 
-    def _closed_one(self) -> None:
+    def _closed_one(self, stream: trio.abc.Stream) -> None:
         self._connections -= 1
+        if self._ip_of:
+            address = self._ip_of.pop(id(stream), None)
+            if address is not None:
+                count = self._per_ip.pop(address) - 1
+                if count:
+                    self._per_ip[address] = count
+                self._limited.discard(address)
         if self._connections == 0 and self._all_closed is not None:
             self._all_closed.set()
 
@@ -354,7 +449,7 @@ class RelayServer:
                 try:
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
-                    await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                    await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
                     return None
                 finally:
                     self._idle_http.discard(waiting)
@@ -381,15 +476,24 @@ class RelayServer:
                     try:
                         await self._rest(stream, conn, method, found, headers)
                     except h11.RemoteProtocolError as exc:  # a malformed body
-                        await self._respond(stream, conn, exc.error_status_hint, {"error": str(exc)})
+                        await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
                         return None
-            elif found.kind is RouteKind.STATUS:
-                await self._respond(stream, conn, 200, self.status(), head=head)
-            elif found.kind is RouteKind.PIPE_CLIENT_JS:
-                script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
-                await self._respond(stream, conn, 200, script, "application/javascript; charset=utf-8", head=head)
             else:
-                await self._respond(stream, conn, 404, {"error": f"Not found: {found.path}"}, head=head)
+                # These routes take no body: a request without one ends here,
+                # and the connection is kept (unless the relay is stopping);
+                # one with a body is answered, unread, and the connection closed.
+                ended = isinstance(conn.next_event(), h11.EndOfMessage)
+                close = self._stopping or not ended
+                if found.kind is RouteKind.STATUS:
+                    await self._respond(stream, conn, 200, self.status(), head=head, close=close)
+                elif found.kind is RouteKind.PIPE_CLIENT_JS:
+                    script = resources.files("pipe_trio").joinpath("static/pipe-client.js").read_bytes()
+                    await self._respond(
+                        stream, conn, 200, script, "application/javascript; charset=utf-8", head=head, close=close
+                    )
+                else:
+                    body = {"error": f"Not found: {escaped(found.path)}"}
+                    await self._respond(stream, conn, 404, body, head=head, close=close)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
@@ -413,7 +517,14 @@ class RelayServer:
         headers: Sequence[tuple[str, str]] = (),
         *,
         head: bool = False,
+        close: bool = False,
     ) -> None:
+        """Send one whole response; ``close``: the connection ends after it, and the response says so.
+
+        Every response either leaves the connection ready for the next
+        request or carries ``Connection: close`` (h11 adds it itself when the
+        client asked for it or speaks HTTP/1.0).
+        """
         # A response to HEAD declares the body's length but carries no body
         # (RFC 9110 9.3.2); h11 refuses to send one.
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -426,6 +537,7 @@ class RelayServer:
                 ("content-length", str(len(data))),
                 ("access-control-allow-origin", "*"),
                 *headers,
+                *([("connection", "close")] if close else []),
             ],
         )
         start = conn.send(response) or b""
@@ -440,9 +552,10 @@ class RelayServer:
         found: Route,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
+        too_large = {"error": f"Body larger than {self.max_body} bytes"}
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+            await self._respond(stream, conn, 413, too_large, close=True)
             return
         chunks: list[bytes] = []
         size = 0
@@ -451,7 +564,7 @@ class RelayServer:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
-                    await self._respond(stream, conn, 413, {"error": f"Body larger than {self.max_body} bytes"})
+                    await self._respond(stream, conn, 413, too_large, close=True)
                     return
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -470,7 +583,7 @@ class RelayServer:
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
-        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD")
+        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
 
     async def cluster_call(self, call: Output) -> Any:
         """Run one cluster call and return its result (only a cluster node makes them).
@@ -532,7 +645,7 @@ class RelayServer:
         conn.receive_data(data)
         conn.next_event()  # the request h11 reads just the same (the parser's promise)
         status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers)
+        await self._respond(stream, conn, status, body, headers=headers, close=True)
         return None
 
     async def _accept_websocket(
@@ -545,7 +658,7 @@ class RelayServer:
         if isinstance(outcome, _Upgrade):
             return outcome
         status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers)
+        await self._respond(stream, conn, status, body, headers=headers, close=True)
         return None
 
     def _upgrade_or_refusal(
@@ -569,7 +682,9 @@ class RelayServer:
         if found.kind is RouteKind.PIPE:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
             if not isinstance(decision, PipeAccepted):
-                log.info("pipe refused for app %s: %d %s", found.name, decision.status, decision.message)
+                log.info(
+                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message)
+                )
                 return decision.status, {"error": decision.message}, []
             accepted = decision
         if self._stopping:
@@ -579,14 +694,8 @@ class RelayServer:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
         )
-        remote = None
-        try:
-            peer = stream.socket.getpeername()  # type: ignore[attr-defined]
-            remote = str(peer[0])
-        except (AttributeError, OSError, IndexError, TypeError):
-            pass
         details = SocketDetails(
-            remote_addr=remote,
+            remote_addr=_peer_address(stream),
             origin=_header(headers, b"origin"),
             user_agent=_header(headers, b"user-agent"),
             query=target.partition("?")[2],
@@ -615,7 +724,7 @@ class RelayServer:
             self.execute(outputs)
             log.info(
                 "pipe %s connected (app %s, protocol %s, group %s)",
-                ws.id, accepted.app.id, accepted.version, accepted.group,
+                ws.id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
             )
             return ws, self._pipes_side, accepted.app.pipe.max_frame_bytes
         ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self.writer)
@@ -633,7 +742,9 @@ class RelayServer:
         app = relay.apps.by_key(found.name)
         if any(type(o) is Close for o in outputs) or app is None:
             return ws, self._refused_side, 1
-        log.info("socket %s connected (app key %s, from %s)", ws.id, found.name, upgrade.details.remote_addr)
+        log.info(
+            "socket %s connected (app key %s, from %s)", ws.id, escaped(found.name), upgrade.details.remote_addr
+        )
         return ws, self._sockets_side, app.limits.max_socket_message_bytes
 
 
@@ -678,7 +789,7 @@ class _SocketsSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server.execute(server.relay.socket_closed(conn_id, server.now(), code, reason))
-        log.info("socket %s disconnected (%s %s)", conn_id, code, reason)
+        log.info("socket %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 
 class _PipesSide(_Side):
@@ -701,7 +812,7 @@ class _PipesSide(_Side):
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
         server.execute(server.relay.pipe_closed(conn_id, server.now()))
-        log.info("pipe %s disconnected (%s %s)", conn_id, code, reason)
+        log.info("pipe %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 
 async def serve(
@@ -722,14 +833,26 @@ async def serve(
     same port (``SO_REUSEPORT``, Linux and BSDs), the kernel spreading new
     connections across them (``pipe-relay serve --workers``).
     """
+    listeners = await open_listeners(host, port, ssl_context, reuse_port=reuse_port)
+    server = RelayServer(relay, secure=ssl_context is not None, **options)
+    await server.serve(listeners, task_status=task_status)
+
+
+async def open_listeners(
+    host: str, port: int, ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False
+) -> list[trio.abc.Listener[Any]]:
+    """The listeners :func:`serve` serves on: TCP on ``host:port``, under TLS when ``ssl_context`` is given.
+
+    Raises:
+        OSError: the port is in use, the address is not this machine's, ...
+    """
     if reuse_port:
         listeners: list[trio.abc.Listener[Any]] = await _reuse_port_listeners(host, port)
     else:
         listeners = list(await trio.open_tcp_listeners(port, host=host))
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
-    server = RelayServer(relay, secure=ssl_context is not None, **options)
-    await server.serve(listeners, task_status=task_status)
+    return listeners
 
 
 async def _reuse_port_listeners(host: str, port: int) -> list[trio.abc.Listener[Any]]:

@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from pipe_proto import App, ConfigError, Features, Limits, WebhookTarget
-from pipe_trio.cli import DEMO_APP, build_parser, load_apps, main
+from pipe_trio.cli import DEMO_APP, _is_loopback, build_parser, load_apps, main
+from tests.processes import background
 
 PIPE_RELAY = Path(sys.executable).with_name("pipe-relay")
 
@@ -114,7 +115,8 @@ def test_demo_default() -> None:
         (["--app", "1:bad key:secret"], None, {}, "app key must be"),
         (["--app", "1:a:b", "--app", "1:c:d"], None, {}, "two apps have the id 1"),
         (["--app", "1:a:b", "--app", "2:a:d"], None, {}, "two apps have the key a"),
-        ([], "[[apps]]\nid = 1\nkey = 'k'\n", {}, "app secret must be"),
+        ([], "[[apps]]\nid = 1\nkey = 'k'\n", {}, "app secret is missing (app 1)"),
+        (["--app", "1:k:"], None, {}, "app secret is missing"),
         ([], "[[apps", {}, "cannot read"),
         ([], ONE_APP + "colour = 'red'\n", {}, "unknown setting(s) in apps[0]: colour"),
         ([], ONE_APP + "[apps.limits]\nmax_connections = -1\n", {}, "max_connections must be a positive number"),
@@ -122,8 +124,17 @@ def test_demo_default() -> None:
         ([], ONE_APP + "[[apps.webhooks]]\nurl = 'ftp://x'\n", {}, "apps[0].webhooks"),
         ([], ONE_APP + "[[apps.webhooks]]\nurl = 'http://x'\nkinds = ['bogus']\n", {}, "unknown webhook kinds: bogus"),
         ([], "apps = 3\n", {}, "apps must be an array"),
-        ([], None, {"PIPE_RELAY_APP_KEY": "env-key"}, "app secret must be"),
+        ([], None, {"PIPE_RELAY_APP_KEY": "env-key"}, "PIPE_RELAY_APP_KEY set without PIPE_RELAY_APP_SECRET"),
+        ([], None, {"PIPE_RELAY_APP_ID": "5"}, "PIPE_RELAY_APP_ID set without PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET"),
+        ([], None, {"PIPE_RELAY_APP_SECRET": "s"}, "PIPE_RELAY_APP_SECRET set without PIPE_RELAY_APP_KEY"),
         (["--tls-cert", "cert.pem"], None, {}, "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], None, {},
+         "cannot read --tls-cert /nonexistent/cert.pem: No such file or directory"),
+        (["--tls-cert", __file__, "--tls-key", "/nonexistent/key.pem"], None, {},
+         "cannot read --tls-key /nonexistent/key.pem"),
+        (["--tls-cert", __file__, "--tls-key", __file__], None, {}, f"cannot use --tls-cert {__file__}"),
+        (["--host", "0.0.0.0"], None, {}, "pass --demo to serve it anyway"),
+        (["--host", "example.org"], None, {}, "not on example.org"),
     ],
 )
 def test_bad_configuration_exits_2(
@@ -148,7 +159,7 @@ def test_bad_configuration_exits_2(
     err = capsys.readouterr().err
     assert err.startswith("pipe-relay: ")
     assert message in err
-    assert "Traceback" not in err
+    assert err.count("\n") == 1  # one line
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,3 +273,77 @@ async def test_serve_on_any_free_port() -> None:
             with trio.fail_after(5):
                 code = await stop(process)
         assert code == 0
+
+
+def test_max_connections_per_ip_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-connections-per-ip is off by default and takes a positive number."""
+    assert serve_args().max_connections_per_ip is None
+    assert serve_args("--max-connections-per-ip", "3").max_connections_per_ip == 3
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--max-connections-per-ip", "0"])
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+async def test_serve_enforces_max_connections_per_ip() -> None:
+    """A relay started with --max-connections-per-ip 1 answers a second connection from the address with 429."""
+    port = free_port()
+    with trio.fail_after(30):
+        _, process = await run_relay("--port", str(port), "--max-connections-per-ip", "1")
+        try:
+            held = await trio.open_tcp_stream("127.0.0.1", port)
+            async with held:
+                await held.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert (await held.receive_some(65536)).startswith(b"HTTP/1.1 200")  # kept alive, still counted
+                second = await trio.open_tcp_stream("127.0.0.1", port)
+                async with second:
+                    assert (await read_until(second, b"\r\n\r\n")).startswith(b"HTTP/1.1 429")
+        finally:
+            with trio.fail_after(5):
+                code = await stop(process)
+        assert code == 0
+
+
+def test_a_busy_port_is_one_line_and_status_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """A port another process listens on ends ``main`` with status 1 and one line naming the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--app", "1:k:s"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"pipe-relay: port {port} is in use on 127.0.0.1 (another pipe-relay running?); "
+        "stop it or choose another --port\n"
+    )
+
+
+def test_an_address_not_of_this_machine_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A --host that is no address of this machine ends ``main`` with status 1 and one line."""
+    assert main(["serve", "--host", "192.0.2.1", "--port", "0", "--app", "1:k:s"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pipe-relay: cannot listen on 192.0.2.1") and err.count("\n") == 1
+
+
+def test_a_port_out_of_range_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """--port 70000 is refused by the parser with status 2."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "70000"])
+    assert exited.value.code == 2
+    assert "a port is 0 to 65535" in capsys.readouterr().err
+
+
+def test_the_demo_app_needs_demo_off_loopback_only() -> None:
+    """Loopback hosts serve the demo app without --demo; every other address, or a name, needs it."""
+    assert all(_is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(_is_loopback(host) for host in ("0.0.0.0", "::", "", "192.168.1.2", "example.org"))
+
+
+async def test_serve_demo_on_every_address_with_demo_warns() -> None:
+    """``--host 0.0.0.0 --demo`` serves the demo app and warns that its secret is public."""
+    port = free_port()
+    argv = [str(PIPE_RELAY), "serve", "--host", "0.0.0.0", "--port", str(port), "--demo"]
+    with trio.fail_after(30):
+        async with background(argv, env={"PYTHONUNBUFFERED": "1"}) as output:
+            await output.expect("THE DEMO APP IS SERVED ON 0.0.0.0")
+            assert (await get_status(port))["status"] == "ok"

@@ -4,9 +4,9 @@
  * playwright-core for the browser tests; same JSON-lines protocol as driver.js.
  *
  * Commands:
- *   open      {url}                  a new page at url
+ *   open      {url, block_pusher}    a new page at url (block_pusher: the CDN's pusher-js fails to load)
  *   eval      {expression}           result = page.evaluate(expression)
- *   wait_for  {expression, timeout}  page.waitForFunction(expression); result = its value
+ *   wait_for  {expression, ms}       page.waitForFunction(expression) for up to ms (10000); result = its value
  *   text      {selector}             result = the element's textContent
  * Reports: {"type":"console", text} for every console message of the page,
  *   {"type":"page_error", message} for uncaught errors.
@@ -46,13 +46,15 @@ const commands = {
     page.on('console', (message) => report({ type: 'console', text: message.text() }));
     page.on('pageerror', (error) => report({ type: 'page_error', message: String(error && error.message) }));
     await page.route(/^https:\/\/js\.pusher\.com\/.*pusher(\.min)?\.js$/, (route) =>
-      route.fulfill({ status: 200, contentType: 'application/javascript', body: PUSHER_JS }));
+      c.block_pusher
+        ? route.abort('internetdisconnected')
+        : route.fulfill({ status: 200, contentType: 'application/javascript', body: PUSHER_JS }));
     await page.goto(c.url);
     return page.url();
   },
   eval: (c) => page.evaluate(c.expression),
   wait_for: async (c) => {
-    const handle = await page.waitForFunction(c.expression, null, { timeout: c.timeout || 10000 });
+    const handle = await page.waitForFunction(c.expression, null, { timeout: c.ms || 10000 });
     return handle.jsonValue();
   },
   text: (c) => page.textContent(c.selector),
