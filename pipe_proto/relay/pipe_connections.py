@@ -32,7 +32,10 @@ from .sockets import Sockets
 from .state import Pipe
 from .users import Users
 
-__all__ = ["PipeConnections"]
+__all__ = ["MAX_EARLY", "PipeConnections"]
+
+#: Requests kept from a pipe before its ``connection_established`` (a cluster attaches later).
+MAX_EARLY = 64
 
 
 def _outcome(value: Any) -> dict[str, Any]:
@@ -56,6 +59,8 @@ class PipeConnections:
     ) -> None:
         self.core = core
         self.directory = directory
+        #: Requests of pipes still attaching, by pipe id.
+        self._early: dict[str, list[str]] = {}
         self.sockets = sockets
         self.channels = channels
         self.users = users
@@ -77,11 +82,20 @@ class PipeConnections:
         """
         core = self.core
         state = core.states[accepted.app.id]
+        # Requests a client sends before its connection_established (the
+        # 2011 client subscribes at once) wait for it, in order.
+        self._early[pipe_id] = []
 
         def attached(session: Any, resumed: bool, gap: int, now: float) -> None:
+            early = self._early.pop(pipe_id, [])
             self._attached(pipe_id, accepted, session, resumed, gap, now)
+            pipe = core.pipes.get(pipe_id)
+            for text in early:
+                if pipe is not None and pipe_id in core.pipes:
+                    self.message(pipe, text, now)
 
         def failed(message: str) -> None:
+            self._early.pop(pipe_id, None)
             core.out.append(Close(pipe_id, CloseCode.INTERNAL_ERROR, message))
 
         state.hub.attach(
@@ -96,6 +110,21 @@ class PipeConnections:
             attached=attached,
             failed=failed,
         )
+
+    def early(self, pipe_id: str, text: str) -> None:
+        """A request from a pipe still attaching: kept for when it is (ignored for an unknown pipe).
+
+        At most :data:`MAX_EARLY` wait; a pipe sending more before its
+        ``connection_established`` is closed with 1008.
+        """
+        waiting = self._early.get(pipe_id)
+        if waiting is None:
+            return
+        if len(waiting) >= MAX_EARLY:
+            self._early.pop(pipe_id)
+            self.drop(pipe_id, 0.0, (CloseCode.POLICY_VIOLATION, "too many requests before connection_established"))
+            return
+        waiting.append(text)
 
     def _attached(
         self, pipe_id: str, accepted: PipeAccepted, session: Any, resumed: bool, gap: int, now: float
@@ -227,6 +256,7 @@ class PipeConnections:
 
     def drop(self, pipe_id: str, now: float, close: tuple[int, str] | None = None) -> None:
         """Forget a pipe (its session enters its grace); ``close``: close it with this code and reason."""
+        self._early.pop(pipe_id, None)
         pipe = self.core.pipes.pop(pipe_id, None)
         if pipe is not None:
             pipe.app.hub.leave(pipe_id, now)

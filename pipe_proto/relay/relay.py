@@ -253,7 +253,8 @@ class Relay:
         """A pipe sent a text message (a request)."""
         pipe = self._core.pipes.get(pipe_id)
         if pipe is None:
-            return []
+            # Perhaps still attaching (a cluster answers later): kept for then.
+            return self._guarded(pipe_id, now, lambda: self._pipes.early(pipe_id, text))
         return self._guarded(pipe_id, now, lambda: self._pipes.message(pipe, text, now))
 
     def pipe_heard(self, pipe_id: str, now: float) -> None:
