@@ -194,3 +194,81 @@ async def test_a_backend_resumes_on_another_node_when_its_node_dies(nursery: tri
     for socket in sockets:
         mine = sorted(n for _, sid, n, _ in tally.got if sid == socket.socket_id)
         assert mine == list(range(20)), f"{socket.socket_id}: {mine}"
+
+
+async def test_the_sockets_of_a_dead_node_are_told_closed_once(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Node 2 dies with a socket: the pipe on node 0 hears socket_closed for it once, with code null."""
+    closed: list[SocketClosed] = []
+    async with cluster(nursery, redis, pipe_app()) as found, backend(found, 0, events=("socket_existence",)) as pipe:
+        await settled(found)
+        async with client(found, 2) as doomed:
+            await next_notice(pipe, SocketOpened, socket_id=doomed.socket_id)
+            found.kill(2)
+            gone = await next_notice(pipe, SocketClosed, socket_id=doomed.socket_id)
+            assert (gone.code, gone.reason) == (None, None)
+            closed.append(gone)
+        # Anything said after the reaping comes after any second report would have.
+        async with client(found, 1) as marker:
+            later = await next_notice(pipe, SocketOpened, socket_id=marker.socket_id)
+            assert later.socket_id == marker.socket_id
+
+
+async def test_a_member_that_leaves_hands_its_sockets_over_at_once(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """b (node 2) leaves: the socket it served is a's (node 1) at once, unmarked, nothing lost."""
+    tally = Tally()
+    options: dict[str, Any] = {"events": ("socket_message",), "group": "g"}
+    async with (
+        cluster(nursery, redis, pipe_app(resume_grace=60.0)) as found,
+        backend(found, 1, **options) as a,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(consume, a, tally.take("a"))
+        async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3:
+            sockets = (s1, s2, s3)
+            async with backend(found, 2, **options) as b:
+                readers.start_soon(consume, b, tally.take("b"))
+                await settled(found)
+                for socket in sockets:
+                    await socket.send_event("n", 0)
+                await tally.wait_for(3)
+            # b's block returned: it left its group (and its answer came before the block ended).
+            await settled(found)
+            for socket in sockets:
+                await socket.send_event("n", 1)
+            await tally.wait_for(6)
+        readers.cancel_scope.cancel()
+    after = [(member, redelivered) for member, _, n, redelivered in tally.got if n == 1]
+    assert after == [("a", False)] * 3
+
+
+async def test_a_member_gone_for_good_is_replaced_after_its_grace(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """b's node dies and b never comes back: after its grace, its sockets' events reach a, marked redelivered."""
+    tally = Tally()
+    options: dict[str, Any] = {"events": ("socket_message",), "group": "g"}
+    async with (
+        cluster(nursery, redis, pipe_app(resume_grace=0.5)) as found,
+        backend(found, 1, **options) as a,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(consume, a, tally.take("a"))
+        b_scope = trio.CancelScope()
+
+        async def run_b(task_status: trio.TaskStatus[None]) -> None:
+            with b_scope:
+                async with backend(found, 2, reconnect=False, **options) as b:
+                    task_status.started()
+                    await consume(b, lambda note: None)  # takes nothing: its events stay unacked
+
+        await readers.start(run_b)
+        await settled(found)
+        async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3, client(found, 0) as s4:
+            sockets = (s1, s2, s3, s4)
+            for socket in sockets:
+                await socket.send_event("n", 0)
+            found.kill(2)
+            b_scope.cancel()
+            # Every socket's message reaches a: at once for a's sockets, after b's grace for b's.
+            await tally.wait_for(4)
+        readers.cancel_scope.cancel()
+    assert sorted(sid for _, sid, _, _ in tally.got) == sorted(s.socket_id for s in sockets)
+    assert any(redelivered for *_, redelivered in tally.got), "b's events came to a marked"
