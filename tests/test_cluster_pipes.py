@@ -6,13 +6,14 @@ The nodes of tests/test_cluster.py (beats of 0.1 s, dead after 0.6 s); open_pipe
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import trio
 
 from pipe_proto import App, PipeSettings
 from pipe_proto.pipe import AuthRequest, SocketClosed, SocketMessage, SocketOpened
+from pipe_proto.relay.pipes import rendezvous_score
 from pipe_trio import AuthAnswer, open_pipe
 from pipe_trio.client import SubscriptionFailed
 from tests.cluster_front import Forward
@@ -20,6 +21,11 @@ from tests.redis_server import RedisServer
 from tests.test_cluster import KEY, SECRET, TIMEOUT, Cluster, client, cluster
 
 APP_ID = "1"
+
+
+def owner(socket_id: str, *sessions: str) -> str:
+    """The member whose session takes a socket's events (rendezvous hashing)."""
+    return max(sessions, key=lambda session: rendezvous_score(socket_id, session))
 
 
 def pipe_app(**pipe: Any) -> App:
@@ -253,22 +259,97 @@ async def test_a_member_gone_for_good_is_replaced_after_its_grace(nursery: trio.
         readers.start_soon(consume, a, tally.take("a"))
         b_scope = trio.CancelScope()
 
-        async def run_b(task_status: trio.TaskStatus[None]) -> None:
+        async def run_b(task_status: trio.TaskStatus[str]) -> None:
             with b_scope:
                 async with backend(found, 2, reconnect=False, **options) as b:
-                    task_status.started()
+                    task_status.started(b.session)
                     await consume(b, lambda note: None)  # takes nothing: its events stay unacked
 
-        await readers.start(run_b)
+        b_session = await readers.start(run_b)
         await settled(found)
-        async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3, client(found, 0) as s4:
-            sockets = (s1, s2, s3, s4)
+        async with AsyncExitStack() as stack:
+            # Sockets until both members serve some (rendezvous decides which).
+            sockets: list[Any] = []
+            while {owner(s.socket_id, a.session, b_session) for s in sockets} != {a.session, b_session}:
+                sockets.append(await stack.enter_async_context(client(found, 0)))
             for socket in sockets:
                 await socket.send_event("n", 0)
+            b_sockets = [s for s in sockets if owner(s.socket_id, a.session, b_session) == b_session]
             found.kill(2)
             b_scope.cancel()
             # Every socket's message reaches a: at once for a's sockets, after b's grace for b's.
-            await tally.wait_for(4)
+            await tally.wait_for(len(sockets))
         readers.cancel_scope.cancel()
     assert sorted(sid for _, sid, _, _ in tally.got) == sorted(s.socket_id for s in sockets)
-    assert any(redelivered for *_, redelivered in tally.got), "b's events came to a marked"
+    marked = sorted(sid for _, sid, _, redelivered in tally.got if redelivered)
+    assert marked == sorted(s.socket_id for s in b_sockets), "b's events, and only those, came to a marked"
+
+
+async def test_drops_are_reported_exactly_across_nodes(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A group past its bounds drops events produced on another node; what arrives plus the gaps adds up."""
+    from pipe_proto.pipe import Gap
+
+    received: list[int] = []
+    gaps: list[int] = []
+    go = trio.Event()
+    done = trio.Event()
+
+    async def slow(pipe: Any) -> None:
+        await go.wait()
+        async with aclosing(pipe.events()) as notices:
+            async for notice in notices:
+                if isinstance(notice, Gap):
+                    gaps.append(notice.dropped)
+                elif isinstance(notice, SocketMessage):
+                    received.append(int(notice.data))
+                if len(received) + sum(gaps) >= 20:
+                    done.set()
+
+    app = pipe_app(window=2, buffer_events=5)
+    async with (
+        cluster(nursery, redis, app) as found,
+        backend(found, 1, events=("socket_message",)) as pipe,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(slow, pipe)
+        await settled(found)
+        async with client(found, 0) as socket:
+            for n in range(20):
+                await socket.send_event("n", n)
+            # Every message went through Redis before this socket's join answer.
+            await socket.subscribe("after-sending")
+            go.set()
+            with trio.fail_after(TIMEOUT):
+                await done.wait()
+        readers.cancel_scope.cancel()
+    assert len(received) + sum(gaps) == 20
+    assert sum(gaps) == 20 - 2 - 5, f"two in flight, five kept, the rest dropped: {received} {gaps}"
+    assert received == sorted(received)
+
+
+async def test_a_pipe_survives_a_redis_restart(nursery: trio.Nursery) -> None:
+    """Redis restarts empty: the node puts its pipe's session back, and messages from other nodes reach it again."""
+    own = RedisServer()
+    own.start()
+    try:
+        async with (
+            cluster(nursery, own, pipe_app(), nodes=2) as found,
+            backend(found, 0, events=("socket_message",)) as pipe,
+        ):
+            await settled(found)
+            async with client(found, 1) as socket:
+                await socket.send_event("before", 1)
+                await next_notice(pipe, SocketMessage, name="before")
+                own.restart()
+                with trio.fail_after(TIMEOUT):
+                    for node in found.nodes:
+                        assert node.cluster is not None
+                        await node.cluster.wait_disconnected()
+                    for node in found.nodes:
+                        await node.cluster.wait_connected()
+                await settled(found)
+                await socket.send_event("after", 2)
+                after = await next_notice(pipe, SocketMessage, name="after")
+                assert after.data == 2
+    finally:
+        own.stop()
