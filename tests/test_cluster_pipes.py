@@ -16,6 +16,7 @@ from pipe_proto.pipe import AuthRequest, SocketClosed, SocketMessage, SocketOpen
 from pipe_proto.relay.pipes import rendezvous_score
 from pipe_trio import AuthAnswer, open_pipe
 from pipe_trio.client import SubscriptionFailed
+from pipe_trio.testing import rest_request
 from tests.cluster_front import Forward
 from tests.redis_server import RedisServer
 from tests.test_cluster import KEY, SECRET, TIMEOUT, Cluster, client, cluster
@@ -322,6 +323,10 @@ async def test_drops_are_reported_exactly_across_nodes(nursery: trio.Nursery, re
             with trio.fail_after(TIMEOUT):
                 await done.wait()
         readers.cancel_scope.cancel()
+        # Any node tells the group's counters, kept in Redis.
+        status = await rest_request(found.url(2), "GET", f"/apps/{APP_ID}/status", key=KEY, secret=SECRET)
+        group = json.loads(status.body)["pipe"]["groups"]["default"]
+        assert (group["dropped"], group["pending"]) == (13, 0)
     assert len(received) + sum(gaps) == 20
     assert sum(gaps) == 20 - 2 - 5, f"two in flight, five kept, the rest dropped: {received} {gaps}"
     assert received == sorted(received)

@@ -417,6 +417,10 @@ class Relay:
             stats["cluster"] = cluster
         return stats
 
+    def app_status(self, app_id: str) -> Answer[dict[str, Any]]:
+        """The status endpoint's document for one app (in a cluster, its groups' counters come from Redis)."""
+        return self.directory.app_status(self._core.states[app_id], self.stats()["apps"][app_id])
+
     def holds_nothing(self) -> bool:
         """True when no connection, channel, user, member or pending auth is left."""
         core = self._core
