@@ -216,7 +216,8 @@ class PipeConnections:
             state.hub.ack(pipe.session, call.seq, now)
             return {}
         if isinstance(call, pipe_events.SubscribeEvents):
-            return gather([state.hub.subscribe(pipe.session, call.events, now)], lambda _: {})
+            checked = state.hub.subscribe(pipe.session, call.events, now)
+            return {} if checked is None else checked
         if isinstance(call, pipe_events.UnsubscribeEvents):
             state.hub.unsubscribe(pipe.session, call.events, now)
             return {}
