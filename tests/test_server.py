@@ -373,16 +373,39 @@ async def test_unknown_key_gets_4001(relay_server: RelayServer) -> None:
             ],
             426,
         ),
+        (
+            [
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                ("sec-websocket-key", "not sixteen bytes"),
+                ("sec-websocket-version", "13"),
+            ],
+            400,
+        ),
     ],
 )
 async def test_malformed_upgrade_refused_over_http(
     relay_server: RelayServer, headers: list[tuple[str, str]], status: int
 ) -> None:
-    """An upgrade without a key gets 400, one of another WebSocket version 426."""
+    """An upgrade without a key (or with a key of other than 16 bytes) gets 400, one of another version 426."""
     with trio.fail_after(10):
-        got, _, body = await http_request(relay_server.port, SOCKET_PATH, headers=headers)
+        got, found, body = await http_request(relay_server.port, SOCKET_PATH, headers=headers)
     assert got == status
     assert "error" in json.loads(body)
+    assert found.get("sec-websocket-version") == ("13" if status == 426 else None)
+
+
+async def test_an_http_1_0_upgrade_is_refused_400(relay_server: RelayServer) -> None:
+    """RFC 6455 4.1: an upgrade needs HTTP/1.1; an HTTP/1.0 request gets 400 and is closed."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        async with stream:
+            await stream.send_all(UPGRADE_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"))
+            received = b""
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert relay_server.relay.stats()["sockets"] == 0
 
 
 # ------------------------------------------------------------- bad input
