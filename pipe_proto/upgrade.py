@@ -139,8 +139,9 @@ def check_handshake(
     connection_upgrade = False
     for name, value in headers:
         if name == b"connection":
-            if not connection_upgrade:
-                connection_upgrade = any(t.strip().lower() == b"upgrade" for t in value.split(b","))
+            lowered = value.lower()
+            if lowered == b"upgrade" or (b"upgrade" in lowered and b"upgrade" in _tokens(lowered)):
+                connection_upgrade = True
         elif name == b"sec-websocket-key":
             key = value
             keys += 1
@@ -157,6 +158,10 @@ def check_handshake(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept_token(key) + b"\r\n\r\n"
     )
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip() for token in value.split(b",")]
 
 
 def _valid_key(key: bytes) -> bool:
