@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +43,7 @@ from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants
 
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
-from ._websocket import Poller, WebSocket, Writer, broadcast_frame
+from ._websocket import PortableTransport, Transport, WebSocket, Writer, open_transport
 from .cluster import ClusterLink, ClusterUnavailable
 from .webhooks import WebhookSender
 
@@ -112,6 +111,10 @@ class RelayServer:
             and closed (TLS: closed at once). None: no limit.
         redis: the Redis URL of the cluster, when ``relay`` is a cluster
             node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
+        transport: how WebSockets are read and framed: ``"auto"`` (the fast
+            transport on Linux for plain TCP, the portable one elsewhere) or
+            ``"portable"``; None: ``$PIPE_RELAY_TRANSPORT``, else ``"auto"``
+            (see :mod:`._websocket`).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class RelayServer:
         secure: bool = False,
         max_connections_per_ip: int | None = None,
         redis: str | None = None,
+        transport: str | None = None,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -140,8 +144,9 @@ class RelayServer:
         self._limited: set[str] = set()
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
-        # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
-        self.poller = Poller(self.writer) if hasattr(select, "epoll") else None
+        self._transport_name = transport
+        # How WebSockets are read and framed: serve() picks one for its listeners.
+        self.transport: Transport = PortableTransport(self.writer)
         self._random = RandomBytes()
         # Whose entry points each kind of connection's traffic goes to (the
         # relay forgot a refused one: nothing of it reaches the relay).
@@ -186,11 +191,11 @@ class RelayServer:
         self._offset = time.time() - trio.current_time()
         self._started = self.now()
         self.listeners = list(listeners)
+        self.transport = open_transport(self.writer, self.listeners, self._transport_name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_loop)
-            if self.poller is not None:
-                nursery.start_soon(self.poller.run)
+            nursery.start_soon(self.transport.run)
             nursery.start_soon(self.webhooks.run)
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
@@ -319,9 +324,10 @@ class RelayServer:
         """
         overflowing: list[WebSocket] = []
         conns = self.conns
+        text_frame = self.transport.framing.text
         for output in outputs:
             if type(output) is Send:
-                self.writer.broadcast(broadcast_frame(output.text), output.targets, conns, overflowing)
+                self.writer.broadcast(text_frame(output.text), output.targets, conns, overflowing)
             elif type(output) is Close:
                 conn = conns.pop(output.target, None)
                 if conn is not None:
@@ -363,21 +369,10 @@ class RelayServer:
             if upgraded is not None:
                 ws, side, limit = self._open_websocket(stream, *upgraded)
                 del upgraded
-                if self.poller is not None and ws.pollable:
-                    # From here the poller reads it and this task ends: an
-                    # open connection costs no task (see _websocket.Poller).
-                    try:
-                        handed_over = ws.hand_over(side, limit, self.poller, self._finish_handed_over)
-                    finally:
-                        if not handed_over:
-                            await self._finish(ws)
-                else:
-                    code, reason = 1006, ""
-                    try:
-                        code, reason = await ws.run(side, limit)
-                    finally:
-                        ws.ended = (code, reason)
-                        await self._finish(ws)
+                # From here the transport owns the connection: it calls
+                # _finish when it ends, maybe after this task is gone.
+                handed_over = True
+                await self.transport.serve(ws, side, limit, self._finish)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, h11.RemoteProtocolError):
             pass  # the peer went away or broke HTTP mid-request (its head errors are answered in _http)
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
@@ -388,14 +383,9 @@ class RelayServer:
                 self._closed_one(stream)
 
     async def _finish(self, ws: WebSocket) -> None:
-        """A WebSocket ended: tell the relay (unless done), then close it."""
-        ws.report_closed()
-        await ws.aclose()
-
-    async def _finish_handed_over(self, ws: WebSocket) -> None:
-        # The poller's connections end here, in a task of their own.
+        """A WebSocket ended and the relay was told: close it once its last frames are out."""
         try:
-            await self._finish(ws)
+            await ws.aclose()
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("closing %s failed", ws.id)
         finally:
@@ -683,7 +673,7 @@ class RelayServer:
     ) -> tuple[WebSocket, _Side, int]:
         """Register an accepted connection; returns it, its side and its message limit."""
         max_buffer = self.max_socket_buffer if upgraded.pipe is None else self.max_pipe_buffer
-        ws = WebSocket(stream, trailing, max_buffer, self.writer)
+        ws = self.transport.connection(stream, trailing, max_buffer)
         ws.push(upgraded.response)
         ws.id = upgraded.conn_id
         self.conns[ws.id] = ws

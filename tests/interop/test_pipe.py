@@ -13,7 +13,7 @@ from pipe_trio import AuthAnswer, PipeError, PipeRefusedError, RelayServer, open
 from tests.interop.node import AuthServer, open_driver
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.both_transports]
 
 
 @pytest.fixture
