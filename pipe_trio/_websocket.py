@@ -87,6 +87,7 @@ __all__ = [
     "WebSocket",
     "Writer",
     "open_transport",
+    "transport_name",
 ]
 
 log = logging.getLogger("pipe_trio")
@@ -736,6 +737,19 @@ class PortableTransport:
         """Nothing to run: each connection has its task."""
 
 
+def transport_name(name: str | None = None) -> str:
+    """The transport asked for: ``name``, else ``$PIPE_RELAY_TRANSPORT``, else ``"auto"``.
+
+    Raises:
+        ValueError: neither ``"auto"`` nor ``"portable"``.
+    """
+    if name is None:
+        name = os.environ.get(TRANSPORT_VARIABLE) or "auto"
+    if name not in ("auto", "portable"):
+        raise ValueError(f"{TRANSPORT_VARIABLE} must be auto or portable, not {name!r}")
+    return name
+
+
 def open_transport(writer: Writer, listeners: Sequence[trio.abc.Listener[Any]], name: str | None = None) -> Transport:
     """The transport for a server on ``listeners``.
 
@@ -748,14 +762,10 @@ def open_transport(writer: Writer, listeners: Sequence[trio.abc.Listener[Any]], 
             variable's, ``"auto"`` when unset.
 
     Raises:
-        ValueError: an unknown name.
+        ValueError: an unknown name (:func:`transport_name`).
     """
-    if name is None:
-        name = os.environ.get(TRANSPORT_VARIABLE) or "auto"
-    if name == "portable":
+    if transport_name(name) == "portable":
         return PortableTransport(writer)
-    if name != "auto":
-        raise ValueError(f"unknown transport {name!r} (auto or portable)")
     plain = all(type(listener) is trio.SocketListener for listener in listeners)
     if plain and hasattr(select, "epoll") and os.name == "posix":
         return FastTransport(writer)

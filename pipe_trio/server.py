@@ -1,16 +1,24 @@
 """The relay's single port: HTTP and WebSocket under Trio.
 
-This module moves bytes and nothing else. Each accepted TCP connection gets
+This module moves bytes; the core decides. Each accepted TCP connection gets
 a task: it reads HTTP requests (the usual upgrade request directly,
 :mod:`._upgrade`; everything else with h11) and asks the core where they go
 (:func:`pipe_proto.routes.route`). REST, status and the browser helper are
-answered in place; a WebSocket upgrade is completed by hand (the 101 goes
-out with the first frame) and the connection is handed to the
-:class:`~._websocket.Poller`, which reads every plain-TCP connection from
-one task, reporting every message to the :class:`~pipe_proto.Relay` and
-carrying out the outputs it returns; the connection's task ends there (a TLS
-connection's task stays its reader). Outputs are carried out synchronously:
-a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
+answered in place. A WebSocket upgrade goes to :func:`pipe_proto.upgrade.upgrade`,
+whose one answer is carried out as it is: a refusal (status, body, headers)
+is written through h11; an accepted connection (a socket, a pipe, or a
+socket refused at the Pusher level, with its message limit) gets the 101
+with its first frame and is handed to the server's
+:class:`~._websocket.Transport`, which reads it, reports every message to the
+:class:`~pipe_proto.Relay` through the connection's side (:class:`_SocketsSide`,
+:class:`_PipesSide`) and calls :meth:`RelayServer._finish` when it ends. Which
+transport serves is chosen at start and invisible here: the fast one (Linux,
+plain TCP: one task reads every connection, so the connection's task ends at
+the handover) or the portable one (TLS, other systems, or
+``PIPE_RELAY_TRANSPORT=portable``: the connection's task stays its reader).
+
+Outputs are carried out synchronously (:meth:`RelayServer.execute`): a
+:class:`~pipe_proto.Send` to many sockets builds its frame once and appends
 the same bytes to each socket's bounded queue; a socket whose queue the
 kernel will not take (over the bound for longer than a grace period, or far
 over it) is closed as a slow consumer (4101) instead of stalling anyone else.
