@@ -218,7 +218,7 @@ class RelayServer:
 
     async def _accept_from(self, listener: trio.abc.Listener[Any]) -> None:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
-        # handed to the poller outlives its handler task.
+        # handed to the fast transport outlives its handler task.
         assert self._nursery is not None
         retry = 0.0  # the wait before the next accept; 0: accepting normally
         failing_since = 0.0
