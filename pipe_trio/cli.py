@@ -36,6 +36,7 @@ from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
+from ._websocket import transport_name
 from .server import RelayServer, open_listeners
 from .workers import WORKER_FLAG, supervise
 
@@ -363,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET), or pass --demo to serve it anyway"
             )
         ssl_context = _tls_context(args)
+        try:
+            transport_name()  # PIPE_RELAY_TRANSPORT, checked before anything starts
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,8 @@ from pipe_trio import connect
 from tests.http_receiver import HttpReceiver, Received
 from tests.support import start_relay, url_of
 
+pytestmark = pytest.mark.both_transports
+
 KEY, SECRET = "hook-key", "hook-secret"
 
 
