@@ -22,6 +22,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -29,6 +30,7 @@ from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
+from .cluster_settings import ClusterSettings, cluster_settings
 from .server import RelayServer, serve
 from .workers import WORKER_FLAG, supervise
 
@@ -74,14 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--redis",
         metavar="URL",
-        default=os.environ.get("PIPE_RELAY_REDIS"),
-        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS)",
+        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS, [cluster] redis)",
     )
     run.add_argument(
         "--redis-prefix",
         metavar="NAME",
-        default=os.environ.get("PIPE_RELAY_REDIS_PREFIX", "pipe-relay"),
-        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay)",
+        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay;"
+        " also PIPE_RELAY_REDIS_PREFIX, [cluster] prefix)",
     )
     run.add_argument(
         "--workers",
@@ -113,12 +114,7 @@ def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -
     environ = dict(os.environ) if environ is None else environ
     apps = [_parse_app(spec) for spec in args.app]
     if args.config:
-        try:
-            with open(args.config, "rb") as file:
-                config = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc}") from None
-        apps.extend(apps_from_config(config))
+        apps.extend(apps_from_config(_read_config(args.config)))
     if not apps and environ.get("PIPE_RELAY_APP_KEY"):
         apps.append(
             App(
@@ -131,6 +127,14 @@ def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         AppRegistry(apps)  # refuses two apps with the same id or key
         return apps, False
     return [DEMO_APP], True
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
 
 
 def _banner(app: App, host: str, port: int, scheme: str) -> str:
@@ -159,16 +163,18 @@ on the Pipe (examples/quickstart/). Stop with Ctrl-C.
 """
 
 
-async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
+async def _run(args: argparse.Namespace, apps: list[App], demo: bool, cluster: ClusterSettings) -> None:
     ssl_context = None
     if args.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
     directory = None
-    if args.redis:
+    if cluster.redis:
         node = secrets.token_hex(6)
-        directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
-        log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
+        directory = partial(
+            ClusterDirectory, node=node, prefix=cluster.prefix, beat=cluster.beat, dead_after=cluster.dead_after
+        )
+        log.info("node %s joins the cluster %r through %s", node, cluster.prefix, cluster.redis.rpartition("@")[2])
     relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
     async with trio.open_nursery() as nursery:
         server: RelayServer = await nursery.start(
@@ -181,7 +187,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
                 ssl_context=ssl_context,
                 max_socket_buffer=args.max_socket_buffer,
                 max_pipe_buffer=args.max_pipe_buffer,
-                redis=args.redis,
+                redis=cluster.redis,
             )
         )
         scheme = "wss" if ssl_context else "ws"
@@ -200,8 +206,10 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _supervise(args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None) -> int:
-    if not args.redis:
+def _supervise(
+    args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None, cluster: ClusterSettings
+) -> int:
+    if not cluster.redis:
         print("pipe-relay: --workers needs --redis: the workers share their state through Redis", file=sys.stderr)
         return 2
     given = list(sys.argv[2:] if argv is None else argv[1:])
@@ -248,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         apps, demo = load_apps(args)
+        config = _read_config(args.config) if args.config else {}
+        cluster = cluster_settings(config, redis=args.redis, prefix=args.redis_prefix)
         if bool(args.tls_cert) != bool(args.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
     except ConfigError as exc:
@@ -259,9 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pipe-relay: --workers must be 1 or more", file=sys.stderr)
         return 2
     if args.workers > 1:
-        return _supervise(args, apps, demo, argv)
+        return _supervise(args, apps, demo, argv, cluster)
     try:
-        trio.run(_run, args, apps, demo)
+        trio.run(_run, args, apps, demo, cluster)
     except OSError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 1
