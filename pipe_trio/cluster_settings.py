@@ -78,7 +78,8 @@ def cluster_settings(
         dead_after=float(table.get("dead_after", DEAD_AFTER)),
     )
     if settings.redis is not None and not settings.redis.startswith(_REDIS_SCHEMES):
-        raise ConfigError(f"the Redis URL must start with redis://, rediss:// or unix://, not {settings.redis!r}")
+        shown = settings.redis.rpartition("@")[2]  # never show a password
+        raise ConfigError(f"the Redis URL must start with redis://, rediss:// or unix://, not {shown!r}")
     if settings.dead_after < 2 * settings.beat:
         raise ConfigError(
             f"cluster.dead_after ({settings.dead_after:g} s) must be at least twice cluster.beat ({settings.beat:g} s)"

@@ -37,7 +37,10 @@ DOC_LISTEN = re.compile(r"\blisten 80;")
 
 
 def cluster_config(redis_url: str, prefix: str, webhook_url: str | None = None) -> str:
-    """A configuration file for the test app, naming the cluster in its ``[cluster]`` table."""
+    """A configuration file for the test app, naming the cluster in its ``[cluster]`` table.
+
+    With ``webhook_url``, the occupancy and presence webhooks go there.
+    """
     text = f"""
 [cluster]
 redis = "{redis_url}"
@@ -56,7 +59,8 @@ user_authentication = true
 subscription_count = true
 """
     if webhook_url is not None:
-        text += f'\n[[apps.webhooks]]\nurl = "{webhook_url}"\n'
+        kinds = '["channel_occupied", "channel_vacated", "member_added", "member_removed"]'
+        text += f'\n[[apps.webhooks]]\nurl = "{webhook_url}"\nkinds = {kinds}\n'
     return text
 
 
@@ -68,9 +72,9 @@ class Node:
         self.port = port
         self.id = node_id
 
-    def kill(self) -> None:
-        """SIGKILL: the node stops at once and tells nobody."""
-        os.kill(self.lines.process.pid, signal.SIGKILL)
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Send ``signum``; by default SIGKILL: the node stops at once and tells nobody."""
+        os.kill(self.lines.process.pid, signum)
 
     async def status(self) -> dict[str, Any]:
         """Its ``GET /`` document."""

@@ -62,6 +62,7 @@ def test_the_environment_wins_over_the_file_and_the_command_line_over_both() -> 
         ("[cluster]\nbeat = true", "cluster.beat must be a positive number of seconds"),
         ("[cluster]\nbeat = 2\ndead_after = 3", "cluster.dead_after (3 s) must be at least twice cluster.beat (2 s)"),
         ("[cluster]\nredis = 'localhost:6379'", "must start with redis://, rediss:// or unix://, not 'localhost:6379'"),
+        ("[cluster]\nredis = 'redis:/:hunter2@db:6379'", "must start with redis://, rediss:// or unix://, not 'db:6379'"),
     ],
 )
 def test_bad_settings_are_refused_naming_them(table: str, message: str) -> None:
