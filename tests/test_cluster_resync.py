@@ -3,8 +3,8 @@
 A Redis that keeps its data (an append-only file) comes back as it was: the nodes' resync finds their
 shares where they left them and changes nothing, so nobody is told anything again. A Redis that lost its
 data gets every node's share added back, so the arrivals are announced again (docs/cluster.md, "When
-Redis dies or restarts"); one part of that is a known gap, kept as a strict xfail until the core changes:
-sockets are told that their own user joined, which a lone relay never does.
+Redis dies or restarts"), but never to a node that holds the member itself: a socket is never told that
+its own user joined, as a lone relay never does.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 import trio
 
 from pipe_proto import WebhookTarget
@@ -90,9 +89,8 @@ async def test_a_redis_that_lost_its_data_hears_every_arrival_again(nursery: tri
     assert webhooks.count(("member_added", ROOM, "alice")) == webhooks.count(("member_added", ROOM, "bob")) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="after Redis lost its data, the resync announces members to themselves too")
 async def test_no_socket_is_told_that_its_own_user_joined_after_redis_lost_its_data(nursery: trio.Nursery) -> None:
-    """A lone relay never tells a socket that its own user joined; a resync after a data loss does."""
+    """A lone relay never tells a socket that its own user joined; nor does a resync after a data loss."""
     seen, _ = await _restart(nursery, persistent=False)
     for me, events in seen.items():
         assert me not in {e.user_id for e in events if isinstance(e, MemberAdded)}, f"{me} was told it joined"

@@ -582,7 +582,7 @@ class ClusterDirectory:
         reached = 0
         if kind in ("e", "m", "n"):
             channel = state.channels.get(words[1])
-            if channel is not None and channel.sockets:
+            if channel is not None and channel.sockets and not (kind == "m" and self._known_member(channel, body)):
                 exclude = words[2] if kind == "e" and words[2] != "-" else None
                 reached = self._channels.deliver(channel, body, exclude)
         elif kind == "u":
@@ -596,6 +596,19 @@ class ClusterDirectory:
         if len(words) >= (5 if kind in ("e", "u") else 4) and kind in ("e", "u", "t"):
             asker, token = words[-2], words[-1]
             self.call("tell", asker, f"r {token}\n{reached}")
+
+    @staticmethod
+    def _known_member(channel: Channel, frame: str) -> bool:
+        """Whether a member_added names a member this node has on the channel.
+
+        A join's frame always comes before its own answer, so this only
+        happens when a resync after Redis lost its data announces this
+        node's own members back to it: its sockets knew them all along.
+        """
+        if not channel.members or '"pusher_internal:member_added"' not in frame:
+            return False
+        user_id = _json.loads(_json.loads(frame)["data"])["user_id"]
+        return str(user_id) in channel.members
 
     def _pipe_message(self, kind: str, words: list[str], body: str, now: float) -> None:
         hub = self._hubs.get(words[0])
