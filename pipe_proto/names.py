@@ -14,6 +14,24 @@ from enum import Enum
 
 import attrs
 
+__all__ = [
+    "DEFAULT_MAX_CHANNEL_NAME",
+    "MAX_CHANNEL_NAME_CEILING",
+    "MAX_EVENT_NAME",
+    "MAX_USER_ID",
+    "RESERVED_EVENT_PREFIXES",
+    "SERVER_TO_USER_PREFIX",
+    "SOCKET_ID",
+    "ChannelKind",
+    "ChannelType",
+    "channel_name_error",
+    "channel_type",
+    "event_name_error",
+    "socket_id_error",
+    "user_channel",
+    "user_id_error",
+]
+
 # Characters allowed in channel names (pusher-channels.md 4.2); '#' only in
 # the relay's own '#server-to-user-' channels.
 _CHANNEL_CHARS = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
@@ -77,6 +95,13 @@ def channel_type(name: str) -> ChannelType:
         if name.startswith(prefix):
             return kind
     return _PUBLIC
+
+
+def user_channel(name: str) -> str | None:
+    """The user id a ``#server-to-user-`` channel is for, or ``None`` for other channels."""
+    if channel_type(name).kind is ChannelKind.USER:
+        return name[len(SERVER_TO_USER_PREFIX) :]
+    return None
 
 
 def channel_name_error(name: object, max_length: int = DEFAULT_MAX_CHANNEL_NAME) -> str | None:

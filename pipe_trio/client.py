@@ -30,8 +30,8 @@ import trio
 import trio_websocket
 
 from pipe_proto import __version__
-from pipe_proto._json import dumps
 from pipe_proto.errors import ProtocolError, RemoteProtocolError
+from pipe_proto.jsontext import dumps
 from pipe_proto.names import ChannelKind, channel_type
 from pipe_proto.pusher import (
     ConnectionState,

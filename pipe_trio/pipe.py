@@ -50,15 +50,15 @@ import attrs
 import trio
 
 from pipe_proto import PipeCode, __version__
-from pipe_proto._json import dumps
 from pipe_proto.errors import ProtocolError
+from pipe_proto.jsontext import dumps
 from pipe_proto.pipe import events as ev
 from pipe_proto.pipe.client import PipeClientConnection
 from pipe_proto.pipe.handshake import pipe_url
 
 from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, connect_websocket
 
-__all__ = ["AuthAnswer", "Pipe", "PipeError", "PipeRefusedError", "open_pipe"]
+__all__ = ["AuthAnswer", "Pipe", "PipeDisconnectedError", "PipeError", "PipeRefusedError", "open_pipe"]
 
 log = logging.getLogger("pipe_trio.pipe")
 

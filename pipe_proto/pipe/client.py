@@ -43,7 +43,7 @@ from .events import (
     Request,
 )
 
-__all__ = ["ClientState", "Incoming", "PipeClientConnection"]
+__all__ = ["ACK_EVERY", "ClientState", "Incoming", "PipeClientConnection"]
 
 #: Processed notifications after which an ack goes out even if more are coming.
 ACK_EVERY = 100

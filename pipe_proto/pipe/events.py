@@ -51,7 +51,7 @@ __all__ = [
     "SubscribeEvents",
     "TerminateUser",
     "UnsubscribeEvents",
-    "Warning",
+    "WarningNotice",
 ]
 
 #: Event types a pipe may subscribe to, and those the 2011 protocol knew.
@@ -347,7 +347,7 @@ class Gap(Notice):
 
 
 @attrs.frozen(kw_only=True)
-class Warning(Notice):
+class WarningNotice(Notice):
     """``warning``: free-form text the 2011 client prints."""
 
     event = "warning"

@@ -26,7 +26,7 @@ from ..liveness import Liveness, LivenessAction
 from .codec import Role, decode, encode
 from .events import ConnectionEstablished, Error, Ping, PusherEvent
 
-__all__ = ["ConnectionState", "PusherConnection", "TimerAction"]
+__all__ = ["PONG_TIMEOUT", "ConnectionState", "PusherConnection", "TimerAction"]
 
 #: Seconds the server waits for any frame after its ``pusher:ping``.
 PONG_TIMEOUT = 30.0
