@@ -7,8 +7,8 @@ webhook sender and the ``pipe-relay`` command line.
 
 from pipe_proto import RemoteProtocolError, __version__
 
-from .client import PusherClient, SignInFailed, SubscriptionFailed, connect
 from .pipe import AuthAnswer, Pipe, PipeDisconnectedError, PipeError, PipeRefusedError, open_pipe
+from .pusher_client import PusherClient, SignInFailed, SubscriptionFailed, connect
 from .server import RelayServer, serve
 from .webhooks import WebhookSender
 

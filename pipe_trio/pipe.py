@@ -44,7 +44,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -56,7 +55,7 @@ from pipe_proto.pipe import events as ev
 from pipe_proto.pipe.client import PipeClientConnection
 from pipe_proto.pipe.handshake import pipe_url
 
-from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, connect_websocket
+from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, open_websocket
 
 __all__ = ["AuthAnswer", "Pipe", "PipeDisconnectedError", "PipeError", "PipeRefusedError", "open_pipe"]
 
@@ -453,27 +452,17 @@ class Pipe:
             last_seq=int(params["last_seq"]) if "last_seq" in params else None,
             client=self._client_name,
         )
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
         refused: HandshakeRefused | None = None
-        stream: trio.abc.Stream | None = None
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, port)
-                if parts.scheme == "wss":
-                    context = self._ssl or ssl.create_default_context()
-                    stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-                ws = await connect_websocket(
-                    stream, parts.netloc, f"{parts.path}?{parts.query}", max_message=MAX_FRAME_BYTES
-                )
-            await self._session(ws, task_status)
+            async with open_websocket(
+                url, ssl_context=self._ssl, max_message=MAX_FRAME_BYTES, connect_timeout=CONNECT_TIMEOUT
+            ) as ws:
+                await self._session(ws, task_status)
         except HandshakeRefused as exc:
             refused = exc
         finally:
             if self.core.state.value != "closed":
                 self.core.closed()
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
         if refused is not None:
             body = refused.body.decode("utf-8", "replace")
             message = f"relay refused the pipe: {refused.status_code} {body}"
