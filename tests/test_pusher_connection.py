@@ -43,7 +43,8 @@ EXPECTED: dict[tuple[ConnectionState, _Input], ConnectionState | None] = {
 def test_expected_table_covers_every_pair() -> None:
     """The table above names every (state, input) pair, and its legal moves are exactly _TRANSITIONS."""
     assert set(EXPECTED) == set(itertools.product(ConnectionState, _Input))
-    assert {k: v for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS
+    assert {k: (None, v) for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS.moves
+    assert _TRANSITIONS.final is CLOSED
 
 
 @pytest.mark.parametrize("role", [CLIENT, SERVER])
@@ -55,7 +56,7 @@ def test_every_state_input_pair(role: Role, state: ConnectionState, event: _Inpu
     expected = EXPECTED[(state, event)]
     if expected is None:
         with pytest.raises(LocalProtocolError):
-            conn._move(event)
+            _TRANSITIONS.move(conn, event)
         assert conn.state is CLOSED
         with pytest.raises(LocalProtocolError):
             conn.send(Ping())
@@ -63,7 +64,7 @@ def test_every_state_input_pair(role: Role, state: ConnectionState, event: _Inpu
             conn.receive('{"event":"pusher:ping","data":{}}', 1.0)
         assert conn.tick(1e9) is None
     else:
-        conn._move(event)
+        _TRANSITIONS.move(conn, event)
         assert conn.state is expected
 
 

@@ -30,6 +30,7 @@ import attrs
 
 from ..errors import LocalProtocolError
 from ..liveness import Liveness, LivenessAction
+from ..statemachine import Transitions
 from .codec import decode_server_frame, encode_request
 from .events import (
     Ack,
@@ -57,13 +58,22 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
-_TRANSITIONS: dict[tuple[ClientState, str], ClientState] = {
-    (ClientState.CONNECTING, "established"): ClientState.OPEN,
-    (ClientState.CONNECTING, "close"): ClientState.CLOSED,
-    (ClientState.OPEN, "close"): ClientState.CLOSED,
-    (ClientState.CLOSED, "close"): ClientState.CLOSED,
-    (ClientState.CLOSED, "connect"): ClientState.CONNECTING,
-}
+class _Input(Enum):
+    CONNECT = "connect"
+    ESTABLISHED = "be established"
+    CLOSE = "close"
+
+
+_TRANSITIONS = Transitions[ClientState, _Input, None](
+    {
+        (ClientState.CONNECTING, _Input.ESTABLISHED): (None, ClientState.OPEN),
+        (ClientState.CONNECTING, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.OPEN, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.CLOSED, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.CLOSED, _Input.CONNECT): (None, ClientState.CONNECTING),
+    },
+    final=ClientState.CLOSED,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -104,18 +114,11 @@ class PipeClientConnection:
         self._heartbeat = heartbeat
         self.liveness = Liveness(0.0, heartbeat, heartbeat)
 
-    def _move(self, event: str) -> None:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            state, self.state = self.state, ClientState.CLOSED
-            raise LocalProtocolError(f"cannot {event} when {state.value}") from None
-
     # ------------------------------------------------------------ lifecycle
 
     def connecting(self, now: float) -> dict[str, str]:
         """A new connection is being opened; returns the URL parameters to resume."""
-        self._move("connect")
+        _TRANSITIONS.move(self, _Input.CONNECT)
         self.liveness = Liveness(now, self._heartbeat, self._heartbeat)
         self._pending.clear()
         return self.url_params()
@@ -138,7 +141,7 @@ class PipeClientConnection:
 
     def closed(self) -> None:
         """The connection ended (the session is kept for resuming)."""
-        self._move("close")
+        _TRANSITIONS.move(self, _Input.CLOSE)
 
     # ----------------------------------------------------------- requests
 
@@ -193,7 +196,7 @@ class PipeClientConnection:
 
     def _established(self, notice: Established) -> None:
         if self.state is ClientState.CONNECTING:
-            self._move("established")
+            _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = notice.socket_id
         self.resumed = notice.resumed
         if notice.heartbeat:

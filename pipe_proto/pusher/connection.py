@@ -8,7 +8,8 @@ an invalid handshake) or a ``pusher:error`` (a refusal). Once OPEN, either
 side answers pings and, through :class:`~pipe_proto.liveness.Liveness`, probes
 a silent peer and gives up on one that stays silent. CLOSED is final.
 
-The legal moves are the table ``_TRANSITIONS``; a move missing from it raises
+The legal moves are the table ``_TRANSITIONS`` (a
+:class:`~pipe_proto.statemachine.Transitions`); a move missing from it raises
 :class:`LocalProtocolError` and leaves the connection CLOSED, so a misused
 connection refuses further calls instead of carrying on in a state nobody
 designed.
@@ -23,6 +24,7 @@ from enum import Enum
 
 from ..errors import LocalProtocolError, PusherCode, RemoteProtocolError
 from ..liveness import Liveness, LivenessAction
+from ..statemachine import Transitions
 from .codec import Role, decode, encode
 from .events import ConnectionEstablished, Error, Ping, PusherEvent
 
@@ -46,13 +48,16 @@ class _Input(Enum):
     CLOSE = "close"
 
 
-_TRANSITIONS: dict[tuple[ConnectionState, _Input], ConnectionState] = {
-    (ConnectionState.CONNECTING, _Input.ESTABLISHED): ConnectionState.OPEN,
-    (ConnectionState.CONNECTING, _Input.REFUSED): ConnectionState.CLOSED,
-    (ConnectionState.CONNECTING, _Input.CLOSE): ConnectionState.CLOSED,
-    (ConnectionState.OPEN, _Input.CLOSE): ConnectionState.CLOSED,
-    (ConnectionState.CLOSED, _Input.CLOSE): ConnectionState.CLOSED,
-}
+_TRANSITIONS = Transitions[ConnectionState, _Input, None](
+    {
+        (ConnectionState.CONNECTING, _Input.ESTABLISHED): (None, ConnectionState.OPEN),
+        (ConnectionState.CONNECTING, _Input.REFUSED): (None, ConnectionState.CLOSED),
+        (ConnectionState.CONNECTING, _Input.CLOSE): (None, ConnectionState.CLOSED),
+        (ConnectionState.OPEN, _Input.CLOSE): (None, ConnectionState.CLOSED),
+        (ConnectionState.CLOSED, _Input.CLOSE): (None, ConnectionState.CLOSED),
+    },
+    final=ConnectionState.CLOSED,
+)
 
 
 class TimerAction:
@@ -97,13 +102,6 @@ class PusherConnection:
         self.socket_id: str | None = None
         self.liveness = Liveness(now, activity_timeout, pong_timeout)
 
-    def _move(self, event: _Input) -> None:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            state, self.state = self.state, ConnectionState.CLOSED
-            raise LocalProtocolError(f"cannot {event.value} when {state.value}") from None
-
     def establish(self, socket_id: str) -> str:
         """Server side: open the connection; returns the first frame to send."""
         if self.role is not Role.SERVER:
@@ -112,7 +110,7 @@ class PusherConnection:
             ConnectionEstablished(socket_id=socket_id, activity_timeout=int(self.liveness.idle)),
             role=Role.SERVER,
         )
-        self._move(_Input.ESTABLISHED)
+        _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = socket_id
         return frame
 
@@ -135,14 +133,14 @@ class PusherConnection:
             try:
                 event = decode(text, role=self.role)
             except RemoteProtocolError:
-                self._move(_Input.REFUSED)
+                _TRANSITIONS.move(self, _Input.REFUSED)
                 raise RemoteProtocolError("Invalid handshake") from None
             if isinstance(event, ConnectionEstablished):
-                self._move(_Input.ESTABLISHED)
+                _TRANSITIONS.move(self, _Input.ESTABLISHED)
                 self.socket_id = event.socket_id
                 self.liveness.idle = min(self.liveness.idle, event.activity_timeout)
                 return event
-            self._move(_Input.REFUSED)
+            _TRANSITIONS.move(self, _Input.REFUSED)
             if isinstance(event, Error):
                 raise RemoteProtocolError(event.message, code=event.code)
             raise RemoteProtocolError("Invalid handshake: first frame was not connection_established")
@@ -175,7 +173,7 @@ class PusherConnection:
         if action is LivenessAction.PROBE:
             return TimerAction(encode(Ping(), role=self.role))
         if action is LivenessAction.EXPIRE:
-            self._move(_Input.CLOSE)
+            _TRANSITIONS.move(self, _Input.CLOSE)
             if self.role is Role.SERVER:
                 reason = "Pong reply not received"
                 error = Error(code=PusherCode.PONG_TIMEOUT, message=reason)
@@ -185,4 +183,4 @@ class PusherConnection:
 
     def close(self) -> None:
         """Mark the connection closed (either side closed it)."""
-        self._move(_Input.CLOSE)
+        _TRANSITIONS.move(self, _Input.CLOSE)
