@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .names import MAX_CHANNEL_NAME_CEILING
+from .names import MAX_CHANNEL_NAME_CEILING, is_token
 
 __all__ = [
     "WEBHOOK_KINDS",
@@ -148,7 +148,6 @@ class WebhookTarget:
 
 
 _ID = re.compile(r"[0-9]+")
-_TOKEN = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
 @attrs.frozen(kw_only=True)
@@ -174,7 +173,7 @@ class App:
             raise ConfigError(f"app id must be digits, not {self.id!r}")
         for field in ("key", "secret"):
             value = getattr(self, field)
-            if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            if not is_token(value):
                 raise ConfigError(f"app {field} must be letters, digits or _-. (app {self.id})")
 
 

@@ -40,6 +40,8 @@ from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, 
 
 __all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket", "open_websocket"]
 
+#: Seconds to connect (TCP, TLS) and complete the WebSocket handshake.
+CONNECT_TIMEOUT = 10.0
 #: Largest response head, and body of a refusal, read during the handshake.
 _MAX_RESPONSE = 64 * 1024
 #: Seconds a closing connection waits for its close frame to be written.
@@ -70,7 +72,7 @@ _MASKS = RandomBytes()
 
 @asynccontextmanager
 async def open_websocket(
-    url: str, *, ssl_context: ssl.SSLContext | None, max_message: int, connect_timeout: float
+    url: str, *, ssl_context: ssl.SSLContext | None, max_message: int, connect_timeout: float = CONNECT_TIMEOUT
 ) -> AsyncIterator[ClientWebSocket]:
     """Connect to ``url`` (``ws[s]://host[:port]/path?query``) and complete the handshake.
 

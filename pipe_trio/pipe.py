@@ -61,8 +61,6 @@ __all__ = ["AuthAnswer", "Pipe", "PipeDisconnectedError", "PipeError", "PipeRefu
 
 log = logging.getLogger("pipe_trio.pipe")
 
-#: Seconds to connect and complete the WebSocket handshake.
-CONNECT_TIMEOUT = 10.0
 #: Seconds an auth handler may take; the relay has given up by then (5 s by default).
 AUTH_TIMEOUT = 30.0
 #: Notifications held before the reader stops reading (the relay's window
@@ -454,9 +452,7 @@ class Pipe:
         )
         refused: HandshakeRefused | None = None
         try:
-            async with open_websocket(
-                url, ssl_context=self._ssl, max_message=MAX_FRAME_BYTES, connect_timeout=CONNECT_TIMEOUT
-            ) as ws:
+            async with open_websocket(url, ssl_context=self._ssl, max_message=MAX_FRAME_BYTES) as ws:
                 await self._session(ws, task_status)
         except HandshakeRefused as exc:
             refused = exc

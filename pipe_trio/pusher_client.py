@@ -60,9 +60,6 @@ __all__ = ["PusherClient", "SignInFailed", "SubscriptionFailed", "connect"]
 
 Authorizer = Callable[[str, str], Any]
 
-#: Seconds to connect and complete the WebSocket handshake.
-CONNECT_TIMEOUT = 10.0
-
 
 @attrs.define
 class SubscriptionFailed(Exception):
@@ -331,15 +328,13 @@ async def connect(
             the Pusher error code (e.g. 4001 for an unknown key), or the
             HTTP status when it refused the WebSocket upgrade itself.
         OSError: no connection.
-        trio.TooSlowError: no handshake within ``CONNECT_TIMEOUT`` seconds.
+        trio.TooSlowError: no handshake within 10 seconds.
     """
     params = {"protocol": str(protocol), "client": "pipe_trio", "version": __version__, **(query or {})}
     full = f"{url.rstrip('/')}/app/{key}?{urlencode(params)}"
     refused = None
     try:
-        async with open_websocket(
-            full, ssl_context=ssl_context, max_message=max_message, connect_timeout=CONNECT_TIMEOUT
-        ) as ws:
+        async with open_websocket(full, ssl_context=ssl_context, max_message=max_message) as ws:
             conn = PusherConnection(Role.CLIENT, now=trio.current_time(), activity_timeout=activity_timeout)
             try:
                 first = await ws.get_message()

@@ -38,6 +38,7 @@ from ..names import (
 from ..relay.directory import Answer, ChannelFacts, Pending
 from ..relay.outputs import Output
 from ..relay.relay import Relay
+from ..routes import USERS_TERMINATE
 from .auth import authenticate
 
 __all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
@@ -46,7 +47,6 @@ __all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
 MAX_BODY_BYTES = 1024 * 1024
 
 _APP_PATH = re.compile(r"/apps/([^/]+)(/.*)?")
-_USERS_TERMINATE = re.compile(r"/users/([^/]+)/terminate_connections")
 _CHANNEL = re.compile(r"/channels/([^/]+)")
 _CHANNEL_USERS = re.compile(r"/channels/([^/]+)/users")
 
@@ -124,7 +124,7 @@ def handle(
 def _handle(
     relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
 ) -> Answer[RestResponse]:
-    terminate = _USERS_TERMINATE.fullmatch(path)
+    terminate = USERS_TERMINATE.fullmatch(path)
     if terminate is not None:
         # The Python SDK posts here without /apps/{id} (pusher-channels.md 9.6).
         # Parameter names are case-insensitive, as authenticate() reads them (pusher-channels.md 9.2).
@@ -169,7 +169,7 @@ def _handle(
     if channel_match is not None:
         expect("GET")
         return _channel(relay, app.id, unquote(channel_match.group(1)), query, now)
-    terminate = _USERS_TERMINATE.fullmatch(sub)
+    terminate = USERS_TERMINATE.fullmatch(sub)
     if terminate is not None:
         expect("POST")
         user_id = terminate.group(1)
