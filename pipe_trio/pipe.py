@@ -204,14 +204,13 @@ class Pipe:
         self.app_id = app_id
         self._key = key
         self._secret = secret
-        self.types = list(dict.fromkeys([*events, *(["auth"] if auth is not None else [])]))
         self.group = group
         self._auth = auth
         self._ssl = ssl_context
         self._reconnect = reconnect
         self._max_backoff = max_backoff
         self._client_name = client_name
-        self.core = PipeClientConnection()
+        self.core = PipeClientConnection(events=[*events, *(["auth"] if auth is not None else [])])
         #: On a normal exit of ``open_pipe``, keep the session on the relay
         #: (for a restart that resumes it) instead of leaving the group.
         self.keep_session = keep_session
@@ -331,14 +330,22 @@ class Pipe:
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
 
+    @property
+    def types(self) -> list[str]:
+        """The event types this pipe receives (subscribed again on a fresh session)."""
+        return self.core.events
+
     async def subscribe(self, *types: str) -> None:
-        """Receive more event types (kept across reconnects)."""
-        self.types.extend(t for t in types if t not in self.types)
+        """Receive more event types (kept across reconnects).
+
+        Raises:
+            PipeError: the relay refused (e.g. 4240, an unknown type).
+            PipeDisconnectedError: the pipe is not connected (nothing changes).
+        """
         await self.request(ev.SubscribeEvents(events=types))
 
     async def unsubscribe(self, *types: str) -> None:
-        """Stop receiving event types."""
-        self.types = [t for t in self.types if t not in types]
+        """Stop receiving event types (as :meth:`subscribe`)."""
         await self.request(ev.UnsubscribeEvents(events=types))
 
     async def send_to_sockets(self, socket_ids: Iterable[str], event: str, data: Any = None) -> int:
@@ -495,8 +502,10 @@ class Pipe:
                 log.warning("unreadable frame from the relay: %s", exc)
                 continue
             for item in items:
+                if item.send is not None:
+                    await ws.send_message(item.send)
                 if item.established is not None:
-                    await self._on_established(ws, item.established)
+                    await self._on_established(item.established)
                     if task_status is not None:
                         task_status.started()
                         task_status = None
@@ -514,16 +523,11 @@ class Pipe:
                     self._queue.append(item.notification)
                     self._queued.set()
 
-    async def _on_established(self, ws: ClientWebSocket, notice: ev.Established) -> None:
+    async def _on_established(self, notice: ev.Established) -> None:
         log.info(
             "pipe connected as %s (session %s, resumed %s, gap %s)",
             notice.socket_id, notice.session, notice.resumed, notice.gap,
         )
-        if not notice.resumed and self.types:
-            # A fresh session knows no subscriptions: (re)subscribe, without
-            # waiting for the reply here (the reader must go on reading).
-            _, text = self.core.request(ev.SubscribeEvents(events=self.types), reply=False)
-            await ws.send_message(text)
         self._established += 1
         self._connected.set()
         self._reconnected.set()
@@ -631,13 +635,7 @@ class Pipe:
                 answer = AuthAnswer(allow=True, data=answer)
             else:
                 answer = AuthAnswer(allow=bool(answer))
-        key = "user_data" if request.kind == "user" else "channel_data"
-        call = ev.AuthResponse(
-            request_id=request.request_id,
-            allow=answer.allow,
-            reason=answer.reason,
-            **{key: answer.data},
-        )
+        call = request.answer(allow=answer.allow, data=answer.data, reason=answer.reason)
         try:
             await self.request(call)
         except PipeDisconnectedError:

@@ -46,6 +46,7 @@ from pipe_proto.pusher import (
     PusherEvent,
     Role,
     SignIn,
+    SignInError,
     SignInSuccess,
     Subscribe,
     SubscriptionError,
@@ -262,9 +263,7 @@ class PusherClient:
                     if waiter is not None:
                         waiter[1].append(event)
                         waiter[0].set()
-                elif self._signin is not None and (
-                    isinstance(event, SignInSuccess) or (isinstance(event, Error) and event.code == 4009)
-                ):
+                elif self._signin is not None and isinstance(event, (SignInSuccess, SignInError)):
                     self._signin[1].append(event)
                     self._signin[0].set()
                     self._signin = None

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipe_proto import LocalProtocolError
-from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents
+from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents, UnsubscribeEvents
 from pipe_proto.pipe.client import _TRANSITIONS, ACK_EVERY, ClientState, PipeClientConnection, _Input
 from pipe_proto.relay.outputs import Send
 from tests.pipe_helpers import APP, Harness
@@ -190,3 +190,33 @@ def test_mirror_of_the_relay() -> None:
     assert out == []
     assert not h.relay.state_of("1").hub.by_pipe[pipe].inflight
     assert Ack(seq=1).seq == 1
+
+
+def test_a_fresh_session_gets_the_subscribe_to_send_and_a_resumed_one_does_not() -> None:
+    """connection_established of a fresh session carries the subscribe of every kept event type; a resume carries none."""
+    conn = PipeClientConnection(events=["socket_message", "auth", "socket_message"])
+    conn.connecting(0.0)
+    (item,) = conn.receive(established("s1"), 0.0)
+    assert item.send is not None
+    assert json.loads(item.send) == {"id": None, "method": "subscribe", "params": {"events": ["socket_message", "auth"]}}
+    conn.closed()
+    conn.connecting(1.0)
+    (item,) = conn.receive(established("s1", resumed=True), 1.0)
+    assert item.send is None
+    assert PipeClientConnection().connecting(0.0) == {}
+    bare = PipeClientConnection()
+    bare.connecting(0.0)
+    assert next(iter(bare.receive(established(), 0.0))).send is None  # nothing to subscribe to
+
+
+def test_event_types_change_when_the_relay_accepts() -> None:
+    """subscribe/unsubscribe change the kept types on a success reply, not on an error; without a reply, at once."""
+    conn = opened()
+    sub_id, _ = conn.request(SubscribeEvents(events=["presence"]))
+    bad_id, _ = conn.request(SubscribeEvents(events=["nonsense"]))
+    list(conn.receive(json.dumps({"id": bad_id, "error": {"code": 4240, "message": "unknown"}, "result": None}), 0.0))
+    assert conn.events == []
+    list(conn.receive(json.dumps({"id": sub_id, "error": None, "result": {}}), 0.0))
+    assert conn.events == ["presence"]
+    conn.request(UnsubscribeEvents(events=["presence"]), reply=False)
+    assert conn.events == []

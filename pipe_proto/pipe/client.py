@@ -13,6 +13,13 @@ the application may still hold later ones (queued, or in a handler): every
 notification at or below the last *received* seq of the session is filtered
 out here, so a replay never reaches the application twice.
 
+The event types the pipe receives are kept here too (``events``, changed by
+a ``subscribe`` or ``unsubscribe`` when the relay accepts it, or when it is
+sent without asking for a reply): a fresh session knows no
+subscriptions, so the ``connection_established`` of one comes back with the
+``subscribe`` request to send at once (:attr:`Incoming.send`); a resumed
+session kept its own.
+
 The application reports each notification done with :meth:`processed`; acks
 are cumulative and go out in batches (:meth:`take_ack`) so that the relay's
 window keeps moving without one ack per event. Requests get ids from a
@@ -23,7 +30,7 @@ up (the caller reconnects) when ``heartbeat`` more pass without a word.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import Enum
 
 import attrs
@@ -42,6 +49,8 @@ from .events import (
     PipeCall,
     Reply,
     Request,
+    SubscribeEvents,
+    UnsubscribeEvents,
 )
 
 __all__ = ["ACK_EVERY", "ClientState", "Incoming", "PipeClientConnection"]
@@ -82,13 +91,15 @@ class Incoming:
 
     Exactly one of ``notification``, ``reply`` or ``error`` is set.
     ``established`` is the ``connection_established`` notice when this frame
-    opened the connection.
+    opened the connection; ``send`` is a frame to send before anything else
+    (the ``subscribe`` of a fresh session).
     """
 
     notification: Notification | None = None
     reply: Reply | ErrorReply | None = None
     error: ErrorNotification | None = None
     established: Established | None = None
+    send: str | None = None
 
 
 class PipeClientConnection:
@@ -97,10 +108,13 @@ class PipeClientConnection:
     Args:
         heartbeat: seconds of silence before pinging the relay (the relay
             announces its own; the smaller is used).
+        events: the event types to receive (subscribed on every fresh session).
     """
 
-    def __init__(self, *, heartbeat: float = 25.0) -> None:
+    def __init__(self, *, heartbeat: float = 25.0, events: Iterable[str] = ()) -> None:
         self.state = ClientState.CLOSED
+        #: The event types this pipe receives, in the order first asked for.
+        self.events: list[str] = list(dict.fromkeys(events))
         self.session: str | None = None
         self.socket_id: str | None = None
         self.resumed = False
@@ -110,7 +124,7 @@ class PipeClientConnection:
         self.last_received = 0
         self._acked = 0
         self._next_id = 1
-        self._pending: dict[int, str] = {}
+        self._pending: dict[int, PipeCall] = {}
         self._heartbeat = heartbeat
         self.liveness = Liveness(0.0, heartbeat, heartbeat)
 
@@ -148,6 +162,9 @@ class PipeClientConnection:
     def request(self, call: PipeCall, *, reply: bool = True) -> tuple[int | None, str]:
         """Encode a request; returns its id (``None`` when no reply is wanted) and text.
 
+        A ``subscribe`` or ``unsubscribe`` changes :attr:`events` once its
+        reply says it succeeded (at once when no reply is wanted).
+
         Raises:
             LocalProtocolError: the connection is not open.
         """
@@ -157,8 +174,17 @@ class PipeClientConnection:
         if reply:
             request_id = self._next_id
             self._next_id += 1
-            self._pending[request_id] = call.method
+            self._pending[request_id] = call
+        else:
+            self._applied(call)
         return request_id, encode_request(Request(id=request_id, call=call))
+
+    def _applied(self, call: PipeCall) -> None:
+        """A call took effect on the relay: keep the event types in step."""
+        if isinstance(call, SubscribeEvents):
+            self.events.extend(t for t in call.events if t not in self.events)
+        elif isinstance(call, UnsubscribeEvents):
+            self.events = [t for t in self.events if t not in call.events]
 
     @property
     def pending_requests(self) -> int:
@@ -181,8 +207,7 @@ class PipeClientConnection:
         if isinstance(frame, Notification):
             notice = frame.notice
             if isinstance(notice, Established):
-                self._established(notice)
-                yield Incoming(notification=frame, established=notice)
+                yield Incoming(notification=frame, established=notice, send=self._established(notice))
                 return
             if frame.seq is not None:
                 if frame.seq <= self.last_received:
@@ -191,10 +216,13 @@ class PipeClientConnection:
             yield Incoming(notification=frame)
         elif isinstance(frame, ErrorNotification):
             yield Incoming(error=frame)
-        elif isinstance(frame.id, int) and self._pending.pop(frame.id, None) is not None:
+        elif isinstance(frame.id, int) and (call := self._pending.pop(frame.id, None)) is not None:
+            if isinstance(frame, Reply):
+                self._applied(call)
             yield Incoming(reply=frame)
 
-    def _established(self, notice: Established) -> None:
+    def _established(self, notice: Established) -> str | None:
+        """Take the connection's first frame; returns the re-subscribe a fresh session needs."""
         if self.state is ClientState.CONNECTING:
             _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = notice.socket_id
@@ -204,6 +232,10 @@ class PipeClientConnection:
         if not notice.resumed or notice.session != self.session:
             self.session = notice.session
             self.last_processed = self.last_received = self._acked = 0
+        if notice.resumed or not self.events or self.state is not ClientState.OPEN:
+            return None
+        # Without waiting for the reply: the reader must go on reading.
+        return self.request(SubscribeEvents(events=self.events), reply=False)[1]
 
     # --------------------------------------------------------------- acks
 

@@ -8,6 +8,11 @@ an invalid handshake) or a ``pusher:error`` (a refusal). Once OPEN, either
 side answers pings and, through :class:`~pipe_proto.liveness.Liveness`, probes
 a silent peer and gives up on one that stays silent. CLOSED is final.
 
+On the client side a sent ``pusher:signin`` waits for its answer: the next
+``pusher:signin_success``, or a ``pusher:error`` with code 4009, which
+:meth:`PusherConnection.receive` returns as :class:`SignInError` so that the
+caller need not guess which error answers the sign-in.
+
 The legal moves are the table ``_TRANSITIONS`` (a
 :class:`~pipe_proto.statemachine.Transitions`); a move missing from it raises
 :class:`LocalProtocolError` and leaves the connection CLOSED, so a misused
@@ -26,7 +31,7 @@ from ..errors import LocalProtocolError, PusherCode, RemoteProtocolError
 from ..liveness import Liveness, LivenessAction
 from ..statemachine import Transitions
 from .codec import Role, decode, encode
-from .events import ConnectionEstablished, Error, Ping, PusherEvent
+from .events import ConnectionEstablished, Error, Ping, PusherEvent, SignIn, SignInError, SignInSuccess
 
 __all__ = ["PONG_TIMEOUT", "ConnectionState", "PusherConnection", "TimerAction"]
 
@@ -87,7 +92,7 @@ class PusherConnection:
         pong_timeout: seconds to wait for any frame after a ping.
     """
 
-    __slots__ = ("liveness", "role", "socket_id", "state")
+    __slots__ = ("liveness", "role", "signing_in", "socket_id", "state")
 
     def __init__(
         self,
@@ -100,6 +105,8 @@ class PusherConnection:
         self.role = role
         self.state = ConnectionState.CONNECTING
         self.socket_id: str | None = None
+        #: Client side: a ``pusher:signin`` was sent and has no answer yet.
+        self.signing_in = False
         self.liveness = Liveness(now, activity_timeout, pong_timeout)
 
     def establish(self, socket_id: str) -> str:
@@ -118,7 +125,9 @@ class PusherConnection:
         """Decode one frame from the peer and advance the state.
 
         Returns:
-            The event. A :class:`Ping` must be answered with a ``Pong``.
+            The event. A :class:`Ping` must be answered with a ``Pong``. On
+            the client side, the error answering a pending sign-in is a
+            :class:`SignInError`.
 
         Raises:
             RemoteProtocolError: the frame is malformed (the connection stays
@@ -144,7 +153,14 @@ class PusherConnection:
             if isinstance(event, Error):
                 raise RemoteProtocolError(event.message, code=event.code)
             raise RemoteProtocolError("Invalid handshake: first frame was not connection_established")
-        return decode(text, role=self.role)
+        event = decode(text, role=self.role)
+        if self.signing_in:
+            if isinstance(event, SignInSuccess):
+                self.signing_in = False
+            elif isinstance(event, Error) and event.code == PusherCode.UNAUTHORIZED:
+                self.signing_in = False
+                return SignInError(code=event.code, message=event.message)
+        return event
 
     def heard(self, now: float) -> None:
         """Record traffic that is not a text frame (a WebSocket ping or pong)."""
@@ -159,7 +175,10 @@ class PusherConnection:
         """
         if self.state is not ConnectionState.OPEN:
             raise LocalProtocolError(f"cannot send when {self.state.value}")
-        return encode(event, role=self.role)
+        text = encode(event, role=self.role)
+        if isinstance(event, SignIn):
+            self.signing_in = True
+        return text
 
     def deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
