@@ -16,9 +16,10 @@ decides comes from ``pipe_proto``; this file only moves bytes:
   ``Relay.tick`` runs at ``Relay.next_deadline()``.
 
 Limits: a request head of 64 KiB, a REST body of ``MAX_BODY_BYTES`` (413),
-messages of ``MAX_MESSAGE`` bytes (the relay is told; it closes a pipe with
-1009 and answers a socket with an error), ``MAX_QUEUED`` bytes written and not
-yet taken by a peer (then it is closed as a slow consumer, 4101). Left out for
+messages of ``MAX_MESSAGE`` characters (the relay is told; it closes a pipe
+with 1009 and answers a socket with an error), ``MAX_QUEUED`` bytes written
+and not yet taken by a peer (then the connection is cut and the relay told it
+was a slow consumer). Left out for
 brevity: webhooks, TLS, the status page, a cluster (see ``pipe_trio`` for all
 of them).
 """
@@ -98,9 +99,11 @@ class AsyncioRelay:
             return
         peer.writer.write(peer.ws.send(event))
         if peer.writer.transport.get_write_buffer_size() > MAX_QUEUED:
-            peer.writer.transport.abort()  # drop what is queued, then let the relay say why
+            # asyncio cannot drop what is queued without cutting the connection: cut it,
+            # and let the relay forget it (what it answers for this peer goes nowhere).
+            del self.peers[conn_id]
+            peer.writer.transport.abort()
             self.carry(self.relay.slow_consumer(conn_id, self.now()))
-            self.peers.pop(conn_id, None)
 
     async def timers(self) -> None:
         while True:
