@@ -333,7 +333,7 @@ class Pipe:
     @property
     def types(self) -> list[str]:
         """The event types this pipe receives (subscribed again on a fresh session)."""
-        return self.core.events
+        return list(self.core.events)
 
     async def subscribe(self, *types: str) -> None:
         """Receive more event types (kept across reconnects).
@@ -505,7 +505,7 @@ class Pipe:
                 if item.send is not None:
                     await ws.send_message(item.send)
                 if item.established is not None:
-                    await self._on_established(item.established)
+                    self._on_established(item.established)
                     if task_status is not None:
                         task_status.started()
                         task_status = None
@@ -523,7 +523,7 @@ class Pipe:
                     self._queue.append(item.notification)
                     self._queued.set()
 
-    async def _on_established(self, notice: ev.Established) -> None:
+    def _on_established(self, notice: ev.Established) -> None:
         log.info(
             "pipe connected as %s (session %s, resumed %s, gap %s)",
             notice.socket_id, notice.session, notice.resumed, notice.gap,
