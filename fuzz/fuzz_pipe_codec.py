@@ -44,7 +44,7 @@ from fuzz._support import (
     text_entry,
     to_text,
 )
-from pipe_proto import _json
+from pipe_proto import jsontext
 from pipe_proto.apps import App, Limits
 from pipe_proto.errors import PipeCode, RemoteProtocolError
 from pipe_proto.pipe.codec import (
@@ -86,7 +86,7 @@ from pipe_proto.pipe.events import (
     SubscribeEvents,
     TerminateUser,
     UnsubscribeEvents,
-    Warning,
+    WarningNotice,
 )
 from pipe_proto.pipe.server import PipeServerConnection
 
@@ -262,7 +262,7 @@ NOTICES = st.one_of(
         socket=st.dictionaries(names, plain_json, max_size=2),
     ),
     st.builds(Gap, dropped=st.integers(min_value=0)),
-    st.builds(Warning, data=plain_json),
+    st.builds(WarningNotice, data=plain_json),
 )
 
 
@@ -320,7 +320,7 @@ def test_notification_round_trip(notice: Any, seq: int | None, time_ms: int | No
     """Every 1.0 notice, written by the relay, reads back equal on the client side."""
     sent = Notification(notice=notice, seq=seq, time_ms=time_ms, redelivered=redelivered)
     text = encode_notification(sent, "1.0")
-    assert _json.loads(text)["result"]["event"] == notice.event
+    assert jsontext.loads(text)["result"]["event"] == notice.event
     assert check_server_frame(text) == sent
     check_server_frame(encode_notification(sent, "0.2"))
 

@@ -45,7 +45,7 @@ from fuzz._support import (
     record,
     to_text,
 )
-from pipe_proto import App, Close, Limits, Relay, Send, _json
+from pipe_proto import App, Close, Limits, Relay, Send, jsontext
 from pipe_proto.pusher.codec import Role, decode
 from pipe_proto.rest import RestResponse, handle
 from pipe_proto.routes import RouteKind, route
@@ -123,7 +123,7 @@ def check_request(method: str, path: str, query: dict[str, str], body: bytes, no
     assert isinstance(response, RestResponse), response
     assert response.status in STATUSES, response
     assert isinstance(response.body, dict), response
-    assert _json.loads(_json.dumps(response.body)) == response.body
+    assert jsontext.loads(jsontext.dumps(response.body)) == response.body
     authentic = spec_verify(method, path, query, body, now)
     app = _names_app(path, query)
     if response.status != 200:

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .names import MAX_CHANNEL_NAME_CEILING
+from .names import MAX_CHANNEL_NAME_CEILING, is_token
 
 __all__ = [
     "WEBHOOK_KINDS",
@@ -148,7 +148,6 @@ class WebhookTarget:
 
 
 _ID = re.compile(r"[0-9]+")
-_TOKEN = re.compile(r"[A-Za-z0-9_\-.]+")
 
 
 @attrs.frozen(kw_only=True)
@@ -176,7 +175,7 @@ class App:
             value = getattr(self, field)
             if value == "":
                 raise ConfigError(f"app {field} is missing (app {self.id})")
-            if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            if not is_token(value):
                 raise ConfigError(f"app {field} must be letters, digits or _-. (app {self.id})")
 
 

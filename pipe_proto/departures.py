@@ -21,10 +21,10 @@ __all__ = ["LEAVE_DELAY", "Departures"]
 #: Seconds a departure waits before it is reported.
 LEAVE_DELAY = 3.0
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
-class Departures(Generic[T]):
+class Departures(Generic[_T]):
     """Held departures, by key, in the order they happened.
 
     Args:
@@ -34,9 +34,9 @@ class Departures(Generic[T]):
     def __init__(self, delay: float = LEAVE_DELAY) -> None:
         self.delay = delay
         #: key -> (due time, item, match); insertion order is due order (the delay is constant).
-        self._held: dict[Hashable, tuple[float, T, Any]] = {}
+        self._held: dict[Hashable, tuple[float, _T, Any]] = {}
 
-    def hold(self, key: Hashable, item: T, now: float, match: Any = None) -> None:
+    def hold(self, key: Hashable, item: _T, now: float, match: Any = None) -> None:
         """Hold the departure ``item`` of ``key`` until ``now + delay``.
 
         ``match`` is what an arrival must bring to cancel it (for a presence
@@ -46,7 +46,7 @@ class Departures(Generic[T]):
         self._held.pop(key, None)
         self._held[key] = (now + self.delay, item, match)
 
-    def arrive(self, key: Hashable, match: Any = None) -> tuple[bool, T | None]:
+    def arrive(self, key: Hashable, match: Any = None) -> tuple[bool, _T | None]:
         """``key`` arrived: ``(True, None)`` when that cancelled its held departure.
 
         Otherwise ``(False, item)``: ``item`` is a held departure of ``key``
@@ -62,7 +62,7 @@ class Departures(Generic[T]):
             return True, None
         return False, item
 
-    def due(self, now: float) -> Iterator[T]:
+    def due(self, now: float) -> Iterator[_T]:
         """Take the departures due at ``now``, oldest first."""
         held = self._held
         while held:
@@ -72,12 +72,12 @@ class Departures(Generic[T]):
             del held[key]
             yield item
 
-    def oldest(self) -> T:
+    def oldest(self) -> _T:
         """Take the oldest departure, due or not (to keep the number held bounded)."""
         key = next(iter(self._held))
         return self._held.pop(key)[1]
 
-    def discard(self, unwanted: Callable[[T], bool]) -> None:
+    def discard(self, unwanted: Callable[[_T], bool]) -> None:
         """Forget the held departures for which ``unwanted(item)`` is true."""
         self._held = {k: v for k, v in self._held.items() if not unwanted(v[1])}
 

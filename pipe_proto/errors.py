@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+__all__ = ["CloseCode", "LocalProtocolError", "PipeCode", "ProtocolError", "PusherCode", "RemoteProtocolError"]
+
 
 class ProtocolError(Exception):
     """Base class of every error this package raises on purpose.

@@ -14,8 +14,9 @@ Only sends are never counted: a subscriber that receives a stream but never
 writes must still be probed (pusher-channels.md 2, the quirk to avoid).
 
 Hearing from the peer is the hot path, so :meth:`Liveness.heard` is two
-attribute writes; the transition table is consulted only when a deadline
-passes.
+attribute writes; the transition table (a
+:class:`~pipe_proto.statemachine.Transitions`) is consulted only when a
+deadline passes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 from enum import Enum
 
 from .errors import LocalProtocolError
+from .statemachine import Transitions
 
 __all__ = ["Liveness", "LivenessAction", "LivenessState"]
 
@@ -49,14 +51,17 @@ class _Input(Enum):
     GRACE_DEADLINE = "grace deadline"
 
 
-_TRANSITIONS: dict[tuple[LivenessState, _Input], tuple[LivenessAction | None, LivenessState]] = {
-    (LivenessState.ACTIVE, _Input.HEARD): (None, LivenessState.ACTIVE),
-    (LivenessState.ACTIVE, _Input.IDLE_DEADLINE): (LivenessAction.PROBE, LivenessState.PROBING),
-    (LivenessState.PROBING, _Input.HEARD): (None, LivenessState.ACTIVE),
-    (LivenessState.PROBING, _Input.GRACE_DEADLINE): (LivenessAction.EXPIRE, LivenessState.EXPIRED),
-    # Frames still in flight when the owner gave up change nothing.
-    (LivenessState.EXPIRED, _Input.HEARD): (None, LivenessState.EXPIRED),
-}
+_TRANSITIONS = Transitions[LivenessState, _Input, LivenessAction](
+    {
+        (LivenessState.ACTIVE, _Input.HEARD): (None, LivenessState.ACTIVE),
+        (LivenessState.ACTIVE, _Input.IDLE_DEADLINE): (LivenessAction.PROBE, LivenessState.PROBING),
+        (LivenessState.PROBING, _Input.HEARD): (None, LivenessState.ACTIVE),
+        (LivenessState.PROBING, _Input.GRACE_DEADLINE): (LivenessAction.EXPIRE, LivenessState.EXPIRED),
+        # Frames still in flight when the owner gave up change nothing.
+        (LivenessState.EXPIRED, _Input.HEARD): (None, LivenessState.EXPIRED),
+    },
+    final=LivenessState.EXPIRED,
+)
 
 
 class Liveness:
@@ -83,7 +88,7 @@ class Liveness:
         """Record that the peer sent something (any frame, pong included)."""
         self.last_heard = now
         if self.state is LivenessState.PROBING:
-            self._move(_Input.HEARD)
+            _TRANSITIONS.move(self, _Input.HEARD)
 
     def deadline(self) -> float:
         """When :meth:`poll` next has something to do (``inf``: never)."""
@@ -99,14 +104,5 @@ class Liveness:
             return None
         if self.state is LivenessState.ACTIVE:
             self.probed_at = now
-            return self._move(_Input.IDLE_DEADLINE)
-        return self._move(_Input.GRACE_DEADLINE)
-
-    def _move(self, event: _Input) -> LivenessAction | None:
-        try:
-            action, self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            # An illegal move ends the machine, as a missing key does everywhere.
-            state, self.state = self.state, LivenessState.EXPIRED
-            raise LocalProtocolError(f"{event.value} is not possible when {state.value}") from None
-        return action
+            return _TRANSITIONS.move(self, _Input.IDLE_DEADLINE)
+        return _TRANSITIONS.move(self, _Input.GRACE_DEADLINE)

@@ -14,10 +14,32 @@ from enum import Enum
 
 import attrs
 
+__all__ = [
+    "DEFAULT_MAX_CHANNEL_NAME",
+    "MAX_CHANNEL_NAME_CEILING",
+    "MAX_EVENT_NAME",
+    "MAX_USER_ID",
+    "RESERVED_EVENT_PREFIXES",
+    "SERVER_TO_USER_PREFIX",
+    "SOCKET_ID",
+    "ChannelKind",
+    "ChannelType",
+    "channel_name_error",
+    "channel_type",
+    "event_name_error",
+    "is_token",
+    "socket_id_error",
+    "user_channel",
+    "user_id_error",
+]
+
 # Characters allowed in channel names (pusher-channels.md 4.2); '#' only in
 # the relay's own '#server-to-user-' channels.
 _CHANNEL_CHARS = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
 SOCKET_ID = re.compile(r"[0-9]+\.[0-9]+")
+# App keys and secrets, pipe groups and sessions: the characters that need no
+# escaping in a URL or a signed query.
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.]+")
 SERVER_TO_USER_PREFIX = "#server-to-user-"
 
 #: Longest channel name accepted by default (the documented 164; apps may
@@ -79,6 +101,13 @@ def channel_type(name: str) -> ChannelType:
     return _PUBLIC
 
 
+def user_channel(name: str) -> str | None:
+    """The user id a ``#server-to-user-`` channel is for, or ``None`` for other channels."""
+    if channel_type(name).kind is ChannelKind.USER:
+        return name[len(SERVER_TO_USER_PREFIX) :]
+    return None
+
+
 def channel_name_error(name: object, max_length: int = DEFAULT_MAX_CHANNEL_NAME) -> str | None:
     """Why ``name`` is not a valid channel name, or ``None`` when it is.
 
@@ -114,6 +143,16 @@ def event_name_error(name: object, *, allow_reserved: bool = False) -> str | Non
     if not allow_reserved and name.startswith(RESERVED_EVENT_PREFIXES):
         return f"event name {name!r} uses a reserved prefix"
     return None
+
+
+def is_token(value: object, max_length: int | None = None) -> bool:
+    """Whether ``value`` is a non-empty string of ``A-Za-z0-9_-.`` (at most ``max_length`` long).
+
+    The form of app keys and secrets, and of a pipe's group and session.
+    """
+    if not isinstance(value, str) or (max_length is not None and len(value) > max_length):
+        return False
+    return _TOKEN_CHARS.fullmatch(value) is not None
 
 
 def socket_id_error(value: object) -> str | None:

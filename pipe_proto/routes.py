@@ -19,7 +19,7 @@ import attrs
 
 from .pipe.handshake import is_pipe_query
 
-__all__ = ["Route", "RouteKind", "route", "split_target"]
+__all__ = ["USERS_TERMINATE", "Route", "RouteKind", "route", "split_target"]
 
 
 class RouteKind(Enum):
@@ -48,7 +48,8 @@ class Route:
 
 
 _APP = re.compile(r"/app/([^/]+)")
-_TERMINATE = re.compile(r"/users/[^/]+/terminate_connections")
+#: The Python SDK's user termination path (the user id is group 1).
+USERS_TERMINATE = re.compile(r"/users/([^/]+)/terminate_connections")
 
 
 def split_target(target: str) -> tuple[str, dict[str, str]]:
@@ -70,7 +71,7 @@ def route(method: str, target: str, *, upgrade: bool) -> Route:
         name = unquote(match.group(1))
         kind = RouteKind.PIPE if is_pipe_query(query) else RouteKind.SOCKET
         return Route(kind=kind, path=path, query=query, name=name)
-    if path.startswith("/apps/") or (method == "POST" and _TERMINATE.fullmatch(path)):
+    if path.startswith("/apps/") or (method == "POST" and USERS_TERMINATE.fullmatch(path)):
         return Route(kind=RouteKind.REST, path=path, query=query)
     if method in ("GET", "HEAD"):
         if path == "/":

@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 
 __all__ = [
+    "TIMESTAMP_GRACE",
     "channel_auth",
     "check_channel_auth",
     "check_signed_query",
@@ -31,8 +32,13 @@ __all__ = [
     "sign",
     "sign_query",
     "signin_auth",
+    "timestamp_problem",
     "webhook_signature",
 ]
+
+#: Seconds a signed timestamp (REST request, Pipe URL) may differ from the
+#: relay's clock, either way (pusher-channels.md 9.2, pipe-protocol.md 1).
+TIMESTAMP_GRACE = 600
 
 
 def sign(secret: str, text: str | bytes) -> str:
@@ -133,6 +139,23 @@ def query_string_to_sign(method: str, path: str, params: Mapping[str, str]) -> s
 def sign_query(secret: str, method: str, path: str, params: Mapping[str, str]) -> str:
     """The ``auth_signature`` for a signed REST request or Pipe URL."""
     return sign(secret, query_string_to_sign(method, path, params))
+
+
+def timestamp_problem(value: str | None, now: float) -> str | None:
+    """Why ``auth_timestamp`` ``value`` is not acceptable at ``now``, or ``None``.
+
+    It must be an integer within :data:`TIMESTAMP_GRACE` seconds of ``now``.
+    """
+    try:
+        timestamp = int(value or "")
+    except ValueError:
+        return "Timestamp required: auth_timestamp must be an integer"
+    if abs(now - timestamp) >= TIMESTAMP_GRACE:
+        return (
+            f"Timestamp expired: Given timestamp ({timestamp}) not within "
+            f"{TIMESTAMP_GRACE}s of server time ({int(now)})"
+        )
+    return None
 
 
 def check_signed_query(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import _json
+from . import jsontext
 from .apps import App
 from .departures import LEAVE_DELAY, Departures
 from .signatures import webhook_signature
@@ -47,7 +47,7 @@ class WebhookRequest(NamedTuple):
 
 def build_request(app: App, events: Sequence[dict[str, Any]], now: float) -> WebhookRequest:
     """The signed body ``{"time_ms", "events"}`` for ``events``, created at ``now``."""
-    body = _json.dumps({"time_ms": int(now * 1000), "events": list(events)}).encode()
+    body = jsontext.dumps({"time_ms": int(now * 1000), "events": list(events)}).encode()
     return WebhookRequest(
         body=body,
         headers=(

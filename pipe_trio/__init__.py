@@ -5,20 +5,22 @@ The relay server (HTTP and WebSocket on one port), the backend's Pipe client
 webhook sender and the ``pipe-relay`` command line.
 """
 
-from pipe_proto import __version__
+from pipe_proto import RemoteProtocolError, __version__
 
-from .client import PusherClient, SignInFailed, SubscriptionFailed, connect
-from .pipe import AuthAnswer, Pipe, PipeError, PipeRefusedError, open_pipe
+from .pipe import AuthAnswer, Pipe, PipeDisconnectedError, PipeError, PipeRefusedError, open_pipe
+from .pusher_client import PusherClient, SignInFailed, SubscriptionFailed, connect
 from .server import RelayServer, serve
 from .webhooks import WebhookSender
 
 __all__ = [
     "AuthAnswer",
     "Pipe",
+    "PipeDisconnectedError",
     "PipeError",
     "PipeRefusedError",
     "PusherClient",
     "RelayServer",
+    "RemoteProtocolError",
     "SignInFailed",
     "SubscriptionFailed",
     "WebhookSender",

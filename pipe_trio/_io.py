@@ -1,4 +1,4 @@
-"""Small I/O pieces shared by the relay's WebSockets and the pipe's."""
+"""Small I/O pieces shared by the relay's WebSockets and the clients' (open_pipe and connect)."""
 
 from __future__ import annotations
 

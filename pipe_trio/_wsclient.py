@@ -1,17 +1,22 @@
-"""The pipe's WebSocket: a client connection over a Trio stream, framed by :mod:`._wsframes`.
+"""The clients' WebSocket: a client connection over a Trio stream, framed by :mod:`._wsframes`.
 
-``open_pipe`` sends a request per answer and reads a notification per
-event, so its WebSocket's per-message cost is the backend's: trio-websocket
-(a reader task, a message channel, a send lock and wsproto's generic
-framing per message) measured about half the backend's CPU in the Pipe
-round-trip benchmark. This connection does the same with one task fewer:
-the pipe's own reader reads the socket, writes go straight to it when the
-kernel takes them at once (the common case), and only a write that would
-block goes through a lock and ``send_all``.
+Both clients this package ships run on it: ``open_pipe`` (the Pipe) and
+``connect`` (the Pusher socket client). One stack, because the reason for
+having it is the pipe's: ``open_pipe`` sends a request per answer and reads
+a notification per event, so its WebSocket's per-message cost is the
+backend's, and trio-websocket (a reader task, a message channel, a send lock
+and wsproto's generic framing per message) measured about half the
+backend's CPU in the Pipe round-trip benchmark. This connection does the
+same with one task fewer: the client's own reader reads the socket, writes
+go straight to it when the kernel takes them at once (the common case), and
+only a write that would block goes through a lock and ``send_all``.
+trio-websocket remains in :mod:`pipe_trio.testing` only, whose fake peers
+check servers and clients with a WebSocket implementation independent of
+this one.
 
 The handshake is h11's (request out, response in); a refusal is reported
 with the status and body (:class:`HandshakeRefused`). Pings are answered;
-a close from the relay is answered and reported as :class:`ConnectionClosed`,
+a close from the server is answered and reported as :class:`ConnectionClosed`,
 as is the end of the stream (code 1006). Buffers: at most one frame of
 ``max_message`` bytes being read, and what one read returned.
 """
@@ -20,8 +25,11 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 from collections import deque
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from urllib.parse import urlsplit
 
 import h11
 import trio
@@ -30,8 +38,10 @@ from wsproto.utilities import generate_accept_token
 from ._io import RECEIVE_SIZE, RandomBytes, raw_fd, receive
 from ._wsframes import BROKEN, CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_payload, masked_frame
 
-__all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket"]
+__all__ = ["ClientWebSocket", "ConnectionClosed", "HandshakeRefused", "connect_websocket", "open_websocket"]
 
+#: Seconds to connect (TCP, TLS) and complete the WebSocket handshake.
+CONNECT_TIMEOUT = 10.0
 #: Largest response head, and body of a refusal, read during the handshake.
 _MAX_RESPONSE = 64 * 1024
 #: Seconds a closing connection waits for its close frame to be written.
@@ -58,6 +68,44 @@ class HandshakeRefused(Exception):
 
 # Client frames need a fresh mask each (RFC 6455 5.3).
 _MASKS = RandomBytes()
+
+
+@asynccontextmanager
+async def open_websocket(
+    url: str, *, ssl_context: ssl.SSLContext | None, max_message: int, connect_timeout: float = CONNECT_TIMEOUT
+) -> AsyncIterator[ClientWebSocket]:
+    """Connect to ``url`` (``ws[s]://host[:port]/path?query``) and complete the handshake.
+
+    ``wss`` uses ``ssl_context`` (the system's defaults when ``None``).
+    ``connect_timeout`` bounds the TCP connection, TLS and the handshake. On
+    exit the connection is closed (1000, unless a close already happened) and
+    its stream with it.
+
+    Raises:
+        HandshakeRefused: the server answered with another status than 101.
+        ConnectionClosed: the stream ended or the answer was not a WebSocket upgrade.
+        OSError: no connection.
+        trio.TooSlowError: ``connect_timeout`` passed first.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or "127.0.0.1"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
+            if secure:
+                context = ssl_context or ssl.create_default_context()
+                stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+            ws = await connect_websocket(stream, parts.netloc, resource, max_message=max_message)
+        try:
+            yield ws
+        finally:
+            await ws.aclose()  # its closing handshake is shielded, and bounded
+    finally:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
 
 async def connect_websocket(

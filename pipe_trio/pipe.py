@@ -44,26 +44,23 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import trio
 
 from pipe_proto import PipeCode, __version__
-from pipe_proto._json import dumps
 from pipe_proto.errors import ProtocolError
+from pipe_proto.jsontext import dumps
 from pipe_proto.pipe import events as ev
 from pipe_proto.pipe.client import PipeClientConnection
 from pipe_proto.pipe.handshake import pipe_url
 
-from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, connect_websocket
+from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, open_websocket
 
-__all__ = ["AuthAnswer", "Pipe", "PipeError", "PipeRefusedError", "open_pipe"]
+__all__ = ["AuthAnswer", "Pipe", "PipeDisconnectedError", "PipeError", "PipeRefusedError", "open_pipe"]
 
 log = logging.getLogger("pipe_trio.pipe")
 
-#: Seconds to connect and complete the WebSocket handshake.
-CONNECT_TIMEOUT = 10.0
 #: Seconds an auth handler may take; the relay has given up by then (5 s by default).
 AUTH_TIMEOUT = 30.0
 #: Notifications held before the reader stops reading (the relay's window
@@ -207,14 +204,13 @@ class Pipe:
         self.app_id = app_id
         self._key = key
         self._secret = secret
-        self.types = list(dict.fromkeys([*events, *(["auth"] if auth is not None else [])]))
         self.group = group
         self._auth = auth
         self._ssl = ssl_context
         self._reconnect = reconnect
         self._max_backoff = max_backoff
         self._client_name = client_name
-        self.core = PipeClientConnection()
+        self.core = PipeClientConnection(events=[*events, *(["auth"] if auth is not None else [])])
         #: On a normal exit of ``open_pipe``, keep the session on the relay
         #: (for a restart that resumes it) instead of leaving the group.
         self.keep_session = keep_session
@@ -237,8 +233,6 @@ class Pipe:
         self._iterators = 0
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
-        #: The id of the subscribe request a fresh session sent, until its reply.
-        self._subscribing: int | None = None
         self._reconnected = trio.Event()
         self._established = 0
         self._closed = trio.Event()
@@ -336,14 +330,22 @@ class Pipe:
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
 
+    @property
+    def types(self) -> list[str]:
+        """The event types this pipe receives (subscribed again on a fresh session)."""
+        return list(self.core.events)
+
     async def subscribe(self, *types: str) -> None:
-        """Receive more event types (kept across reconnects)."""
-        self.types.extend(t for t in types if t not in self.types)
+        """Receive more event types (kept across reconnects).
+
+        Raises:
+            PipeError: the relay refused (e.g. 4240, an unknown type).
+            PipeDisconnectedError: the pipe is not connected (nothing changes).
+        """
         await self.request(ev.SubscribeEvents(events=types))
 
     async def unsubscribe(self, *types: str) -> None:
-        """Stop receiving event types."""
-        self.types = [t for t in self.types if t not in types]
+        """Stop receiving event types (as :meth:`subscribe`)."""
         await self.request(ev.UnsubscribeEvents(events=types))
 
     async def send_to_sockets(self, socket_ids: Iterable[str], event: str, data: Any = None) -> int:
@@ -455,27 +457,15 @@ class Pipe:
             last_seq=int(params["last_seq"]) if "last_seq" in params else None,
             client=self._client_name,
         )
-        parts = urlsplit(url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "wss" else 80)
         refused: HandshakeRefused | None = None
-        stream: trio.abc.Stream | None = None
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, port)
-                if parts.scheme == "wss":
-                    context = self._ssl or ssl.create_default_context()
-                    stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
-                ws = await connect_websocket(
-                    stream, parts.netloc, f"{parts.path}?{parts.query}", max_message=MAX_FRAME_BYTES
-                )
-            await self._session(ws, task_status)
+            async with open_websocket(url, ssl_context=self._ssl, max_message=MAX_FRAME_BYTES) as ws:
+                await self._session(ws, task_status)
         except HandshakeRefused as exc:
             refused = exc
         finally:
             if self.core.state.value != "closed":
                 self.core.closed()
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
         if refused is not None:
             body = refused.body.decode("utf-8", "replace")
             message = f"relay refused the pipe: {refused.status_code} {body}"
@@ -512,18 +502,19 @@ class Pipe:
                 log.warning("unreadable frame from the relay: %s", exc)
                 continue
             for item in items:
+                if item.send is not None:
+                    await ws.send_message(item.send)
                 if item.established is not None:
-                    await self._on_established(ws, item.established)
-                    if task_status is not None and self._subscribing is None:
+                    self._on_established(item.established)
+                    # open_pipe returns once a fresh session's subscribe was answered.
+                    if task_status is not None and self.core.subscribing is None:
                         task_status.started()
                         task_status = None
-                elif item.reply is not None and item.reply.id == self._subscribing:
-                    self._subscribing = None
+                elif item.reply is not None and task_status is not None and self.core.subscribing is None:
                     if isinstance(item.reply, ev.ErrorReply):
                         log.warning("subscribing failed: %s %s", item.reply.code, item.reply.message)
-                    if task_status is not None:
-                        task_status.started()
-                        task_status = None
+                    task_status.started()
+                    task_status = None
                 elif item.reply is not None:
                     waiter = self._replies.get(item.reply.id)  # type: ignore[arg-type]
                     if waiter is not None:
@@ -538,18 +529,11 @@ class Pipe:
                     self._queue.append(item.notification)
                     self._queued.set()
 
-    async def _on_established(self, ws: ClientWebSocket, notice: ev.Established) -> None:
+    def _on_established(self, notice: ev.Established) -> None:
         log.info(
             "pipe connected as %s (session %s, resumed %s, gap %s)",
             notice.socket_id, notice.session, notice.resumed, notice.gap,
         )
-        self._subscribing = None
-        if not notice.resumed and self.types:
-            # A fresh session knows no subscriptions: (re)subscribe. The
-            # reader goes on reading; open_pipe returns once the reply came,
-            # so events are wanted from then on, on every node of a cluster.
-            self._subscribing, text = self.core.request(ev.SubscribeEvents(events=self.types))
-            await ws.send_message(text)
         self._established += 1
         self._connected.set()
         self._reconnected.set()
@@ -657,13 +641,7 @@ class Pipe:
                 answer = AuthAnswer(allow=True, data=answer)
             else:
                 answer = AuthAnswer(allow=bool(answer))
-        key = "user_data" if request.kind == "user" else "channel_data"
-        call = ev.AuthResponse(
-            request_id=request.request_id,
-            allow=answer.allow,
-            reason=answer.reason,
-            **{key: answer.data},
-        )
+        call = request.answer(allow=answer.allow, data=answer.data, reason=answer.reason)
         try:
             await self.request(call)
         except PipeDisconnectedError:

@@ -152,7 +152,7 @@ async def settle(server: Any) -> None:
     """
     if not isinstance(server, ClusterFront):
         return
-    from pipe_trio.client import connect
+    from pipe_trio.pusher_client import connect
     from tests.support import APP_KEY, APP_SECRET
 
     for node in server.nodes:

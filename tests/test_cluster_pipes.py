@@ -15,7 +15,7 @@ from pipe_proto import App, PipeSettings
 from pipe_proto.pipe import AuthRequest, SocketClosed, SocketMessage, SocketOpened
 from pipe_proto.relay.pipes import rendezvous_score
 from pipe_trio import AuthAnswer, open_pipe
-from pipe_trio.client import SubscriptionFailed
+from pipe_trio.pusher_client import SubscriptionFailed
 from pipe_trio.testing import rest_request
 from tests.cluster_front import Forward
 from tests.redis_server import RedisServer
@@ -326,10 +326,11 @@ async def test_drops_are_reported_exactly_across_nodes(nursery: trio.Nursery, re
         # Any node tells the group's counters, kept in Redis.
         status = await rest_request(found.url(2), "GET", f"/apps/{APP_ID}/status", key=KEY, secret=SECRET)
         group = json.loads(status.body)["pipe"]["groups"]["default"]
-        assert (group["dropped"], group["pending"]) == (13, 0)
+        assert (group["dropped"], group["pending"]) == (sum(gaps), 0)
     assert len(received) + sum(gaps) == 20
-    assert sum(gaps) == 20 - 2 - 5, f"two in flight, five kept, the rest dropped: {received} {gaps}"
-    assert received == sorted(received)
+    # Five kept, and the window's two if the member's node read them before the burst ended.
+    assert len(received) in (5, 6, 7), f"{received} {gaps}"
+    assert received == sorted(received) and received[-5:] == [15, 16, 17, 18, 19]
 
 
 async def test_a_pipe_survives_a_redis_restart(nursery: trio.Nursery) -> None:

@@ -55,6 +55,7 @@ def target_of(server: RelayServer, webhook_url: str, **options: object) -> Targe
 
 
 @pytest.mark.slow
+@pytest.mark.no_cover  # traced, its cases miss their real-time budgets; the units cover the core
 async def test_our_relay_passes_every_case(nursery: trio.Nursery) -> None:
     """Every case of every group, the pipe included, passes against this relay (only the 4201 case skips)."""
     hooks = f"http://127.0.0.1:{free_port()}/hooks"
@@ -88,7 +89,7 @@ WRONG_ON_PURPOSE = {
 def wrong_on_purpose(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Channel signatures are not checked and REST timestamps never expire (for this test only)."""
     monkeypatch.setattr(authorization, "check_channel_auth", lambda *args, **kwargs: None)
-    monkeypatch.setattr(rest_auth, "TIMESTAMP_GRACE", 10**12)
+    monkeypatch.setattr(rest_auth, "timestamp_problem", lambda value, now: None)
     yield
 
 

@@ -32,7 +32,8 @@ EXPECTED: dict[tuple[LivenessState, _Input], tuple[LivenessAction | None, Livene
 def test_expected_table_covers_every_pair() -> None:
     """The table above names every (state, input) pair, and the legal ones are exactly _TRANSITIONS."""
     assert set(EXPECTED) == set(itertools.product(LivenessState, _Input))
-    assert {k: v for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS
+    assert {k: v for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS.moves
+    assert _TRANSITIONS.final is EXPIRED
 
 
 @pytest.mark.parametrize(("state", "event"), list(EXPECTED), ids=[f"{s.name}-{i.name}" for s, i in EXPECTED])
@@ -43,12 +44,12 @@ def test_every_state_input_pair(state: LivenessState, event: _Input) -> None:
     outcome = EXPECTED[(state, event)]
     if outcome is None:
         with pytest.raises(LocalProtocolError):
-            machine._move(event)
+            _TRANSITIONS.move(machine, event)
         assert machine.state is EXPIRED
         assert machine.deadline() == math.inf
         assert machine.poll(1e9) is None
     else:
-        assert machine._move(event) is outcome[0]
+        assert _TRANSITIONS.move(machine, event) is outcome[0]
         assert machine.state is outcome[1]
 
 

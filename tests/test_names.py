@@ -16,6 +16,7 @@ from pipe_proto.names import (
     channel_name_error,
     channel_type,
     event_name_error,
+    is_token,
     socket_id_error,
     user_id_error,
 )
@@ -225,3 +226,12 @@ def test_socket_ids_of_two_numbers(a: int, b: int) -> None:
 def test_user_ids(value: object, valid: bool) -> None:
     """Signed-in user ids are non-empty strings of channel-name characters, at most 200 long."""
     assert (user_id_error(value) is None) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "ok"),
+    [("app-key_1.x", None, True), ("", None, False), ("a b", None, False), ("a/b", None, False), ("x" * 64, 64, True), ("x" * 65, 64, False), (7, None, False)],
+)
+def test_tokens(value: object, limit: int | None, ok: bool) -> None:
+    """Keys, secrets, groups and sessions: non-empty A-Za-z0-9_-. within their length."""
+    assert is_token(value, limit) is ok

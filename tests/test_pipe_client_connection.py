@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
 from pipe_proto import LocalProtocolError
-from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents
-from pipe_proto.pipe.client import _TRANSITIONS, ACK_EVERY, ClientState, PipeClientConnection
+from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents, UnsubscribeEvents
+from pipe_proto.pipe.client import _TRANSITIONS, ACK_EVERY, ClientState, PipeClientConnection, _Input
 from pipe_proto.relay.outputs import Send
 from tests.pipe_helpers import APP, Harness
 
@@ -30,19 +31,61 @@ def opened(session: str = "s1") -> PipeClientConnection:
     return conn
 
 
-@pytest.mark.parametrize(("state", "event"), [(s, e) for s in ClientState for e in ("established", "close", "connect")])
-def test_every_state_and_input(state: ClientState, event: str) -> None:
-    """Each (state, input) either follows the table or raises and leaves the connection CLOSED."""
+CONNECTING, OPEN, CLOSED = ClientState.CONNECTING, ClientState.OPEN, ClientState.CLOSED
+
+# The lifecycle written out by hand (one connection: connect, established,
+# close; reconnecting starts from CLOSED); None marks an illegal pair.
+EXPECTED: dict[tuple[ClientState, _Input], ClientState | None] = {
+    (CONNECTING, _Input.CONNECT): None,
+    (CONNECTING, _Input.ESTABLISHED): OPEN,
+    (CONNECTING, _Input.CLOSE): CLOSED,
+    (OPEN, _Input.CONNECT): None,
+    (OPEN, _Input.ESTABLISHED): None,
+    (OPEN, _Input.CLOSE): CLOSED,
+    (CLOSED, _Input.CONNECT): CONNECTING,
+    (CLOSED, _Input.ESTABLISHED): None,
+    (CLOSED, _Input.CLOSE): CLOSED,
+}
+
+
+def test_expected_table_covers_every_pair() -> None:
+    """The table above names every (state, input) pair, and its legal moves are exactly the module's table."""
+    assert set(EXPECTED) == set(itertools.product(ClientState, _Input))
+    assert {k: (None, v) for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS.moves
+    assert _TRANSITIONS.final is CLOSED
+
+
+@pytest.mark.parametrize(("state", "event"), list(EXPECTED), ids=[f"{s.name}-{i.name}" for s, i in EXPECTED])
+def test_every_state_and_input(state: ClientState, event: _Input) -> None:
+    """Each (state, input) moves as the table above says, or raises and leaves the connection CLOSED."""
     conn = PipeClientConnection()
     conn.state = state
-    expected = _TRANSITIONS.get((state, event))
+    expected = EXPECTED[(state, event)]
     if expected is None:
         with pytest.raises(LocalProtocolError):
-            conn._move(event)
-        assert conn.state is ClientState.CLOSED
+            _TRANSITIONS.move(conn, event)
+        assert conn.state is CLOSED
+        with pytest.raises(LocalProtocolError):
+            conn.request(PingCall())
     else:
-        conn._move(event)
+        _TRANSITIONS.move(conn, event)
         assert conn.state is expected
+
+
+def test_the_public_calls_walk_the_lifecycle() -> None:
+    """connecting() opens, connection_established makes it OPEN, closed() ends it; connecting twice is refused."""
+    conn = PipeClientConnection()
+    assert conn.state is CLOSED
+    conn.connecting(0.0)
+    assert conn.state is CONNECTING
+    with pytest.raises(LocalProtocolError):
+        conn.connecting(0.0)
+    assert conn.state is CLOSED
+    conn.connecting(0.0)
+    list(conn.receive(established(), 0.0))
+    assert conn.state is OPEN
+    conn.closed()
+    assert conn.state is CLOSED
 
 
 def test_requests_need_an_open_connection_and_get_counted_ids() -> None:
@@ -147,3 +190,38 @@ def test_mirror_of_the_relay() -> None:
     assert out == []
     assert not h.relay.state_of("1").hub.by_pipe[pipe].inflight
     assert Ack(seq=1).seq == 1
+
+
+def test_a_fresh_session_gets_the_subscribe_to_send_and_a_resumed_one_does_not() -> None:
+    """connection_established of a fresh session carries the subscribe of every kept event type, awaited until
+    its reply (``subscribing``); a resume carries none."""
+    conn = PipeClientConnection(events=["socket_message", "auth", "socket_message"])
+    conn.connecting(0.0)
+    (item,) = conn.receive(established("s1"), 0.0)
+    assert item.send is not None
+    sent = json.loads(item.send)
+    assert sent == {"id": sent["id"], "method": "subscribe", "params": {"events": ["socket_message", "auth"]}}
+    assert conn.subscribing == sent["id"] is not None
+    list(conn.receive(json.dumps({"id": sent["id"], "error": None, "result": {}}), 0.0))
+    assert conn.subscribing is None
+    conn.closed()
+    conn.connecting(1.0)
+    (item,) = conn.receive(established("s1", resumed=True), 1.0)
+    assert item.send is None
+    assert PipeClientConnection().connecting(0.0) == {}
+    bare = PipeClientConnection()
+    bare.connecting(0.0)
+    assert next(iter(bare.receive(established(), 0.0))).send is None  # nothing to subscribe to
+
+
+def test_event_types_change_when_the_relay_accepts() -> None:
+    """subscribe/unsubscribe change the kept types on a success reply, not on an error; without a reply, at once."""
+    conn = opened()
+    sub_id, _ = conn.request(SubscribeEvents(events=["presence"]))
+    bad_id, _ = conn.request(SubscribeEvents(events=["nonsense"]))
+    list(conn.receive(json.dumps({"id": bad_id, "error": {"code": 4240, "message": "unknown"}, "result": None}), 0.0))
+    assert conn.events == []
+    list(conn.receive(json.dumps({"id": sub_id, "error": None, "result": {}}), 0.0))
+    assert conn.events == ["presence"]
+    conn.request(UnsubscribeEvents(events=["presence"]), reply=False)
+    assert conn.events == []

@@ -20,6 +20,8 @@ from pipe_proto.pusher.events import (
     Ping,
     Pong,
     PusherEvent,
+    SignIn,
+    SignInError,
     Subscribe,
     SubscriptionSucceeded,
 )
@@ -43,7 +45,8 @@ EXPECTED: dict[tuple[ConnectionState, _Input], ConnectionState | None] = {
 def test_expected_table_covers_every_pair() -> None:
     """The table above names every (state, input) pair, and its legal moves are exactly _TRANSITIONS."""
     assert set(EXPECTED) == set(itertools.product(ConnectionState, _Input))
-    assert {k: v for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS
+    assert {k: (None, v) for k, v in EXPECTED.items() if v is not None} == _TRANSITIONS.moves
+    assert _TRANSITIONS.final is CLOSED
 
 
 @pytest.mark.parametrize("role", [CLIENT, SERVER])
@@ -55,7 +58,7 @@ def test_every_state_input_pair(role: Role, state: ConnectionState, event: _Inpu
     expected = EXPECTED[(state, event)]
     if expected is None:
         with pytest.raises(LocalProtocolError):
-            conn._move(event)
+            _TRANSITIONS.move(conn, event)
         assert conn.state is CLOSED
         with pytest.raises(LocalProtocolError):
             conn.send(Ping())
@@ -63,7 +66,7 @@ def test_every_state_input_pair(role: Role, state: ConnectionState, event: _Inpu
             conn.receive('{"event":"pusher:ping","data":{}}', 1.0)
         assert conn.tick(1e9) is None
     else:
-        conn._move(event)
+        _TRANSITIONS.move(conn, event)
         assert conn.state is expected
 
 
@@ -246,6 +249,21 @@ def test_client_handshake() -> None:
     assert conn.state is OPEN
     assert conn.socket_id == "123.456"
     assert conn.send(Subscribe(channel="c", auth="")) == '{"event":"pusher:subscribe","data":{"auth":"","channel":"c"}}'
+
+
+def test_client_reads_the_error_answering_a_sign_in_as_sign_in_error() -> None:
+    """Only while a pusher:signin waits is a 4009 error a SignInError; other codes, and 4009 at other times, stay Error."""
+    conn = PusherConnection(CLIENT, now=0.0)
+    conn.receive(established(), 0.0)
+    unauthorized = '{"event":"pusher:error","data":{"code":4009,"message":"no"}}'
+    assert type(conn.receive(unauthorized, 1.0)) is Error
+    conn.send(SignIn(auth="k:s", user_data='{"id":"1"}'))
+    assert type(conn.receive('{"event":"pusher:error","data":{"code":4301,"message":"slow down"}}', 1.0)) is Error
+    assert conn.receive(unauthorized, 1.0) == SignInError(code=4009, message="no")
+    assert type(conn.receive(unauthorized, 1.0)) is Error  # answered: the next one is not about it
+    conn.send(SignIn(auth="k:s", user_data='{"id":"1"}'))
+    conn.receive('{"event":"pusher:signin_success","data":{"user_data":"{\\"id\\":\\"1\\"}"}}', 1.0)
+    assert not conn.signing_in
 
 
 @pytest.mark.parametrize(("own", "server", "effective"), [(120, 30, 30), (120, 120, 120), (60, 120, 60), (120, 1, 1)])

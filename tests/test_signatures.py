@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipe_proto import App
+from pipe_proto import App, AppRegistry
+from pipe_proto.pipe import PipeRefused, check_pipe_handshake
 from pipe_proto.pusher.events import SignIn, Subscribe
 from pipe_proto.relay.authorization import Allow, Refuse, authorize_signin, authorize_subscription
+from pipe_proto.rest import authenticate
 from pipe_proto.signatures import (
     channel_auth,
     check_channel_auth,
@@ -26,9 +28,11 @@ from pipe_proto.signatures import (
     sign,
     sign_query,
     signin_auth,
+    timestamp_problem,
     webhook_signature,
 )
 from pipe_proto.webhooks import build_request
+from tests.pipe_helpers import pipe_query
 
 # Credentials of appendix A (DOC-SIG / DOC-REST).
 KEY, SECRET, SID = "278d425bdf160c739803", "7ad3773142a6692b25b8", "1234.1234"
@@ -479,3 +483,33 @@ def test_request_signing_matches_the_python_sdk(sdk_and_request: tuple[pusher.Pu
     assert check_signed_query(secret, request.method, [request.path], params) is None
     other = {**params, "auth_timestamp": params["auth_timestamp"] + "0"}
     assert check_signed_query(secret, request.method, [request.path], other) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("1000", None),
+        ("401", None),  # 599 s behind
+        ("1599", None),  # 599 s ahead
+        ("400", "Timestamp expired"),
+        ("1600", "Timestamp expired"),
+        (None, "Timestamp required"),
+        ("soon", "Timestamp required"),
+    ],
+)
+def test_timestamp_window(value: str | None, problem: str | None) -> None:
+    """A signed timestamp is accepted less than 600 s either way from now, and must be an integer."""
+    found = timestamp_problem(value, 1000.0)
+    assert found is None if problem is None else (found is not None and found.startswith(problem))
+
+
+def test_rest_and_pipe_share_the_timestamp_rule() -> None:
+    """A REST request and a Pipe URL signed 600 s ago are refused with the same message."""
+    app = App(id="1", key="app-key", secret="app-secret")
+    query = pipe_query(app, now=1000.0)
+    pipe = check_pipe_handshake("1", query, AppRegistry([app]), now=1600.0)
+    assert isinstance(pipe, PipeRefused) and pipe.status == 401
+    params = {"auth_key": "app-key", "auth_timestamp": "1000", "auth_version": "1.0"}
+    params["auth_signature"] = sign_query("app-secret", "GET", "/apps/1/channels", params)
+    rest = authenticate(app, "GET", "/apps/1/channels", params, b"", now=1600.0)
+    assert rest == (401, pipe.message) == (401, timestamp_problem("1000", 1600.0))

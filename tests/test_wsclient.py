@@ -1,4 +1,4 @@
-"""The pipe's WebSocket client against wsproto playing the server, over in-memory streams."""
+"""The clients' WebSocket (open_pipe and connect) against wsproto playing the server, over in-memory streams."""
 
 from __future__ import annotations
 

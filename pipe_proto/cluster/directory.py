@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import _json
+from .. import jsontext
 from ..apps import App
 from ..errors import PusherCode
 from ..pipe import events as pipe_events
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from ..relay.sockets import Sockets
     from ..relay.users import Users
 
-__all__ = ["BEAT", "DEAD_AFTER", "ClusterDirectory", "inbox"]
+__all__ = ["BEAT", "DEAD_AFTER", "ID_SPAN", "RESYNC_CHUNK", "ClusterDirectory", "inbox"]
 
 #: Seconds between a node's heartbeats (and its look for dead nodes).
 BEAT = 2.0
@@ -284,7 +284,7 @@ class ClusterDirectory:
     def _member_texts(channel: str, user_id: str | int, info: Any) -> tuple[str, str, str]:
         """A member as the script keeps it: its entry in the list, its removal frame, its arrival frame."""
         return (
-            _json.dumps([user_id, info]),
+            jsontext.dumps([user_id, info]),
             frame(MemberRemoved(channel=channel, user_id=user_id)),
             frame(MemberAdded(channel=channel, user_id=user_id, user_info=info)),
         )
@@ -367,7 +367,7 @@ class ClusterDirectory:
             args.append(key)
 
         def left(result: Any, now: float) -> None:
-            reply = _json.loads(result)
+            reply = jsontext.loads(result)
             self._transitions(reply["transitions"], now, None)
             if state.webhooks.wants("subscription_count") and self._counted(state, channel) == "1":
                 state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=reply["count"])
@@ -382,7 +382,7 @@ class ClusterDirectory:
 
         def answer(result: Any, now: float) -> None:
             assert self._channels is not None
-            members = [tuple(_json.loads(m)) for m in result]
+            members = [tuple(jsontext.loads(m)) for m in result]
             self._channels.joined_again(sock, channel, [(m[0], m[1]) for m in members])
 
         self.call("members", state.app.id, channel.name, answer=answer)
@@ -406,7 +406,7 @@ class ClusterDirectory:
             args += ["0", ""]
         else:
             ttl = max(1, int((cached.expires - now) * 1000))
-            args += [str(ttl), _json.dumps({"event": cached.event, "data": cached.data})]
+            args += [str(ttl), jsontext.dumps({"event": cached.event, "data": cached.data})]
         return self._counted_call("pub", args, counted, now)
 
     def _counted_call(self, op: str, args: list[str], counted: bool, now: float) -> Later | None:
@@ -544,7 +544,7 @@ class ClusterDirectory:
         count, users, cache, ttl = result
         cached = None
         if cache:
-            value = _json.loads(cache)
+            value = jsontext.loads(cache)
             cached = Cached(value["event"], value["data"], now + max(0, int(ttl)) / 1000)
         return ChannelFacts(int(count), int(users), cached)
 
@@ -566,7 +566,7 @@ class ClusterDirectory:
                 return
             answer = self._waiting.pop(int(rest), None)
             if answer is not None:
-                answer(_json.loads(body), now)
+                answer(jsontext.loads(body), now)
             return
         words = rest.split(" ")
         if kind == "q":
@@ -607,7 +607,7 @@ class ClusterDirectory:
         """
         if not channel.members or '"pusher_internal:member_added"' not in frame:
             return False
-        user_id = _json.loads(_json.loads(frame)["data"])["user_id"]
+        user_id = jsontext.loads(jsontext.loads(frame)["data"])["user_id"]
         return str(user_id) in channel.members
 
     def _pipe_message(self, kind: str, words: list[str], body: str, now: float) -> None:
@@ -695,7 +695,7 @@ class ClusterDirectory:
 
     def _heartbeat(self) -> None:
         core = self.core
-        info = _json.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
+        info = jsontext.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
         self.call("beat", info, answer=self._beaten)
         apps = list(core.apps)
         graces = " ".join(str(int(app.pipe.resume_grace * 1000)) for app in apps)
@@ -705,7 +705,7 @@ class ClusterDirectory:
             " ".join(self._counted_apps()),
             " ".join(app.id for app in apps),
             graces,
-            answer=lambda result, now: self._transitions(_json.loads(result), now, None),
+            answer=lambda result, now: self._transitions(jsontext.loads(result), now, None),
         )
         for app in apps:
             # Sessions whose grace is over end, buffered events too old go (any node may: it is atomic).
@@ -750,7 +750,7 @@ class ClusterDirectory:
         self.call("rs_begin")
         counted = " ".join(self._counted_apps())
         chunk: list[str] = []
-        on_result = lambda result, now: self._transitions(_json.loads(result), now, None)  # noqa: E731
+        on_result = lambda result, now: self._transitions(jsontext.loads(result), now, None)  # noqa: E731
         for field in self._share():
             chunk.extend(field)
             if len(chunk) >= RESYNC_CHUNK * 5:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _json
+from .. import jsontext
 from ..apps import App
 from ..errors import PipeCode
 from ..pipe.codec import PipeFrameError, notice_data
@@ -45,7 +45,7 @@ from ..relay.pipes import EVENT_OVERHEAD, MAX_GROUPS, notification_frame
 if TYPE_CHECKING:
     from .directory import ClusterDirectory
 
-__all__ = ["ClusterHub", "Member"]
+__all__ = ["Attached", "ClusterHub", "Member"]
 
 
 class Member:
@@ -62,7 +62,7 @@ class Member:
 
     @classmethod
     def from_json(cls, text: str) -> Member:
-        data = _json.loads(text)
+        data = jsontext.loads(text)
         return cls(data["g"], data["v"], frozenset(str(data["t"]).split()), data["n"], data["p"])
 
 
@@ -269,10 +269,10 @@ class ClusterHub:
         """Give an event to every group of the cluster taking ``type`` (the script picks the members)."""
         if not self.wants(type):
             return 0
-        data = _json.dumps(notice_data(notice, "1.0"))
+        data = jsontext.dumps(notice_data(notice, "1.0"))
         legacy = ""
         if any(m.version == "0.2" and type in m.types for m in self.members.values()):
-            legacy = notification_frame(notice.event, _json.dumps(notice_data(notice, "0.2")))
+            legacy = notification_frame(notice.event, jsontext.dumps(notice_data(notice, "0.2")))
         settings = self.app.pipe
         self.directory.call(
             "pp", self.app.id, type, key, notice.event, data, legacy, str(int(now * 1000)),

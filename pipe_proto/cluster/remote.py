@@ -13,10 +13,9 @@ seconds (a node died) counts as nothing: the pipe gets its reply anyway.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _json
+from .. import jsontext
 from ..errors import PipeCode
 from ..pipe.codec import PipeFrameError
 from ..pipe.events import AuthResponse
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from ..relay.state import AppState
     from .directory import ClusterDirectory
 
-__all__ = ["REMOTE_TIMEOUT", "RemoteRequests"]
+__all__ = ["REMOTE_TIMEOUT", "RemoteRequests", "unknown_request"]
 
 #: Seconds a node waits for other nodes' answers.
 REMOTE_TIMEOUT = 5.0
@@ -84,7 +83,7 @@ class RemoteRequests:
         token = self.directory.expect_many()
         later = Later()
         self._single[token] = (later, now + REMOTE_TIMEOUT, default)
-        message = f"q {token} {self.directory.node} {state.app.id} {kind}\n{_json.dumps(body)}"
+        message = f"q {token} {self.directory.node} {state.app.id} {kind}\n{jsontext.dumps(body)}"
         self.directory.call("tell", node, message)
         return later
 
@@ -100,7 +99,7 @@ class RemoteRequests:
         if single is None:
             return False
         later, _, _ = single
-        value = _json.loads(body)
+        value = jsontext.loads(body)
         if isinstance(value, dict) and "error" in value:
             later.fail(PipeFrameError(int(value["error"]["code"]), str(value["error"]["message"])))
         else:
@@ -146,9 +145,9 @@ class RemoteRequests:
         state = directory.core.states.get(app_id)
         answer: Any = None
         if state is not None:
-            request = _json.loads(body)
+            request = jsontext.loads(body)
             answer = self._do(state, kind, request, now)
-        directory.call("tell", asker, f"r {token}\n{_json.dumps(answer)}")
+        directory.call("tell", asker, f"r {token}\n{jsontext.dumps(answer)}")
 
     def _do(self, state: AppState, kind: str, request: Any, now: float) -> Any:
         directory = self.directory
@@ -183,5 +182,3 @@ def unknown_request(request_id: str) -> PipeFrameError:
     message = f"request_id {request_id!r} is unknown, already answered or timed out"
     return PipeFrameError(PipeCode.UNKNOWN_REQUEST_ID, message)
 
-
-Callback = Callable[[Any, float], None]

@@ -41,7 +41,7 @@ from .events import (
     SubscribeEvents,
     TerminateUser,
     UnsubscribeEvents,
-    Warning,
+    WarningNotice,
 )
 from .handshake import PipeAccepted, PipeRefused, check_pipe_handshake, is_pipe_query, pipe_url
 from .server import PipeServerConnection
@@ -82,7 +82,7 @@ __all__ = [
     "SubscribeEvents",
     "TerminateUser",
     "UnsubscribeEvents",
-    "Warning",
+    "WarningNotice",
     "check_pipe_handshake",
     "decode_request",
     "decode_server_frame",

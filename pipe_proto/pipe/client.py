@@ -13,6 +13,13 @@ the application may still hold later ones (queued, or in a handler): every
 notification at or below the last *received* seq of the session is filtered
 out here, so a replay never reaches the application twice.
 
+The event types the pipe receives are kept here too (``events``, changed by
+a ``subscribe`` or ``unsubscribe`` when the relay accepts it, or when it is
+sent without asking for a reply): a fresh session knows no
+subscriptions, so the ``connection_established`` of one comes back with the
+``subscribe`` request to send at once (:attr:`Incoming.send`); a resumed
+session kept its own.
+
 The application reports each notification done with :meth:`processed`; acks
 are cumulative and go out in batches (:meth:`take_ack`) so that the relay's
 window keeps moving without one ack per event. Requests get ids from a
@@ -23,13 +30,14 @@ up (the caller reconnects) when ``heartbeat`` more pass without a word.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from enum import Enum
 
 import attrs
 
 from ..errors import LocalProtocolError
 from ..liveness import Liveness, LivenessAction
+from ..statemachine import Transitions
 from .codec import decode_server_frame, encode_request
 from .events import (
     Ack,
@@ -41,9 +49,11 @@ from .events import (
     PipeCall,
     Reply,
     Request,
+    SubscribeEvents,
+    UnsubscribeEvents,
 )
 
-__all__ = ["ClientState", "Incoming", "PipeClientConnection"]
+__all__ = ["ACK_EVERY", "ClientState", "Incoming", "PipeClientConnection"]
 
 #: Processed notifications after which an ack goes out even if more are coming.
 ACK_EVERY = 100
@@ -57,13 +67,22 @@ class ClientState(Enum):
     CLOSED = "closed"
 
 
-_TRANSITIONS: dict[tuple[ClientState, str], ClientState] = {
-    (ClientState.CONNECTING, "established"): ClientState.OPEN,
-    (ClientState.CONNECTING, "close"): ClientState.CLOSED,
-    (ClientState.OPEN, "close"): ClientState.CLOSED,
-    (ClientState.CLOSED, "close"): ClientState.CLOSED,
-    (ClientState.CLOSED, "connect"): ClientState.CONNECTING,
-}
+class _Input(Enum):
+    CONNECT = "connect"
+    ESTABLISHED = "be established"
+    CLOSE = "close"
+
+
+_TRANSITIONS = Transitions[ClientState, _Input, None](
+    {
+        (ClientState.CONNECTING, _Input.ESTABLISHED): (None, ClientState.OPEN),
+        (ClientState.CONNECTING, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.OPEN, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.CLOSED, _Input.CLOSE): (None, ClientState.CLOSED),
+        (ClientState.CLOSED, _Input.CONNECT): (None, ClientState.CONNECTING),
+    },
+    final=ClientState.CLOSED,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -72,13 +91,15 @@ class Incoming:
 
     Exactly one of ``notification``, ``reply`` or ``error`` is set.
     ``established`` is the ``connection_established`` notice when this frame
-    opened the connection.
+    opened the connection; ``send`` is a frame to send before anything else
+    (the ``subscribe`` of a fresh session).
     """
 
     notification: Notification | None = None
     reply: Reply | ErrorReply | None = None
     error: ErrorNotification | None = None
     established: Established | None = None
+    send: str | None = None
 
 
 class PipeClientConnection:
@@ -87,35 +108,34 @@ class PipeClientConnection:
     Args:
         heartbeat: seconds of silence before pinging the relay (the relay
             announces its own; the smaller is used).
+        events: the event types to receive (subscribed on every fresh session).
     """
 
-    def __init__(self, *, heartbeat: float = 25.0) -> None:
+    def __init__(self, *, heartbeat: float = 25.0, events: Iterable[str] = ()) -> None:
         self.state = ClientState.CLOSED
+        #: The event types this pipe receives, in the order first asked for.
+        self.events: list[str] = list(dict.fromkeys(events))
         self.session: str | None = None
         self.socket_id: str | None = None
         self.resumed = False
+        #: The id of the ``subscribe`` a fresh session sent, until its reply came
+        #: (an adapter waits for it: events are then wanted, on every node of a cluster).
+        self.subscribing: int | None = None
         #: Highest seq the application finished; acked up to ``_acked``.
         self.last_processed = 0
         #: Highest seq received in this session (the application may still hold it).
         self.last_received = 0
         self._acked = 0
         self._next_id = 1
-        self._pending: dict[int, str] = {}
+        self._pending: dict[int, PipeCall] = {}
         self._heartbeat = heartbeat
         self.liveness = Liveness(0.0, heartbeat, heartbeat)
-
-    def _move(self, event: str) -> None:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            state, self.state = self.state, ClientState.CLOSED
-            raise LocalProtocolError(f"cannot {event} when {state.value}") from None
 
     # ------------------------------------------------------------ lifecycle
 
     def connecting(self, now: float) -> dict[str, str]:
         """A new connection is being opened; returns the URL parameters to resume."""
-        self._move("connect")
+        _TRANSITIONS.move(self, _Input.CONNECT)
         self.liveness = Liveness(now, self._heartbeat, self._heartbeat)
         self._pending.clear()
         return self.url_params()
@@ -138,12 +158,15 @@ class PipeClientConnection:
 
     def closed(self) -> None:
         """The connection ended (the session is kept for resuming)."""
-        self._move("close")
+        _TRANSITIONS.move(self, _Input.CLOSE)
 
     # ----------------------------------------------------------- requests
 
     def request(self, call: PipeCall, *, reply: bool = True) -> tuple[int | None, str]:
         """Encode a request; returns its id (``None`` when no reply is wanted) and text.
+
+        A ``subscribe`` or ``unsubscribe`` changes :attr:`events` once its
+        reply says it succeeded (at once when no reply is wanted).
 
         Raises:
             LocalProtocolError: the connection is not open.
@@ -154,8 +177,17 @@ class PipeClientConnection:
         if reply:
             request_id = self._next_id
             self._next_id += 1
-            self._pending[request_id] = call.method
+            self._pending[request_id] = call
+        else:
+            self._applied(call)
         return request_id, encode_request(Request(id=request_id, call=call))
+
+    def _applied(self, call: PipeCall) -> None:
+        """A call took effect on the relay: keep the event types in step."""
+        if isinstance(call, SubscribeEvents):
+            self.events.extend(t for t in call.events if t not in self.events)
+        elif isinstance(call, UnsubscribeEvents):
+            self.events = [t for t in self.events if t not in call.events]
 
     @property
     def pending_requests(self) -> int:
@@ -178,8 +210,7 @@ class PipeClientConnection:
         if isinstance(frame, Notification):
             notice = frame.notice
             if isinstance(notice, Established):
-                self._established(notice)
-                yield Incoming(notification=frame, established=notice)
+                yield Incoming(notification=frame, established=notice, send=self._established(notice))
                 return
             if frame.seq is not None:
                 if frame.seq <= self.last_received:
@@ -188,12 +219,17 @@ class PipeClientConnection:
             yield Incoming(notification=frame)
         elif isinstance(frame, ErrorNotification):
             yield Incoming(error=frame)
-        elif isinstance(frame.id, int) and self._pending.pop(frame.id, None) is not None:
+        elif isinstance(frame.id, int) and (call := self._pending.pop(frame.id, None)) is not None:
+            if isinstance(frame, Reply):
+                self._applied(call)
+            if frame.id == self.subscribing:
+                self.subscribing = None
             yield Incoming(reply=frame)
 
-    def _established(self, notice: Established) -> None:
+    def _established(self, notice: Established) -> str | None:
+        """Take the connection's first frame; returns the re-subscribe a fresh session needs."""
         if self.state is ClientState.CONNECTING:
-            self._move("established")
+            _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = notice.socket_id
         self.resumed = notice.resumed
         if notice.heartbeat:
@@ -201,6 +237,12 @@ class PipeClientConnection:
         if not notice.resumed or notice.session != self.session:
             self.session = notice.session
             self.last_processed = self.last_received = self._acked = 0
+        self.subscribing = None
+        if notice.resumed or not self.events or self.state is not ClientState.OPEN:
+            return None
+        # The reader goes on reading; whoever opened the pipe may wait for the reply (subscribing).
+        self.subscribing, text = self.request(SubscribeEvents(events=self.events))
+        return text
 
     # --------------------------------------------------------------- acks
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import _json
+from .. import jsontext
 from ..errors import PipeCode, ProtocolError, RemoteProtocolError
 from .events import (
     Ack,
@@ -49,7 +49,7 @@ from .events import (
     SubscribeEvents,
     TerminateUser,
     UnsubscribeEvents,
-    Warning,
+    WarningNotice,
 )
 
 __all__ = [
@@ -61,10 +61,11 @@ __all__ = [
     "encode_notification",
     "encode_reply",
     "encode_request",
+    "notice_data",
 ]
 
 MAX_BATCH_CALLS = 100
-_dumps = _json.dumps
+_dumps = jsontext.dumps
 
 
 class PipeFrameError(ProtocolError):
@@ -124,7 +125,7 @@ def _event_types(params: dict[str, Any]) -> tuple[str, ...]:
 def _object(value: Any, what: str) -> Any:
     if isinstance(value, str):
         try:
-            value = _json.loads(value)
+            value = jsontext.loads(value)
         except ValueError:
             raise _Malformed(f"{what} must be a JSON object") from None
     if value is not None and not isinstance(value, dict):
@@ -237,7 +238,7 @@ def decode_request(text: str | bytes) -> Request:
             ``request_id`` tells whether to reply or to notify.
     """
     try:
-        frame = _json.loads(text)
+        frame = jsontext.loads(text)
     except ValueError as exc:
         raise PipeFrameError(PipeCode.MALFORMED_REQUEST, f"frame is not JSON: {exc}") from None
     if not isinstance(frame, dict):
@@ -386,7 +387,7 @@ def notice_data(notice: Notice, version: str) -> Any:
         return data
     if isinstance(notice, Gap):
         return {"dropped": notice.dropped}
-    if isinstance(notice, Warning):
+    if isinstance(notice, WarningNotice):
         return notice.data
     raise TypeError(f"not a notice: {notice!r}")
 
@@ -473,7 +474,7 @@ def _notice(event: str, data: Any) -> Notice:
         )
     if event == "gap":
         return Gap(dropped=get("dropped", int) or 0)
-    return Warning(data=data)
+    return WarningNotice(data=data)
 
 
 def decode_server_frame(text: str | bytes) -> Reply | ErrorReply | Notification | ErrorNotification:
@@ -484,7 +485,7 @@ def decode_server_frame(text: str | bytes) -> Reply | ErrorReply | Notification 
             or is not JSON (the 2011 client's rule).
     """
     try:
-        frame = _json.loads(text)
+        frame = jsontext.loads(text)
     except ValueError as exc:
         raise RemoteProtocolError(f"frame is not JSON: {exc}") from None
     if not isinstance(frame, dict) or not {"id", "error", "result"} <= frame.keys():

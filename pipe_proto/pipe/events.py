@@ -51,7 +51,7 @@ __all__ = [
     "SubscribeEvents",
     "TerminateUser",
     "UnsubscribeEvents",
-    "Warning",
+    "WarningNotice",
 ]
 
 #: Event types a pipe may subscribe to, and those the 2011 protocol knew.
@@ -337,6 +337,18 @@ class AuthRequest(Notice):
     channel: str | None = None
     socket: dict[str, Any] = attrs.Factory(dict)
 
+    def answer(self, *, allow: bool, data: Any = None, reason: str | None = None) -> AuthResponse:
+        """The ``auth_response`` to this request (pipe-protocol.md 5).
+
+        ``data`` is the member (``{user_id, user_info?}``) of a presence
+        subscription, or the user (``{id, user_info?, watchlist?}``) of a
+        sign-in: it goes in ``user_data`` when ``kind`` is ``user``, in
+        ``channel_data`` otherwise. ``reason`` is what a refused socket is told.
+        """
+        if self.kind == "user":
+            return AuthResponse(request_id=self.request_id, allow=allow, user_data=data, reason=reason)
+        return AuthResponse(request_id=self.request_id, allow=allow, channel_data=data, reason=reason)
+
 
 @attrs.frozen(kw_only=True)
 class Gap(Notice):
@@ -347,7 +359,7 @@ class Gap(Notice):
 
 
 @attrs.frozen(kw_only=True)
-class Warning(Notice):
+class WarningNotice(Notice):
     """``warning``: free-form text the 2011 client prints."""
 
     event = "warning"

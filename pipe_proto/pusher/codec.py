@@ -21,7 +21,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from .. import _json
+from .. import jsontext
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     CacheMiss,
@@ -55,7 +55,7 @@ class Role(Enum):
     SERVER = "server"
 
 
-_dumps = _json.dumps
+_dumps = jsontext.dumps
 
 
 class _Bad(Exception):
@@ -66,7 +66,7 @@ def _obj(value: Any, what: str) -> dict[str, Any]:
     """``value`` as an object, decoding one level of string encoding."""
     if isinstance(value, str):
         try:
-            value = _json.loads(value)
+            value = jsontext.loads(value)
         except ValueError:
             raise _Bad(f"{what} must be a JSON object") from None
     if not isinstance(value, dict):
@@ -224,7 +224,7 @@ def decode(text: str | bytes, *, role: Role) -> PusherEvent:
             direction (``code`` is ``None``; ``message`` says why).
     """
     try:
-        msg = _json.loads(text)
+        msg = jsontext.loads(text)
     except ValueError as exc:
         raise RemoteProtocolError(f"Invalid JSON: {exc}") from None
     if not isinstance(msg, dict):

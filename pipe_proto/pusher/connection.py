@@ -8,7 +8,13 @@ an invalid handshake) or a ``pusher:error`` (a refusal). Once OPEN, either
 side answers pings and, through :class:`~pipe_proto.liveness.Liveness`, probes
 a silent peer and gives up on one that stays silent. CLOSED is final.
 
-The legal moves are the table ``_TRANSITIONS``; a move missing from it raises
+On the client side a sent ``pusher:signin`` waits for its answer: the next
+``pusher:signin_success``, or a ``pusher:error`` with code 4009, which
+:meth:`PusherConnection.receive` returns as :class:`SignInError` so that the
+caller need not guess which error answers the sign-in.
+
+The legal moves are the table ``_TRANSITIONS`` (a
+:class:`~pipe_proto.statemachine.Transitions`); a move missing from it raises
 :class:`LocalProtocolError` and leaves the connection CLOSED, so a misused
 connection refuses further calls instead of carrying on in a state nobody
 designed.
@@ -23,10 +29,11 @@ from enum import Enum
 
 from ..errors import LocalProtocolError, PusherCode, RemoteProtocolError
 from ..liveness import Liveness, LivenessAction
+from ..statemachine import Transitions
 from .codec import Role, decode, encode
-from .events import ConnectionEstablished, Error, Ping, PusherEvent
+from .events import ConnectionEstablished, Error, Ping, PusherEvent, SignIn, SignInError, SignInSuccess
 
-__all__ = ["ConnectionState", "PusherConnection", "TimerAction"]
+__all__ = ["PONG_TIMEOUT", "ConnectionState", "PusherConnection", "TimerAction"]
 
 #: Seconds the server waits for any frame after its ``pusher:ping``.
 PONG_TIMEOUT = 30.0
@@ -46,13 +53,16 @@ class _Input(Enum):
     CLOSE = "close"
 
 
-_TRANSITIONS: dict[tuple[ConnectionState, _Input], ConnectionState] = {
-    (ConnectionState.CONNECTING, _Input.ESTABLISHED): ConnectionState.OPEN,
-    (ConnectionState.CONNECTING, _Input.REFUSED): ConnectionState.CLOSED,
-    (ConnectionState.CONNECTING, _Input.CLOSE): ConnectionState.CLOSED,
-    (ConnectionState.OPEN, _Input.CLOSE): ConnectionState.CLOSED,
-    (ConnectionState.CLOSED, _Input.CLOSE): ConnectionState.CLOSED,
-}
+_TRANSITIONS = Transitions[ConnectionState, _Input, None](
+    {
+        (ConnectionState.CONNECTING, _Input.ESTABLISHED): (None, ConnectionState.OPEN),
+        (ConnectionState.CONNECTING, _Input.REFUSED): (None, ConnectionState.CLOSED),
+        (ConnectionState.CONNECTING, _Input.CLOSE): (None, ConnectionState.CLOSED),
+        (ConnectionState.OPEN, _Input.CLOSE): (None, ConnectionState.CLOSED),
+        (ConnectionState.CLOSED, _Input.CLOSE): (None, ConnectionState.CLOSED),
+    },
+    final=ConnectionState.CLOSED,
+)
 
 
 class TimerAction:
@@ -82,7 +92,7 @@ class PusherConnection:
         pong_timeout: seconds to wait for any frame after a ping.
     """
 
-    __slots__ = ("liveness", "role", "socket_id", "state")
+    __slots__ = ("liveness", "role", "signing_in", "socket_id", "state")
 
     def __init__(
         self,
@@ -95,14 +105,9 @@ class PusherConnection:
         self.role = role
         self.state = ConnectionState.CONNECTING
         self.socket_id: str | None = None
+        #: Client side: a ``pusher:signin`` was sent and has no answer yet.
+        self.signing_in = False
         self.liveness = Liveness(now, activity_timeout, pong_timeout)
-
-    def _move(self, event: _Input) -> None:
-        try:
-            self.state = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            state, self.state = self.state, ConnectionState.CLOSED
-            raise LocalProtocolError(f"cannot {event.value} when {state.value}") from None
 
     def establish(self, socket_id: str) -> str:
         """Server side: open the connection; returns the first frame to send."""
@@ -112,7 +117,7 @@ class PusherConnection:
             ConnectionEstablished(socket_id=socket_id, activity_timeout=int(self.liveness.idle)),
             role=Role.SERVER,
         )
-        self._move(_Input.ESTABLISHED)
+        _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = socket_id
         return frame
 
@@ -120,7 +125,9 @@ class PusherConnection:
         """Decode one frame from the peer and advance the state.
 
         Returns:
-            The event. A :class:`Ping` must be answered with a ``Pong``.
+            The event. A :class:`Ping` must be answered with a ``Pong``. On
+            the client side, the error answering a pending sign-in is a
+            :class:`SignInError`.
 
         Raises:
             RemoteProtocolError: the frame is malformed (the connection stays
@@ -135,18 +142,25 @@ class PusherConnection:
             try:
                 event = decode(text, role=self.role)
             except RemoteProtocolError:
-                self._move(_Input.REFUSED)
+                _TRANSITIONS.move(self, _Input.REFUSED)
                 raise RemoteProtocolError("Invalid handshake") from None
             if isinstance(event, ConnectionEstablished):
-                self._move(_Input.ESTABLISHED)
+                _TRANSITIONS.move(self, _Input.ESTABLISHED)
                 self.socket_id = event.socket_id
                 self.liveness.idle = min(self.liveness.idle, event.activity_timeout)
                 return event
-            self._move(_Input.REFUSED)
+            _TRANSITIONS.move(self, _Input.REFUSED)
             if isinstance(event, Error):
                 raise RemoteProtocolError(event.message, code=event.code)
             raise RemoteProtocolError("Invalid handshake: first frame was not connection_established")
-        return decode(text, role=self.role)
+        event = decode(text, role=self.role)
+        if self.signing_in:
+            if isinstance(event, SignInSuccess):
+                self.signing_in = False
+            elif isinstance(event, Error) and event.code == PusherCode.UNAUTHORIZED:
+                self.signing_in = False
+                return SignInError(code=event.code, message=event.message)
+        return event
 
     def heard(self, now: float) -> None:
         """Record traffic that is not a text frame (a WebSocket ping or pong)."""
@@ -161,7 +175,10 @@ class PusherConnection:
         """
         if self.state is not ConnectionState.OPEN:
             raise LocalProtocolError(f"cannot send when {self.state.value}")
-        return encode(event, role=self.role)
+        text = encode(event, role=self.role)
+        if isinstance(event, SignIn):
+            self.signing_in = True
+        return text
 
     def deadline(self) -> float:
         """When :meth:`tick` next has something to do."""
@@ -175,7 +192,7 @@ class PusherConnection:
         if action is LivenessAction.PROBE:
             return TimerAction(encode(Ping(), role=self.role))
         if action is LivenessAction.EXPIRE:
-            self._move(_Input.CLOSE)
+            _TRANSITIONS.move(self, _Input.CLOSE)
             if self.role is Role.SERVER:
                 reason = "Pong reply not received"
                 error = Error(code=PusherCode.PONG_TIMEOUT, message=reason)
@@ -185,4 +202,4 @@ class PusherConnection:
 
     def close(self) -> None:
         """Mark the connection closed (either side closed it)."""
-        self._move(_Input.CLOSE)
+        _TRANSITIONS.move(self, _Input.CLOSE)

@@ -30,6 +30,7 @@ __all__ = [
     "Presence",
     "PusherEvent",
     "SignIn",
+    "SignInError",
     "SignInSuccess",
     "Subscribe",
     "SubscriptionCount",
@@ -133,6 +134,17 @@ class SignInSuccess(PusherEvent):
     """``pusher:signin_success``, echoing the signed ``user_data`` string."""
 
     user_data: str = attrs.field(validator=_str)
+
+
+@attrs.frozen(kw_only=True)
+class SignInError(Error):
+    """A ``pusher:error`` that answers the client's pending ``pusher:signin``: it failed.
+
+    Not a frame of its own: the client side of a connection
+    (:class:`~pipe_proto.pusher.PusherConnection`) reads a ``pusher:error``
+    with code 4009 as this while a sign-in waits for its answer
+    (pusher-channels.md 8.1); the connection stays open.
+    """
 
 
 @attrs.frozen(kw_only=True)

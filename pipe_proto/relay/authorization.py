@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import _json
+from .. import jsontext
 from ..apps import App, Limits
 from ..names import SERVER_TO_USER_PREFIX, ChannelKind, channel_name_error, channel_type, user_id_error
 from ..pusher.events import SignIn, Subscribe
@@ -90,7 +90,7 @@ def member_from_data(data: Any, limits: Limits) -> Member | Refuse:
         )
     info = data.get("user_info")
     # Measured as members receive it: JSON, so a string counts with its quotes.
-    if info is not None and _json.encoded_size(_json.dumps(info)) > limits.max_user_info_bytes:
+    if info is not None and jsontext.encoded_size(jsontext.dumps(info)) > limits.max_user_info_bytes:
         return Refuse(
             "LimitReached", f"user_info is larger than {limits.max_user_info_bytes} bytes", 413
         )
@@ -136,7 +136,7 @@ def authorize_subscription(
     if problem:
         return _auth_error(problem)
     try:
-        data = _json.loads(request.channel_data)
+        data = jsontext.loads(request.channel_data)
     except ValueError:
         return _auth_error("channel_data is not JSON", 400)
     member = member_from_data(data, app.limits)
@@ -146,7 +146,7 @@ def authorize_subscription(
 def user_from_data(user_data: str, max_watchlist: int) -> SignedInUser | str:
     """The user a sign-in names, or why ``user_data`` is unacceptable."""
     try:
-        data = _json.loads(user_data)
+        data = jsontext.loads(user_data)
     except ValueError:
         return "user_data is not JSON"
     if not isinstance(data, dict):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import _json
+from .. import jsontext
 from ..names import ChannelKind, channel_type
 from ..pipe import events as pipe_events
 from ..pusher.codec import encode_message
@@ -232,7 +232,7 @@ class Channels:
         hub = state.hub
         if hub.wants("presence"):
             # As for channels; only a return with the same id and info cancels.
-            who, match = str(user_id), _json.dumps([user_id, info])
+            who, match = str(user_id), jsontext.dumps([user_id, info])
             if kind == "member_added":
                 notice = pipe_events.MemberAdded(channel=name, user_id=user_id, user_info=info)
                 hub.arrive("presence", name, notice, now, who=who, match=match)

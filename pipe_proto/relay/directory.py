@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeAlias,
 
 from ..apps import App
 from ..errors import PipeCode
-from ..names import SERVER_TO_USER_PREFIX, ChannelKind, channel_type
+from ..names import channel_type
 from ..pipe.codec import PipeFrameError
 from ..pipe.events import AuthResponse
 from ..pusher.events import MemberAdded, MemberRemoved
@@ -54,7 +54,7 @@ __all__ = [
     "Pending",
 ]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class Joined(NamedTuple):
@@ -82,7 +82,7 @@ class ChannelFacts(NamedTuple):
     cached: Cached | None
 
 
-class Pending(Generic[T]):
+class Pending(Generic[_T]):
     """An answer that needs the cluster first: run ``call``, then ``resume(reply)``.
 
     The adapter sends ``call`` (a :class:`pipe_proto.cluster.Eval`) and feeds
@@ -92,13 +92,13 @@ class Pending(Generic[T]):
 
     __slots__ = ("call", "resume")
 
-    def __init__(self, call: Output, resume: Callable[[Any], Answer[T]]) -> None:
+    def __init__(self, call: Output, resume: Callable[[Any], Answer[_T]]) -> None:
         self.call = call
         self.resume = resume
 
 
 #: A directory's answer to a REST question: at once, or after a cluster call.
-Answer: TypeAlias = Union[T, Pending[T]]  # noqa: UP007 - a generic alias needs Union
+Answer: TypeAlias = Union[_T, Pending[_T]]  # noqa: UP007 - a generic alias needs Union
 
 
 class Directory(Protocol):
@@ -414,10 +414,3 @@ class LocalDirectory:
 
     def stats(self) -> dict[str, Any]:
         return {}
-
-
-def user_channel(name: str) -> str | None:
-    """The user id a ``#server-to-user-`` channel is for, or ``None`` for other channels."""
-    if channel_type(name).kind is ChannelKind.USER:
-        return name[len(SERVER_TO_USER_PREFIX) :]
-    return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _json
+from .. import jsontext
 from ..errors import PusherCode
 from ..names import channel_type, event_name_error
 from ..pipe import events as pipe_events
@@ -57,7 +57,7 @@ class Messages:
         if text_length * 12 <= limit:
             return None
         try:
-            size = _json.encoded_size(event.data)
+            size = jsontext.encoded_size(event.data)
         except ValueError:
             return "data is not encodable"
         if size > limit:
@@ -88,7 +88,7 @@ class Messages:
         if problem:
             core.error(sock.id, f"Client event rejected: {problem}")
             return
-        data = event.data if isinstance(event.data, str) else _json.dumps(event.data)
+        data = event.data if isinstance(event.data, str) else jsontext.dumps(event.data)
         # On presence channels a socket's entry is its member key: the user id as a string.
         user_id = sock.channels[name]
         text = encode_message(event.event, data, name, user_id)

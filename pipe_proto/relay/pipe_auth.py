@@ -11,7 +11,7 @@ waiting. Sign-in failures are ``pusher:error`` 4009 instead.
 
 from __future__ import annotations
 
-from .. import _json
+from .. import jsontext
 from ..errors import PipeCode, PusherCode
 from ..names import ChannelKind, channel_type
 from ..pipe import events as pipe_events
@@ -118,7 +118,7 @@ class PipeAuthorizations:
             if not isinstance(answer.user_data, dict):
                 self.failed(sock, "user", None, 403, "The app allowed a sign-in without user_data")
                 return
-            user = user_from_data(_json.dumps(answer.user_data), state.app.limits.max_watchlist)
+            user = user_from_data(jsontext.dumps(answer.user_data), state.app.limits.max_watchlist)
             if isinstance(user, str):
                 self.failed(sock, "user", None, 403, user)
             else:

@@ -50,7 +50,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from .. import _json
+from .. import jsontext
 from ..apps import App
 from ..departures import LEAVE_DELAY, Departures
 from ..errors import PipeCode
@@ -59,6 +59,7 @@ from ..pipe.events import Notice
 from .later import Later
 
 __all__ = [
+    "CONTROL_TYPES",
     "EVENT_OVERHEAD",
     "MAX_GROUPS",
     "Group",
@@ -106,7 +107,7 @@ class _Event:
         self.born = now
         #: For a ``gap`` report: how many drops it tells of.
         self.dropped = dropped
-        # The text is ASCII (pipe_proto._json escapes the rest): one byte a character.
+        # The text is ASCII (pipe_proto.jsontext escapes the rest): one byte a character.
         self.size = len(text) + EVENT_OVERHEAD
 
 
@@ -596,12 +597,12 @@ class PipeHub:
                 # 0.2: no acks, nothing kept; written now, or never.
                 if owner.pipe is not None:
                     if legacy is None:
-                        legacy = notification_frame(notice.event, _json.dumps(notice_data(notice, "0.2")))
+                        legacy = notification_frame(notice.event, jsontext.dumps(notice_data(notice, "0.2")))
                     group.delivered += 1
                     self._send(owner.pipe, legacy)
                 continue
             if event is None:
-                event = _Event(type, key, notice.event, _json.dumps(notice_data(notice, "1.0")), now)
+                event = _Event(type, key, notice.event, jsontext.dumps(notice_data(notice, "1.0")), now)
             self._queue(owner, _Pending(event), now)
         return taken
 

@@ -45,7 +45,7 @@ its cache (bounded by ``max_cached_channels``) and delayed webhooks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from ..apps import App, AppRegistry
 from ..errors import CloseCode, PusherCode
@@ -61,8 +61,6 @@ from .state import AppState, Cached, SocketDetails
 from .users import Users
 
 __all__ = ["SUPPORTED_PROTOCOLS", "Relay"]
-
-T = TypeVar("T")
 
 
 class Relay:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import PusherCode
+from ..names import user_channel
 from ..pusher.events import SignIn, SignInSuccess, WatchlistChange, WatchlistEvents
 from .authorization import AskPipe, Refuse, SignedInUser, authorize_signin
 from .core import Core, frame
-from .directory import Directory, user_channel
+from .directory import Directory
 from .later import Later, gather
 from .outputs import Send
 from .state import AppState, Socket

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import attrs
 
-from .. import _json
+from .. import jsontext
 from ..names import (
     ChannelKind,
     channel_name_error,
@@ -38,6 +38,7 @@ from ..names import (
 from ..relay.directory import Answer, ChannelFacts, Pending
 from ..relay.outputs import Output
 from ..relay.relay import Relay
+from ..routes import USERS_TERMINATE
 from .auth import authenticate
 
 __all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
@@ -46,7 +47,6 @@ __all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
 MAX_BODY_BYTES = 1024 * 1024
 
 _APP_PATH = re.compile(r"/apps/([^/]+)(/.*)?")
-_USERS_TERMINATE = re.compile(r"/users/([^/]+)/terminate_connections")
 _CHANNEL = re.compile(r"/channels/([^/]+)")
 _CHANNEL_USERS = re.compile(r"/channels/([^/]+)/users")
 
@@ -71,26 +71,26 @@ def _error(status: int, message: str) -> RestResponse:
     return RestResponse(status=status, body={"error": message})
 
 
-T = TypeVar("T")
-U = TypeVar("U")
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
-def then(answer: Answer[T], use: Callable[[T], Answer[U]]) -> Answer[U]:
+def then(answer: Answer[_T], use: Callable[[_T], Answer[_U]]) -> Answer[_U]:
     """``use(value)`` once ``answer`` has its value: at once, or after its cluster call."""
     if isinstance(answer, Pending):
         return Pending(answer.call, lambda result: then(answer.resume(result), use))
     return use(answer)
 
 
-def _gather(answers: list[Answer[T]]) -> Answer[list[T]]:
+def _gather(answers: list[Answer[_T]]) -> Answer[list[_T]]:
     """All of ``answers``, in order, one cluster call at a time."""
-    values: list[T] = []
+    values: list[_T] = []
 
-    def step(index: int) -> Answer[list[T]]:
+    def step(index: int) -> Answer[list[_T]]:
         while index < len(answers):
             answer = answers[index]
             if isinstance(answer, Pending):
-                def keep(value: T, at: int = index) -> Answer[list[T]]:
+                def keep(value: _T, at: int = index) -> Answer[list[_T]]:
                     values.append(value)
                     return step(at + 1)
 
@@ -124,7 +124,7 @@ def handle(
 def _handle(
     relay: Relay, method: str, path: str, query: Mapping[str, str], body: bytes, now: float
 ) -> Answer[RestResponse]:
-    terminate = _USERS_TERMINATE.fullmatch(path)
+    terminate = USERS_TERMINATE.fullmatch(path)
     if terminate is not None:
         # The Python SDK posts here without /apps/{id} (pusher-channels.md 9.6).
         # Parameter names are case-insensitive, as authenticate() reads them (pusher-channels.md 9.2).
@@ -169,7 +169,7 @@ def _handle(
     if channel_match is not None:
         expect("GET")
         return _channel(relay, app.id, unquote(channel_match.group(1)), query, now)
-    terminate = _USERS_TERMINATE.fullmatch(sub)
+    terminate = USERS_TERMINATE.fullmatch(sub)
     if terminate is not None:
         expect("POST")
         user_id = terminate.group(1)
@@ -182,7 +182,7 @@ def _handle(
 
 def _body(body: bytes) -> dict[str, Any]:
     try:
-        data = _json.loads(body)
+        data = jsontext.loads(body)
     except ValueError:
         raise _Fail(400, "Body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -213,7 +213,7 @@ class _Event:
         if "data" not in item:
             raise _Fail(400, "Missing data")
         data = item["data"]
-        text = data if isinstance(data, str) else _json.dumps(data)
+        text = data if isinstance(data, str) else jsontext.dumps(data)
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > limits.max_event_bytes:
             raise _Fail(413, f"Event data is {size} bytes; the limit is {limits.max_event_bytes} bytes")

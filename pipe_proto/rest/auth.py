@@ -14,12 +14,9 @@ from collections.abc import Mapping
 from urllib.parse import unquote
 
 from ..apps import App
-from ..signatures import check_signed_query
+from ..signatures import check_signed_query, timestamp_problem
 
-__all__ = ["TIMESTAMP_GRACE", "authenticate"]
-
-#: Seconds a request's timestamp may differ from the relay's clock.
-TIMESTAMP_GRACE = 600
+__all__ = ["authenticate"]
 
 
 def authenticate(
@@ -37,15 +34,9 @@ def authenticate(
         return 401, "Unknown auth_key"
     if q.get("auth_version") != "1.0":
         return 401, "Version not supported: auth_version must be 1.0"
-    try:
-        timestamp = int(q["auth_timestamp"])
-    except (KeyError, ValueError):
-        return 401, "Timestamp required: auth_timestamp must be an integer"
-    if abs(now - timestamp) >= TIMESTAMP_GRACE:
-        return 401, (
-            f"Timestamp expired: Given timestamp ({timestamp}) not within "
-            f"{TIMESTAMP_GRACE}s of server time ({int(now)})"
-        )
+    problem = timestamp_problem(q.get("auth_timestamp"), now)
+    if problem:
+        return 401, problem
     md5 = hashlib.md5(body).hexdigest()
     if (body or "body_md5" in q) and q.get("body_md5") != md5:
         return 401, "body_md5 does not match the MD5 of the body"

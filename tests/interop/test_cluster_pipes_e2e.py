@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from pipe_trio.client import connect
+from pipe_trio.pusher_client import connect
 from tests.cluster_front import Forward
 from tests.cluster_processes import Node, cluster_config, relay_nodes
 from tests.interop.test_pipe_groups_e2e import Worker, assert_per_socket_order

@@ -1,4 +1,8 @@
-"""The benchmark suite, tiny: keeps bench/ working (figures are printed, never asserted)."""
+"""The benchmark suite, tiny: keeps bench/ working (figures are printed, never asserted).
+
+Not part of the unit run (``testpaths`` leaves bench/ out): ``tests/run`` runs it
+as a step of its own after the test suite.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,13 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_runs_every_scenario_on_both_servers(tmp_path: Path) -> None:
     """bench/run.py --quick runs S1-S5 against the baseline and the relay and writes their results."""
-    relay = f"{sys.executable} -m pipe_trio.cli serve --host {{host}} --port {{port}} --config bench/relay.toml --log-level warning"
+    relay = (
+        f"{sys.executable} -m pipe_trio.cli serve --host {{host}} --port {{port}}"
+        " --config bench/relay.toml --log-level warning"
+    )
+    args = ["--quick", "--relay", relay, "--relay-publish", "pipe", "--results-dir", str(tmp_path)]
     completed = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--relay", relay, "--relay-publish", "pipe", "--results-dir", str(tmp_path)],
+        [sys.executable, "bench/run.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -197,6 +197,25 @@ async def test_refused_handshake_raises(relay_server: RelayServer, key: str, cod
     assert relay_server.relay.stats()["sockets"] == 0
 
 
+async def test_refused_upgrade_raises_with_the_http_status(nursery: trio.Nursery) -> None:
+    """A server answering the upgrade with an HTTP error makes connect raise RemoteProtocolError with that status and body."""
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 7\r\nconnection: close\r\n\r\nno way!")
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, refuse, 0)
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10), pytest.raises(RemoteProtocolError) as refused:
+        async with connect(f"ws://127.0.0.1:{port}", APP_KEY):
+            pytest.fail("connected")  # pragma: no cover
+    assert refused.value.code == 403
+    assert "no way!" in str(refused.value)
+
+
 async def test_refused_protocol_version(relay_server: RelayServer) -> None:
     """An unsupported protocol version is refused with 4007."""
     with trio.fail_after(10), pytest.raises(RemoteProtocolError) as refused:

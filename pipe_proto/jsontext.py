@@ -1,4 +1,4 @@
-"""JSON in and out, the same way everywhere in the core.
+"""JSON text in and out, the same way everywhere in the core (and in its adapters).
 
 Output is compact (no spaces), as pusher-js and the Pusher docs write it, and
 ASCII-escaped so that a lone surrogate smuggled in through a ``\\ud800``
@@ -14,7 +14,12 @@ import json
 import math
 from typing import Any
 
+__all__ = ["dumps", "encoded_size", "loads"]
+
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: ``dumps(value) -> str``: compact, ASCII-escaped JSON text; ``ValueError`` for
+#: NaN or infinities. The encoder's bound method itself, as it is on every
+#: frame's path.
 dumps = _encoder.encode
 
 

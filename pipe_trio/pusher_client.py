@@ -1,4 +1,4 @@
-"""A Pusher Channels socket client for Python, on trio-websocket.
+"""The Pusher socket client: a Pusher Channels connection for Python applications and tests.
 
 ::
 
@@ -14,6 +14,10 @@ relay asks its pipe (pipe-protocol.md 5). Every event the relay sends (but
 pings, answered here) is queued for :meth:`PusherClient.next_event` and
 ``async for``; the queue is bounded, so a client that stops reading stops
 reading the socket too. No automatic reconnection.
+
+Its WebSocket is the package's client stack (:mod:`._wsclient`), the one
+``open_pipe`` runs on; the protocol (handshake, heartbeat, which error
+answers a sign-in) is :class:`~pipe_proto.pusher.PusherConnection`'s.
 """
 
 from __future__ import annotations
@@ -27,11 +31,10 @@ from urllib.parse import urlencode
 
 import attrs
 import trio
-import trio_websocket
 
 from pipe_proto import __version__
-from pipe_proto._json import dumps
 from pipe_proto.errors import ProtocolError, RemoteProtocolError
+from pipe_proto.jsontext import dumps
 from pipe_proto.names import ChannelKind, channel_type
 from pipe_proto.pusher import (
     ConnectionState,
@@ -43,6 +46,7 @@ from pipe_proto.pusher import (
     PusherEvent,
     Role,
     SignIn,
+    SignInError,
     SignInSuccess,
     Subscribe,
     SubscriptionError,
@@ -50,6 +54,8 @@ from pipe_proto.pusher import (
     Unsubscribe,
 )
 from pipe_proto.signatures import channel_auth, signin_auth
+
+from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, open_websocket
 
 __all__ = ["PusherClient", "SignInFailed", "SubscriptionFailed", "connect"]
 
@@ -75,7 +81,7 @@ class PusherClient:
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: ClientWebSocket,
         conn: PusherConnection,
         key: str,
         secret: str | None,
@@ -239,9 +245,8 @@ class PusherClient:
             while True:
                 try:
                     text = await self.ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    if exc.reason is not None:
-                        self.close_code, self.close_reason = exc.reason.code, exc.reason.reason
+                except ConnectionClosed as exc:
+                    self.close_code, self.close_reason = exc.code, exc.reason
                     return
                 if not isinstance(text, str):
                     continue
@@ -250,7 +255,7 @@ class PusherClient:
                 except RemoteProtocolError:
                     continue
                 if isinstance(event, Ping):
-                    with suppress(trio_websocket.ConnectionClosed):  # get_message() reports it next
+                    with suppress(ConnectionClosed):  # get_message() reports it next
                         await self.send(Pong())
                     continue
                 if isinstance(event, (SubscriptionSucceeded, SubscriptionError)):
@@ -258,9 +263,7 @@ class PusherClient:
                     if waiter is not None:
                         waiter[1].append(event)
                         waiter[0].set()
-                elif self._signin is not None and (
-                    isinstance(event, SignInSuccess) or (isinstance(event, Error) and event.code == 4009)
-                ):
+                elif self._signin is not None and isinstance(event, (SignInSuccess, SignInError)):
                     self._signin[1].append(event)
                     self._signin[0].set()
                     self._signin = None
@@ -292,33 +295,12 @@ class PusherClient:
                 if action is not None and action.close_code is not None:
                     await self.ws.aclose(code=4000, reason="no pong")
                     return
-            except trio_websocket.ConnectionClosed:
+            except ConnectionClosed:
                 return  # the relay closed first: _read has recorded why
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection."""
         await self.ws.aclose(code=code, reason=reason)
-
-
-@asynccontextmanager
-async def _open_websocket(
-    url: str, ssl_context: ssl.SSLContext | None
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """``trio_websocket.open_websocket_url``, but the TCP stream is always closed at the end.
-
-    After a closing handshake the relay started, trio-websocket (0.12) waits
-    for the relay to end TCP and then never closes its own socket, leaving it
-    to the garbage collector (and a ResourceWarning).
-    """
-    opened: list[trio_websocket.WebSocketConnection] = []
-    try:
-        async with trio_websocket.open_websocket_url(url, ssl_context=ssl_context) as ws:
-            opened.append(ws)
-            yield ws
-    finally:
-        stream = getattr(opened[0], "_stream", None) if opened else None
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
@@ -333,30 +315,41 @@ async def connect(
     buffer: int = 1000,
     ssl_context: ssl.SSLContext | None = None,
     activity_timeout: float = 120.0,
+    max_message: int = 1024 * 1024,
 ) -> AsyncIterator[PusherClient]:
     """Connect to a relay at ``url`` (``ws[s]://host:port``) as app ``key``.
 
-    Returns once ``pusher:connection_established`` arrived.
+    Returns once ``pusher:connection_established`` arrived. A message
+    longer than ``max_message`` bytes closes the connection (1009).
 
     Raises:
-        RemoteProtocolError: the relay refused the connection (``code`` is
-            the Pusher error code, e.g. 4001 for an unknown key).
+        RemoteProtocolError: the relay refused the connection: ``code`` is
+            the Pusher error code (e.g. 4001 for an unknown key), or the
+            HTTP status when it refused the WebSocket upgrade itself.
+        OSError: no connection.
+        trio.TooSlowError: no handshake within 10 seconds.
     """
     params = {"protocol": str(protocol), "client": "pipe_trio", "version": __version__, **(query or {})}
     full = f"{url.rstrip('/')}/app/{key}?{urlencode(params)}"
-    async with _open_websocket(full, ssl_context) as ws:
-        conn = PusherConnection(Role.CLIENT, now=trio.current_time(), activity_timeout=activity_timeout)
-        try:
-            first = await ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            code = exc.reason.code if exc.reason else None
-            raise RemoteProtocolError("connection closed during the handshake", code=code) from None
-        conn.receive(first if isinstance(first, str) else "", trio.current_time())
-        client = PusherClient(ws, conn, key, secret, authorizer, buffer)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._read)
-            nursery.start_soon(client._heartbeat)
+    refused = None
+    try:
+        async with open_websocket(full, ssl_context=ssl_context, max_message=max_message) as ws:
+            conn = PusherConnection(Role.CLIENT, now=trio.current_time(), activity_timeout=activity_timeout)
             try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+                first = await ws.get_message()
+            except ConnectionClosed as exc:
+                raise RemoteProtocolError("connection closed during the handshake", code=exc.code) from None
+            conn.receive(first, trio.current_time())
+            client = PusherClient(ws, conn, key, secret, authorizer, buffer)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._read)
+                nursery.start_soon(client._heartbeat)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+    except HandshakeRefused as exc:
+        refused = exc
+    if refused is not None:
+        body = refused.body.decode("utf-8", "replace")
+        raise RemoteProtocolError(f"upgrade refused: {refused.status_code} {body}".rstrip(), code=refused.status_code)
