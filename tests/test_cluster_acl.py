@@ -37,7 +37,7 @@ async def test_nodes_work_with_the_documented_acl(nursery: trio.Nursery, caplog:
             url = f"redis://pipe-relay:pw@127.0.0.1:{redis.port}/0"
             nodes: list[RelayServer] = []
             for index in range(2):
-                directory = partial(ClusterDirectory, node=f"n{index}", beat=0.1, dead_after=0.6)
+                directory = partial(ClusterDirectory, node=str(index + 1), beat=0.1, dead_after=0.6)
                 relay = Relay([app()], id_base=(index + 1) * 10**6, directory=directory)
                 nodes.append(await nursery.start(partial(serve, relay, "127.0.0.1", 0, redis=url)))
             rest = pusher.Pusher(app_id="1", key=KEY, secret=SECRET, host="127.0.0.1", port=nodes[1].port, ssl=False)
@@ -53,5 +53,5 @@ async def test_nodes_work_with_the_documented_acl(nursery: trio.Nursery, caplog:
                 assert sorted(u["id"] for u in users["users"]) == ["alice", "bob"]
                 await sdk(lambda: rest.trigger("presence-room", "e", {}))
                 assert (await next_of(a, "e")).event == "e"
-            assert sorted(await admin.zrange("pipe-relay:nodes", 0, -1)) == ["n0", "n1"]
+            assert sorted(await admin.zrange("pipe-relay:nodes", 0, -1)) == ["1", "2"]
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
