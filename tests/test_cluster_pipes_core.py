@@ -126,3 +126,17 @@ def test_a_send_to_a_socket_of_another_node_waits_for_its_answer() -> None:
     assert (kind, asker, app, what) == ("q", "7", "1", "ss") and json.loads(body)["ids"] == [remote]
     out = relay.cluster_message(f"r {token}\n1".encode(), 0.2)
     assert frames(out, pipe_id) == [{"id": 3, "error": None, "result": {"delivered": 1}}]
+
+
+def test_a_send_nobody_waits_for_asks_no_count_of_the_other_node() -> None:
+    """send_to_socket with id null to another node's socket: told with no token, and that node answers nothing."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""})
+    remote = f"{8 * 10**12 + 5}.123"
+    request = {"id": None, "method": "send_to_socket", "params": {"socket_id": remote, "event": "e", "data": "x"}}
+    (tell,) = calls(relay.pipe_message(pipe_id, json.dumps(request), 0.1), "tell")
+    assert tell.args[4].startswith("q - 7 1 ss\n")
+    # The other side: a request with no token gets no answer.
+    assert calls(relay.cluster_message(b'q - 8 1 ss\n{"ids": ["1.2"], "text": "{}"}', 0.2), "tell") == []

@@ -459,13 +459,19 @@ class ClusterDirectory:
 
     # ----------------------------------------------------- other nodes' sockets
 
-    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
+    def send_to_sockets(
+        self, state: AppState, socket_ids: list[str], text: str, now: float, *, counted: bool = True
+    ) -> int | Later:
         by_node: dict[str, list[str]] = {}
         for socket_id in socket_ids:
             node = self.node_of(socket_id)
             if node is not None and node != self.node:
                 by_node.setdefault(node, []).append(socket_id)
         if not by_node or not self.connected:
+            return 0
+        if not counted:
+            for node, ids in by_node.items():
+                self.remote_requests.tell(node, state, "ss", {"ids": ids, "text": text})
             return 0
         asks = [
             self.remote_requests.ask(node, state, "ss", {"ids": ids, "text": text}, now, 0)

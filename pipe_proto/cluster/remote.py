@@ -87,6 +87,10 @@ class RemoteRequests:
         self.directory.call("tell", node, message)
         return later
 
+    def tell(self, node: str, state: AppState, kind: str, body: Any) -> None:
+        """Ask ``node`` to do ``kind`` for app ``state``, wanting no answer."""
+        self.directory.call("tell", node, f"q - {self.directory.node} {state.app.id} {kind}\n{jsontext.dumps(body)}")
+
     def answered(self, token: str, body: str) -> bool:
         """An answer from another node; False if it is not one of these."""
         entry = self._counts.get(token)
@@ -147,7 +151,8 @@ class RemoteRequests:
         if state is not None:
             request = jsontext.loads(body)
             answer = self._do(state, kind, request, now)
-        directory.call("tell", asker, f"r {token}\n{jsontext.dumps(answer)}")
+        if token != "-":
+            directory.call("tell", asker, f"r {token}\n{jsontext.dumps(answer)}")
 
     def _do(self, state: AppState, kind: str, request: Any, now: float) -> Any:
         directory = self.directory

@@ -173,8 +173,10 @@ class Directory(Protocol):
     def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> Later | None:
         """Close ``user_id``'s sockets in the rest of the deployment (``counted``: how many, once known)."""
 
-    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
-        """Send ``text`` to sockets of other relays; how many got it."""
+    def send_to_sockets(
+        self, state: AppState, socket_ids: list[str], text: str, now: float, *, counted: bool = True
+    ) -> int | Later:
+        """Send ``text`` to sockets of other relays; how many got it (``counted``; else 0 at once)."""
 
     def disconnect_elsewhere(
         self, state: AppState, socket_id: str, code: int, reason: str | None, now: float
@@ -367,7 +369,9 @@ class LocalDirectory:
     def terminate(self, state: AppState, user_id: str, now: float, *, counted: bool = False) -> Later | None:
         return None
 
-    def send_to_sockets(self, state: AppState, socket_ids: list[str], text: str, now: float) -> int | Later:
+    def send_to_sockets(
+        self, state: AppState, socket_ids: list[str], text: str, now: float, *, counted: bool = True
+    ) -> int | Later:
         return 0  # unknown or closed: skipped, as pipe-protocol.md 4 says
 
     def disconnect_elsewhere(

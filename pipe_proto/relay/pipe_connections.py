@@ -151,7 +151,7 @@ class PipeConnections:
         try:
             request = pipe.conn.receive(text, now)
             try:
-                result = self._execute(pipe, request.call, now)
+                result = self._execute(pipe, request.call, now, answered=request.id is not None)
             except PipeFrameError as exc:
                 exc.request_id = request.id
                 raise
@@ -190,14 +190,20 @@ class PipeConnections:
             del core.pipes[pipe_id]
             core.out.append(Close(pipe_id, CloseCode.NORMAL, "left the group"))
 
-    def _execute(self, pipe: Pipe, call: pipe_events.PipeCall, now: float) -> Any:
-        """Carry out one call; its result, or a :class:`~.later.Later` one (cluster)."""
+    def _execute(self, pipe: Pipe, call: pipe_events.PipeCall, now: float, *, answered: bool = True) -> Any:
+        """Carry out one call; its result, or a :class:`~.later.Later` one (cluster).
+
+        ``answered``: someone waits for the reply. When nobody does (an id of
+        null), counts that would need other nodes' answers are not asked for.
+        """
         state = pipe.app
         core = self.core
         modern = pipe.conn.version != "0.2"
         if isinstance(call, pipe_events.SendToChannel):
             counts = [
-                self.channels.publish(state, channel, call.event, call.data, call.exclude, now, counted=modern)
+                self.channels.publish(
+                    state, channel, call.event, call.data, call.exclude, now, counted=modern and answered
+                )
                 for channel in call.channels
             ]
             return gather(counts, lambda found: {"delivered": sum(found)} if modern else {})
@@ -207,7 +213,9 @@ class PipeConnections:
             targets = tuple(sid for sid in wanted if sid in core.sockets and core.sockets[sid].app is state)
             if targets:
                 core.out.append(Send(targets, text))
-            elsewhere = self.directory.send_to_sockets(state, [s for s in wanted if s not in core.sockets], text, now)
+            elsewhere = self.directory.send_to_sockets(
+                state, [s for s in wanted if s not in core.sockets], text, now, counted=answered
+            )
             return gather([len(targets), elsewhere], lambda found: {"delivered": sum(found)} if modern else {})
         if isinstance(call, pipe_events.Leave):
             state.hub.leave(pipe.id, now, for_good=True)
@@ -236,7 +244,7 @@ class PipeConnections:
                     self.sockets.kick(sock, call.code, call.reason or "Disconnected by the app", now)
             return gather([found], lambda found: {"disconnected": bool(found[0])} if modern else {})
         if isinstance(call, pipe_events.TerminateUser):
-            closed = self.users.terminate(state, call.user_id, now, counted=True)
+            closed = self.users.terminate(state, call.user_id, now, counted=answered)
             return gather([closed], lambda found: {"terminated": found[0]})
         if isinstance(call, pipe_events.Batch):
             outcomes: list[Any] = []
@@ -245,7 +253,7 @@ class PipeConnections:
                     outcomes.append(PipeFrameError(item.code, item.message))
                     continue
                 try:
-                    outcomes.append(self._execute(pipe, item, now))
+                    outcomes.append(self._execute(pipe, item, now, answered=answered))
                 except PipeFrameError as exc:
                     outcomes.append(exc)
             return gather(outcomes, lambda values: [_outcome(v) for v in values])
