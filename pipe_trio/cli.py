@@ -29,6 +29,7 @@ import sys
 import tomllib
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -36,6 +37,8 @@ from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
+from ._websocket import transport_name
+from .cluster_settings import ClusterSettings, cluster_settings
 from .server import RelayServer, open_listeners
 from .workers import WORKER_FLAG, supervise
 
@@ -96,14 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--redis",
         metavar="URL",
-        default=os.environ.get("PIPE_RELAY_REDIS"),
-        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS)",
+        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS, [cluster] redis)",
     )
     run.add_argument(
         "--redis-prefix",
         metavar="NAME",
-        default=os.environ.get("PIPE_RELAY_REDIS_PREFIX", "pipe-relay"),
-        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay)",
+        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay;"
+        " also PIPE_RELAY_REDIS_PREFIX, [cluster] prefix)",
     )
     run.add_argument(
         "--workers",
@@ -149,12 +151,7 @@ def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -
     environ = dict(os.environ) if environ is None else environ
     apps = [_parse_app(spec) for spec in args.app]
     if args.config:
-        try:
-            with open(args.config, "rb") as file:
-                config = tomllib.load(file)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc}") from None
-        apps.extend(apps_from_config(config))
+        apps.extend(apps_from_config(_read_config(args.config)))
     if not apps:
         given = [name for name in ENVIRONMENT if environ.get(name)]
         if given:
@@ -268,17 +265,29 @@ def _listen_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
-async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None) -> None:
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+async def _run(
+    args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None, cluster: ClusterSettings
+) -> None:
     try:
         listeners = await open_listeners(args.host, args.port, ssl_context, reuse_port=args.worker)
     except OSError as exc:
         raise StartError(_listen_problem(args.host, args.port, exc)) from None
     directory = None
-    if args.redis:
+    if cluster.redis:
         # Digits: socket ids start with the node's id (pipes find a socket's node by it).
         node = str(secrets.randbelow(9 * 10**8) + 10**8)
-        directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
-        log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
+        directory = partial(
+            ClusterDirectory, node=node, prefix=cluster.prefix, beat=cluster.beat, dead_after=cluster.dead_after
+        )
+        log.info("node %s joins the cluster %r through %s", node, cluster.prefix, cluster.redis.rpartition("@")[2])
     relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
     server = RelayServer(
         relay,
@@ -286,7 +295,7 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_contex
         max_socket_buffer=args.max_socket_buffer,
         max_pipe_buffer=args.max_pipe_buffer,
         max_connections_per_ip=args.max_connections_per_ip,
-        redis=args.redis,
+        redis=cluster.redis,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
@@ -307,8 +316,10 @@ async def _run(args: argparse.Namespace, apps: list[App], demo: bool, ssl_contex
         nursery.cancel_scope.cancel()
 
 
-def _supervise(args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None) -> int:
-    if not args.redis:
+def _supervise(
+    args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None, cluster: ClusterSettings
+) -> int:
+    if not cluster.redis:
         print("pipe-relay: --workers needs --redis: the workers share their state through Redis", file=sys.stderr)
         return 2
     given = list(sys.argv[2:] if argv is None else argv[1:])
@@ -363,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET), or pass --demo to serve it anyway"
             )
         ssl_context = _tls_context(args)
+        config = _read_config(args.config) if args.config else {}
+        cluster = cluster_settings(config, redis=args.redis, prefix=args.redis_prefix)
+        try:
+            transport_name()  # PIPE_RELAY_TRANSPORT, checked before anything starts
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2
@@ -372,9 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pipe-relay: --workers must be 1 or more", file=sys.stderr)
         return 2
     if args.workers > 1:
-        return _supervise(args, apps, demo, argv)
+        return _supervise(args, apps, demo, argv, cluster)
     try:
-        trio.run(_run, args, apps, demo, ssl_context)
+        trio.run(_run, args, apps, demo, ssl_context, cluster)
     except StartError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 1

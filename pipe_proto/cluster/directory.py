@@ -147,6 +147,7 @@ class ClusterDirectory:
             "resyncs": 0,
             "nodes_reaped": 0,
             "outages": 0,
+            "fenced": 0,
         }
 
     def bind(
@@ -200,6 +201,8 @@ class ClusterDirectory:
 
     def call(self, op: str, *args: str, answer: Callable[[Any, float], None] | None = None) -> int:
         """Queue a call of the script; ``answer`` gets its result (or its inbox reply, by token)."""
+        if not self.connected:
+            return 0  # nothing reaches Redis now; the resync makes up for it
         token = 0
         if answer is not None:
             self._token += 1
@@ -680,7 +683,7 @@ class ClusterDirectory:
     def _heartbeat(self) -> None:
         core = self.core
         info = _json.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
-        self.call("beat", info)
+        self.call("beat", info, answer=self._beaten)
         apps = list(core.apps)
         graces = " ".join(str(int(app.pipe.resume_grace * 1000)) for app in apps)
         self.call(
@@ -698,6 +701,29 @@ class ClusterDirectory:
                 "pexpire", app.id, str(settings.buffer_events), str(settings.buffer_bytes),
                 str(int(settings.buffer_ttl * 1000)),
             )
+
+    def _beaten(self, result: Any, now: float) -> None:
+        if int(result[1]) == 1:
+            self._fence(now)
+
+    def _fence(self, now: float) -> None:
+        """This node was reaped while it was silent (paused past ``dead_after``).
+
+        The others already told everyone its sockets closed, its members
+        left, its pipes' sessions wait for a resume: so they must. Its
+        connections are closed with 4200 (pusher-js reconnects, pipes
+        resume), without a word to Redis, and the node starts afresh.
+        """
+        self.counters["fenced"] += 1
+        self.connected = False
+        assert self._sockets is not None and self._pipes is not None
+        reason = "This node left the cluster for a while. Please reconnect."
+        for sock in list(self.core.sockets.values()):
+            self._sockets.kick(sock, PusherCode.RECONNECT, reason, now)
+        for pipe_id in list(self.core.pipes):
+            self._pipes.drop(pipe_id, now, (PusherCode.RECONNECT, reason))
+        self._known.clear()
+        self.up(now)
 
     def _counted_apps(self) -> list[str]:
         return [app.id for app in self.core.apps if app.features.subscription_count]
