@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmarks of the relay beside a plain asyncio + `websockets` baseline.
+"""Benchmarks of the relay beside Soketi 1.6.1 (and a plain asyncio + `websockets` baseline).
 
-    python bench/run.py                 # full suite (several minutes)
-    python bench/run.py --quick         # tiny sizes, ~1 s phases: checks that the code works
-    python bench/run.py --relay '/work/main/.venv/bin/pipe-relay serve --port {port} --app 1:key:secret'
+    python bench/run.py --relay CMD     # full suite (tens of minutes)
+    python bench/run.py --quick ...     # tiny sizes, ~1 s phases: checks that the code works
+    python bench/run.py --relay '.venv/bin/pipe-relay serve --host {host} --port {port} --config {config}'
 
-Every scenario runs against a freshly started server, baseline first, then
-the relay if --relay is given. In the command, {host} and {port} are
-replaced by the listening address; {api_port}, if present, gets a second port
-for the REST API (otherwise REST is expected on {port}). Prints a table and
-writes everything to bench/results/<timestamp>.json. Exit status 1 if a
-scenario failed for any server; timings are never asserted.
+Every scenario runs against a freshly started server: Soketi (bench/soketi,
+when installed) where it can run the scenario, the baseline where Soketi
+cannot (or everywhere with --baseline), then the relay if --relay is given,
+then the relay's cluster set-ups (--redis, --workers 2, two nodes; each with
+a redis-server of its own) for the scenarios that have them. In the relay's
+command, {host} and {port} are replaced by the listening address; {api_port},
+if present, gets a second port for the REST API (otherwise REST is expected
+on {port}); {config} by a copy of bench/relay.toml with the run's webhook
+receiver added (the webhook scenario needs it). Prints the tables and writes
+everything to bench/results/<timestamp>.json. Exit status 1 if a scenario
+failed for any server; timings are never asserted.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import report, scenarios
 from harness.loadgen import LOADGEN_DIR, ensure_installed
-from harness.servers import RunningServer, ServerSpec, baseline_spec, relay_spec
+from harness.servers import RunningServer, ServerSpec, baseline_spec, cluster_variants, relay_spec, soketi_spec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--relay", metavar="CMD", help="command line starting the relay ({host}, {port}, {api_port})")
     p.add_argument("--relay-publish", choices=["rest", "pipe"], default="rest", help="how events reach the relay")
     p.add_argument("--relay-app", default="1:key:secret", metavar="ID:KEY:SECRET", help="the app the relay serves")
+    p.add_argument("--no-soketi", action="store_true", help="leave Soketi out (the baseline takes its place)")
+    p.add_argument("--baseline", action="store_true", help="run the baseline in every scenario it can run")
+    p.add_argument("--no-cluster", action="store_true", help="leave the relay's cluster set-ups out")
     p.add_argument("--only", metavar="S2,S3", help="comma-separated scenario prefixes to run")
     p.add_argument("--workers", type=int, help="load generator processes (default: 2, 1 with --quick)")
     p.add_argument("--no-selftest", action="store_true", help="skip measuring the load generator's own ceiling")
@@ -77,7 +85,7 @@ def loadgen_selftest() -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-async def run_one(spec: ServerSpec, step: Any, cfg: scenarios.Config) -> dict[str, Any]:
+async def run_one(spec: ServerSpec, step: scenarios.Step, cfg: scenarios.Config) -> dict[str, Any]:
     server = RunningServer(spec)
     try:
         await server.start()
@@ -90,33 +98,67 @@ async def run_one(spec: ServerSpec, step: Any, cfg: scenarios.Config) -> dict[st
         server.stop()
 
 
+def servers(args: argparse.Namespace) -> tuple[list[ServerSpec], dict[str, ServerSpec]]:
+    """The compared servers (columns of the first table), and the relay's cluster set-ups by name."""
+    soketi = None if args.no_soketi else soketi_spec(args.relay_app)
+    specs = [spec for spec in (soketi, baseline_spec()) if spec is not None]
+    cluster: dict[str, ServerSpec] = {}
+    if args.relay:
+        relay = relay_spec(args.relay, args.relay_publish, args.relay_app)
+        specs.append(relay)
+        if not args.no_cluster:
+            cluster = cluster_variants(relay)
+    return specs, cluster
+
+
+def runs(scenario: scenarios.Scenario, specs: list[ServerSpec], args: argparse.Namespace) -> list[ServerSpec]:
+    """The servers that run a scenario: the baseline only where Soketi cannot (or with --baseline)."""
+    kinds = {s.kind for s in specs}
+    chosen = []
+    for spec in specs:
+        if spec.kind not in scenario.kinds:
+            continue
+        if spec.kind == "baseline" and not args.baseline and "soketi" in kinds & scenario.kinds:
+            continue
+        chosen.append(spec)
+    return chosen
+
+
 async def run(args: argparse.Namespace) -> int:
     cfg = scenarios.QUICK if args.quick else scenarios.FULL
     if args.workers:
         cfg = dataclasses.replace(cfg, workers=args.workers)
-    specs = [baseline_spec()]
-    if args.relay:
-        specs.append(relay_spec(args.relay, args.relay_publish, args.relay_app))
+    specs, cluster = servers(args)
     only = args.only.split(",") if args.only else None
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "machine": machine(),
         "config": dataclasses.asdict(cfg),
-        "servers": {s.name: {"command": s.command, "publish": s.publish} for s in specs},
+        "servers": {s.name: {"command": s.command, "publish": s.publish} for s in [*specs, *cluster.values()]},
         "results": {},
     }
     if not args.quick and not args.no_selftest:
         print("# load generator selftest", file=sys.stderr, flush=True)
         doc["loadgen_selftest"] = loadgen_selftest()
 
-    for name, step in scenarios.plan(cfg):
-        if only and not any(name.startswith(prefix) for prefix in only):
+    for scenario in scenarios.plan(cfg):
+        if only and not any(scenario.name.startswith(prefix) for prefix in only):
             continue
-        doc["results"][name] = {}
-        for spec in specs:
-            print(f"# {name}: {spec.name}", file=sys.stderr, flush=True)
-            doc["results"][name][spec.name] = await run_one(spec, step, cfg)
+        chosen = runs(scenario, specs, args) + [cluster[key] for key in scenario.cluster if key in cluster]
+        if not chosen:
+            continue
+        doc["results"][scenario.name] = {}
+        for spec in chosen:
+            print(f"# {scenario.name}: {spec.name}", file=sys.stderr, flush=True)
+            doc["results"][scenario.name][spec.name] = await run_one(spec, scenario.step, cfg)
 
-    print(report.table(doc["results"], [s.name for s in specs]))
+    names = [s.name for s in specs if any(s.name in by for by in doc["results"].values())]
+    ratios = [("relay", other) for other in names if other != "relay"] if "relay" in names else []
+    print(report.table(doc["results"], names, ratios))
+    variants = [s.name for s in cluster.values() if any(s.name in by for by in doc["results"].values())]
+    if variants:
+        print("\nThe relay's cluster set-ups beside one process (the relay column above):")
+        shown = {k: v for k, v in doc["results"].items() if set(v) & set(variants)}
+        print(report.table(shown, ["relay", *variants], [(c, "relay") for c in variants]))
     for st in doc.get("loadgen_selftest", []):
         print(
             f"load generator ceiling ({st['eventsPerWrite']} event(s) per server write, {st['workers']} worker(s)):"

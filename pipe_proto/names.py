@@ -93,8 +93,13 @@ _PREFIXES: tuple[tuple[str, ChannelType], ...] = (
 _PUBLIC = ChannelType(ChannelKind.PUBLIC, False)
 
 
+_PREFIX_STARTS = frozenset(prefix[0] for prefix, _ in _PREFIXES)
+
+
 def channel_type(name: str) -> ChannelType:
     """Classify a channel by its name's anchored prefix."""
+    if name[:1] not in _PREFIX_STARTS:  # most public channels: no prefix to try
+        return _PUBLIC
     for prefix, kind in _PREFIXES:
         if name.startswith(prefix):
             return kind

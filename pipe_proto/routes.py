@@ -58,7 +58,15 @@ def split_target(target: str) -> tuple[str, dict[str, str]]:
     A key repeated in the query keeps its last value.
     """
     path, _, query = target.partition("?")
-    return path, dict(parse_qsl(query, keep_blank_values=True))
+    if "%" in query or "+" in query:
+        return path, dict(parse_qsl(query, keep_blank_values=True))
+    # Nothing to decode (pusher-js's own query): parse_qsl's result, without its per-field work.
+    fields: dict[str, str] = {}
+    for field in query.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            fields[name] = value
+    return path, fields
 
 
 def route(method: str, target: str, *, upgrade: bool) -> Route:

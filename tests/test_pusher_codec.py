@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from fuzz.fuzz_pusher_codec import CLIENT_SENDS, SERVER_SENDS
 from pipe_proto.errors import LocalProtocolError, RemoteProtocolError
@@ -415,3 +417,24 @@ def test_malformed_frames_raise_remote_protocol_error(role: Role, text: str | by
 
 
 # Arbitrary text and bytes, mutated and edited frames: fuzz/fuzz_pusher_codec.py.
+
+
+@given(
+    st.one_of(st.from_regex(r"[0-9]{1,12}\.[0-9]{1,10}", fullmatch=True), st.text(max_size=30)),
+    st.integers(min_value=1, max_value=10**12),
+)
+def test_connection_established_is_the_json_of_its_fields(socket_id: str, timeout: int) -> None:
+    """The frame every new socket gets (put together directly for the relay's ids) says exactly its fields."""
+    text = encode(ConnectionEstablished(socket_id=socket_id, activity_timeout=timeout), role=Role.SERVER)
+    outer = json.loads(text)
+    assert list(outer) == ["event", "data"]
+    assert outer["event"] == "pusher:connection_established"
+    assert json.loads(outer["data"]) == {"socket_id": socket_id, "activity_timeout": timeout}
+    assert text == json.dumps(outer, separators=(",", ":"))  # compact and ASCII, like every frame
+
+
+@given(st.text(max_size=40))
+def test_subscription_succeeded_without_presence_is_the_json_of_its_fields(channel: str) -> None:
+    text = encode(SubscriptionSucceeded(channel=channel), role=Role.SERVER)
+    assert json.loads(text) == {"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": "{}"}
+    assert text == json.dumps(json.loads(text), separators=(",", ":"))

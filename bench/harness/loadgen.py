@@ -18,7 +18,7 @@ def ensure_installed() -> str:
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node (>= 18.14) is required for the load generator")
-    if not (LOADGEN_DIR / "node_modules" / "ws").is_dir():
+    if not all((LOADGEN_DIR / "node_modules" / name).is_dir() for name in ("ws", "pusher")):
         npm = shutil.which("npm") or "npm"
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=LOADGEN_DIR, check=True, stdout=subprocess.DEVNULL)
     return node

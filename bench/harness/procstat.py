@@ -22,8 +22,8 @@ def _stat_fields(pid: int) -> list[str]:
     return raw[raw.rindex(")") + 2 :].split()
 
 
-def _tree(root: int) -> list[int]:
-    """root and its live descendants (no /proc/PID/task/*/children on every kernel, so scan)."""
+def _tree(*roots: int) -> list[int]:
+    """The roots and their live descendants (no /proc/PID/task/*/children on every kernel, so scan)."""
     parent_of: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -31,7 +31,7 @@ def _tree(root: int) -> list[int]:
                 parent_of[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
             except (OSError, ValueError):
                 continue  # exited while we looked
-    pids, frontier = [root], [root]
+    pids, frontier = list(roots), list(roots)
     while frontier:
         children = [pid for pid, ppid in parent_of.items() if ppid in frontier]
         pids += children
@@ -39,10 +39,10 @@ def _tree(root: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(root: int) -> float:
-    """user+system CPU seconds consumed so far by root's process tree."""
+def cpu_seconds(*roots: int) -> float:
+    """user+system CPU seconds consumed so far by the roots' process trees."""
     total = 0
-    for pid in _tree(root):
+    for pid in _tree(*roots):
         try:
             f = _stat_fields(pid)
         except OSError:
@@ -72,18 +72,27 @@ class MachineCpu:
         return 100 * (busy - self.start[0]) / (total - self.start[1]) if total > self.start[1] else None
 
 
-def rss_bytes(root: int) -> int:
-    """Resident set size of root's process tree (shared pages are counted once per process)."""
+def _status_bytes(field: str, roots: tuple[int, ...]) -> int:
     total = 0
-    for pid in _tree(root):
+    for pid in _tree(*roots):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     total += int(line.split()[1]) * 1024
                     break
         except OSError:
             continue
     return total
+
+
+def rss_bytes(*roots: int) -> int:
+    """Resident set size of the roots' process trees (shared pages are counted once per process)."""
+    return _status_bytes("VmRSS:", roots)
+
+
+def peak_rss_bytes(*roots: int) -> int:
+    """The sum of each live process's own peak resident set size (VmHWM) in the roots' trees."""
+    return _status_bytes("VmHWM:", roots)
 
 
 @dataclass
@@ -92,7 +101,7 @@ class Sampler:
     queues of that one client connection) in the background, to catch what a
     before/after pair misses: a slow consumer's backlog freed when it is closed."""
 
-    pid: int
+    pids: list[int]
     interval: float = 0.25
     watch_port: int | None = None
     rss: list[tuple[float, int]] = field(default_factory=list)
@@ -112,7 +121,7 @@ class Sampler:
     def _take(self) -> None:
         now = asyncio.get_running_loop().time()
         with contextlib.suppress(OSError):  # the server died: the scenario will report it
-            self.rss.append((now, rss_bytes(self.pid)))
+            self.rss.append((now, rss_bytes(*self.pids)))
         if self.watch_port is not None:
             self.tcp.append((now, tcp_queues(self.watch_port)))
 

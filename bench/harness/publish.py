@@ -1,8 +1,8 @@
 """Getting events into a server, the same way whichever server it is.
 
-Three ways in: the baseline's `bench:publish` frame, the relay's signed REST
-API (`POST /apps/{id}/batch_events`, signed as the SDKs sign), and the
-relay's Pipe (`send_to_channel` on a backend connection).
+Three ways in: the baseline's `bench:publish` frame, the signed REST API of
+the relay and Soketi (`POST /apps/{id}/batch_events`, signed as the SDKs
+sign), and the relay's Pipe (`send_to_channel` on a backend connection).
 
 Flow control is shared: a `Watcher` (a subscriber inside the harness) sees the
 events come back, and `flood` keeps at most `window` events unacknowledged.
@@ -143,6 +143,7 @@ class RestPublisher(Publisher):
     async def open(self) -> None:
         self.conns = [await asyncio.open_connection(HOST, self.server.api_port) for _ in range(self.in_flight)]
         self.idle = list(range(self.in_flight))
+        self.reconnects = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def publish(self, channel: str, datas: list[str]) -> None:
@@ -168,14 +169,24 @@ class RestPublisher(Publisher):
             f"Content-Length: {len(body)}\r\n\r\n".encode() + body
         )
         status = await reader.readline()
-        length = 0
+        length, close = 0, False
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
+            name = name.strip().lower()
+            if name == "content-length":
                 length = int(value)
+            elif name == "connection":
+                close = value.strip().lower() == "close"
         answer = await reader.readexactly(length)
-        if status.split()[1:2] != [b"200"]:
+        # Soketi answers its errors with status 200 (docs/conformance.md): the body tells.
+        if status.split()[1:2] != [b"200"] or answer.startswith(b'{"error"'):
             raise RuntimeError(f"batch_events answered {status!r}: {answer[:200]!r}")
+        if close:
+            # Soketi closes the connection after every REST answer: an SDK's
+            # keep-alive agent then opens a new one, and so does this.
+            writer.close()
+            self.conns[conn] = await asyncio.open_connection(HOST, self.server.api_port)
+            self.reconnects += 1
         self.idle.append(conn)
 
     async def close(self) -> None:
@@ -195,7 +206,8 @@ class PipePublisher(Publisher):
 
     async def open(self) -> None:
         app = self.server.spec.app
-        url = pipe_url(self.server.ws_base(), app_id=app.app_id, key=app.key, secret=app.secret, now=time.time())
+        base = self.server.backend_ws_base()
+        url = pipe_url(base, app_id=app.app_id, key=app.key, secret=app.secret, now=time.time())
         self.ws = await connect(url, compression=None, max_queue=None)
         first = json.loads(await self.ws.recv())
         if first.get("result", {}).get("event") != "connection_established":

@@ -1,16 +1,18 @@
-"""The printed table: one row per figure, one column per server, and the
-ratio of each server to the first (the baseline)."""
+"""The printed tables: one row per figure, one column per server (or per
+set-up of the relay), and ratios between columns."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# scenario prefix -> (result key, label, format); everything else stays in the JSON only
+# scenario prefix -> (result key, label, format); everything else stays in the JSON only.
+# A row whose every cell would be empty is left out.
 ROWS: dict[str, list[tuple[str, str, str]]] = {
     "S1": [
         ("connect_rate", "connect rate (conn/s)", "{:,.0f}"),
         ("rss_per_conn_kib", "server RSS per connection (KiB)", "{:.1f}"),
         ("server_cpu_us_per_conn", "server CPU per connection (us)", "{:,.0f}"),
+        ("redis_cpu_pct", "redis-server CPU (% of a core)", "{:.0f}"),
         ("failed", "failed connections", "{}"),
         ("loadgen_cpu_us_per_conn", "load generator CPU per connection (us)", "{:,.0f}"),
         ("loadgen_cpu_pct", "load generator CPU (% of a core)", "{:.0f}"),
@@ -22,6 +24,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("delivery_rate", "deliveries /s", "{:,.0f}"),
         ("server_cpu_us_per_delivery", "server CPU per delivery (us)", "{:.2f}"),
         ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),
+        ("redis_cpu_pct", "redis-server CPU (% of a core)", "{:.0f}"),
         ("lost", "deliveries lost", "{}"),
         ("duplicates", "duplicates (max per subscriber)", "{}"),
         ("subscribers_closed", "subscribers closed by the server", "{}"),
@@ -38,6 +41,9 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("latency_p99_ms", "latency p99 (ms)", "{:.2f}"),
         ("latency_max_ms", "latency max (ms)", "{:.2f}"),
         ("lost", "deliveries lost", "{}"),
+        ("background_delivery_rate", "background S2 deliveries /s", "{:,.0f}"),
+        ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),
+        ("redis_cpu_pct", "redis-server CPU (% of a core)", "{:.0f}"),
         ("loadgen_cpu_pct", "load generator CPU (% of a core)", "{:.0f}"),
         ("machine_busy_pct", "all cores busy (%)", "{:.0f}"),
         ("others_cpu_pct", "  of which other processes (%)", "{:.0f}"),
@@ -47,10 +53,24 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("latency_p50_ms", "round trip p50 (ms)", "{:.2f}"),
         ("latency_p99_ms", "round trip p99 (ms)", "{:.2f}"),
         ("latency_max_ms", "round trip max (ms)", "{:.2f}"),
-        ("server_cpu_pct", "relay CPU (% of a core)", "{:.0f}"),
+        ("unanswered", "questions unanswered for 5 s", "{}"),
+        ("events_per_webhook", "client events per webhook", "{:.1f}"),
+        ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),
+        ("redis_cpu_pct", "redis-server CPU (% of a core)", "{:.0f}"),
         ("backend_cpu_pct", "backend processes CPU (% of a core)", "{:.0f}"),
         ("loadgen_cpu_pct", "load generator CPU (% of a core)", "{:.0f}"),
         ("machine_busy_pct", "all cores busy (%)", "{:.0f}"),
+    ],
+    "storm": [
+        ("all_subscribed_s", "all subscribed after (s)", "{:.2f}"),
+        ("connect_s", "all connected after (s)", "{:.2f}"),
+        ("server_cpu_us_per_conn", "server CPU per connection (us)", "{:,.0f}"),
+        ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),
+        ("rss_peak_mib", "server peak RSS (MiB)", "{:,.1f}"),
+        ("failed", "failed connections", "{}"),
+        ("loadgen_cpu_pct", "load generator CPU (% of a core)", "{:.0f}"),
+        ("machine_busy_pct", "all cores busy (%)", "{:.0f}"),
+        ("others_cpu_pct", "  of which other processes (%)", "{:.0f}"),
     ],
     "S5": [
         ("publish_rate", "events published /s", "{:,.0f}"),
@@ -85,21 +105,31 @@ def _ratio(value: Any, base: Any) -> str:
     return f"{value / base:.2f}x" if numeric and base else ""
 
 
-def table(results: dict[str, dict[str, dict[str, Any]]], servers: list[str]) -> str:
-    header = ["scenario", "figure", *servers]
-    if len(servers) > 1:
-        header += [f"{s}/{servers[0]}" for s in servers[1:]]
+def rows_for(scenario: str) -> list[tuple[str, str, str]]:
+    """The figures shown for a scenario (by its first word, or "storm")."""
+    return ROWS["storm" if "storm" in scenario else scenario.split(maxsplit=1)[0]]
+
+
+def table(
+    results: dict[str, dict[str, dict[str, Any]]], columns: list[str], ratios: list[tuple[str, str]]
+) -> str:
+    """Scenarios that ran in at least one of ``columns``; ``ratios``: (numerator, denominator) columns."""
+    header = ["scenario", "figure", *columns, *(f"{a}/{b}" for a, b in ratios)]
     lines: list[list[str]] = [header]
     footer: list[str] = []
     for scenario, by_server in results.items():
-        errors = {s: r["error"] for s, r in by_server.items() if "error" in r}
-        rows = ROWS.get(scenario.split()[0], [])
-        for i, (key, label, fmt) in enumerate(rows):
-            row = [scenario if i == 0 else "", label]
-            row += ["ERROR" if s in errors else _cell(by_server.get(s, {}).get(key), fmt) for s in servers]
-            base = by_server.get(servers[0], {}).get(key)
-            row += [_ratio(by_server.get(s, {}).get(key), base) for s in servers[1:]]
+        if not any(c in by_server for c in columns):
+            continue
+        errors = {s: by_server[s]["error"] for s in columns if "error" in by_server.get(s, {})}
+        first = True
+        for key, label, fmt in rows_for(scenario):
+            cells = ["ERROR" if s in errors else _cell(by_server.get(s, {}).get(key), fmt) for s in columns]
+            if all(c == "-" for c in cells):
+                continue
+            row = [scenario if first else "", label, *cells]
+            row += [_ratio(by_server.get(a, {}).get(key), by_server.get(b, {}).get(key)) for a, b in ratios]
             lines.append(row)
+            first = False
         footer += [f"{scenario} / {s}: {err}" for s, err in errors.items()]
     widths = [max(len(r[c]) for r in lines) for c in range(len(header))]
     out = []

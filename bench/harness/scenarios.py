@@ -1,22 +1,29 @@
 """The scenarios. Each takes a freshly started server and returns a flat dict
-of figures (the keys report.py knows how to show; everything lands in the JSON)."""
+of figures (the keys report.py knows how to show; everything lands in the JSON).
+
+`plan` lists them with the kinds of server that can run each (Soketi and the
+baseline have no Pipe; the baseline has no REST API nor webhooks) and the
+relay's cluster set-ups that run it beside the one process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .loadgen import LOADGEN_DIR as LOADGEN
 from .loadgen import LoadGen
-from .procstat import MachineCpu, Sampler, cpu_seconds, rss_bytes
+from .procstat import MachineCpu, Sampler, cpu_seconds, peak_rss_bytes, rss_bytes
 from .publish import PUBLISHERS, Progress, Watcher, flood, paced
-from .servers import RunningServer
+from .servers import HOST, WEBHOOK_PATH, RunningServer
 
 CHANNEL_PREFIX = "bench-"  # the load generator subscribes connection i to bench-{i % channels}
 
@@ -25,6 +32,7 @@ CHANNEL_PREFIX = "bench-"  # the load generator subscribes connection i to bench
 class Config:
     s1_sizes: tuple[int, ...] = (1_000, 5_000, 10_000)
     s1_channels: int = 100
+    storm_sockets: int = 10_000
     s2_subscribers: int = 1_000
     s2_seconds: float = 10.0
     s3_subscribers: int = 100
@@ -45,16 +53,17 @@ class Config:
 
 FULL = Config()
 QUICK = Config(
-    s1_sizes=(20, 50), s1_channels=10, s2_subscribers=20, s2_seconds=1.0, s3_subscribers=10, s3_rate=100.0,
-    s3_seconds=1.0, s4_sockets=10, s4_seconds=1.0, s5_seconds=1.5, settle=0.2, drain_stall=1.0, workers=1,
-    concurrency=16, ready_timeout=15.0,
+    s1_sizes=(20, 50), s1_channels=10, storm_sockets=50, s2_subscribers=20, s2_seconds=1.0, s3_subscribers=10,
+    s3_rate=100.0, s3_seconds=1.0, s4_sockets=10, s4_seconds=1.0, s5_seconds=1.5, settle=0.2, drain_stall=1.0,
+    workers=1, concurrency=16, ready_timeout=15.0,
 )
 
 
-def _loadgen(server: RunningServer, cfg: Config, conns: int, **opts: Any) -> LoadGen:
+def _loadgen(server: RunningServer, cfg: Config, conns: int, prefix: str = CHANNEL_PREFIX, **opts: Any) -> LoadGen:
+    opts.setdefault("concurrency", cfg.concurrency)
     return LoadGen(
-        server.ws_base(), server.spec.app.key, conns, workers=cfg.workers, concurrency=cfg.concurrency,
-        channel_prefix=CHANNEL_PREFIX, ready_timeout=cfg.ready_timeout, **opts,
+        server.ws_base(), server.spec.app.key, conns, workers=cfg.workers,
+        channel_prefix=prefix, ready_timeout=cfg.ready_timeout, **opts,
     )
 
 
@@ -62,25 +71,59 @@ def _cpu_pct(cpu_s: float, wall_s: float) -> float | None:
     return 100 * cpu_s / wall_s if wall_s > 0 else None
 
 
+_OURS = ("server_cpu_pct", "redis_cpu_pct", "loadgen_cpu_pct", "harness_cpu_pct", "backend_cpu_pct")
+
+
 def _with_others(out: dict[str, Any]) -> dict[str, Any]:
     """Adds the share of all cores that processes outside the benchmark used:
     the machine is shared, and this says how much a run was disturbed."""
-    ours = sum(out.get(k) or 0 for k in ("server_cpu_pct", "loadgen_cpu_pct", "harness_cpu_pct"))
+    ours = sum(out.get(k) or 0 for k in _OURS)
     busy = out.get("machine_busy_pct")
     out["others_cpu_pct"] = max(0.0, busy - ours / (os.cpu_count() or 1)) if busy is not None else None
     return out
 
 
+class Meter:
+    """CPU of the server's processes (and of its redis-server, if any), of this
+    harness and of the whole machine, from `start()` to `stop()`."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+
+    def start(self) -> Meter:
+        self.machine = MachineCpu()
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_seconds(*self.server.pids)
+        redis = self.server.redis_pid
+        self.redis0 = cpu_seconds(redis) if redis else 0.0
+        self.own0 = time.process_time()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """server_cpu_s and the CPU shares over the wall time since start()."""
+        wall = time.monotonic() - self.t0
+        cpu = cpu_seconds(*self.server.pids) - self.cpu0
+        redis = self.server.redis_pid
+        out: dict[str, Any] = {
+            "server_cpu_s": cpu, "server_cpu_pct": _cpu_pct(cpu, wall),
+            "harness_cpu_pct": _cpu_pct(time.process_time() - self.own0, wall),
+            "machine_busy_pct": self.machine.pct(),
+        }
+        if redis:
+            out["redis_cpu_pct"] = _cpu_pct(cpu_seconds(redis) - self.redis0, wall)
+        return out
+
+
 async def idle(server: RunningServer, cfg: Config, n: int) -> dict[str, Any]:
     """S1: n connections spread over cfg.s1_channels channels, then nothing."""
-    rss0, cpu0 = rss_bytes(server.pid), cpu_seconds(server.pid)
+    rss0 = rss_bytes(*server.pids)
     lg = _loadgen(server, cfg, n, channels=cfg.s1_channels)
     try:
-        machine, own0 = MachineCpu(), time.process_time()
+        meter = Meter(server).start()
         ready = await lg.start(cfg.ready_timeout + 30)
-        cpu1, busy, own1 = cpu_seconds(server.pid), machine.pct(), time.process_time()
+        cpu = meter.stop()
         await asyncio.sleep(cfg.settle)  # let late frees/allocations settle before reading RSS
-        rss1 = rss_bytes(server.pid)
+        rss1 = rss_bytes(*server.pids)
     finally:
         await lg.quit()
     setup_s = (ready["t"] - ready["tStart"]) / 1000
@@ -89,44 +132,98 @@ async def idle(server: RunningServer, cfg: Config, n: int) -> dict[str, Any]:
         "failed": ready["failed"], "connect_rate": ready["connectRate"], "subscribe_s": ready["subscribeS"],
         "rss_before_mib": rss0 / 2**20, "rss_after_mib": rss1 / 2**20,
         "rss_per_conn_kib": (rss1 - rss0) / n / 1024,
-        "server_cpu_us_per_conn": (cpu1 - cpu0) / n * 1e6,
-        "server_cpu_pct": _cpu_pct(cpu1 - cpu0, setup_s),
+        "server_cpu_us_per_conn": cpu["server_cpu_s"] / n * 1e6,
         "loadgen_cpu_us_per_conn": ready["setupCpuS"] / n * 1e6,
         "loadgen_cpu_pct": _cpu_pct(ready["setupCpuS"], setup_s),
-        "harness_cpu_pct": _cpu_pct(own1 - own0, setup_s),
-        "machine_busy_pct": busy,
+        **cpu,
     })
+
+
+async def storm(server: RunningServer, cfg: Config) -> dict[str, Any]:
+    """A reconnect storm: cfg.storm_sockets sockets connect and subscribe all at once
+    (no cap on handshakes in flight), as pusher-js clients do when the server they
+    were on went away behind a load balancer. Time until every one is subscribed,
+    the server's CPU and its peak RSS."""
+    n = cfg.storm_sockets
+    rss0 = rss_bytes(*server.pids)
+    sampler = Sampler(server.pids, interval=0.1)
+    lg = _loadgen(server, cfg, n, channels=cfg.s1_channels, concurrency=n)
+    try:
+        sampler.start()
+        meter = Meter(server).start()
+        ready = await lg.start(cfg.ready_timeout + 30)
+        cpu = meter.stop()
+        await sampler.stop()
+        peak = max(peak_rss_bytes(*server.pids), max((r for _, r in sampler.rss), default=0))
+    finally:
+        await sampler.stop()
+        await lg.quit()
+    return _with_others({
+        "connections": n, "established": ready["established"], "subscribed": ready["subscribed"],
+        "failed": ready["failed"], "all_subscribed_s": ready["subscribeS"] if ready["subscribed"] == n else None,
+        "subscribe_s": ready["subscribeS"], "connect_s": ready["connectS"],
+        "rss_before_mib": rss0 / 2**20, "rss_peak_mib": peak / 2**20,
+        "server_cpu_us_per_conn": cpu["server_cpu_s"] / n * 1e6,
+        "loadgen_cpu_pct": _cpu_pct(ready["setupCpuS"], ready["subscribeS"]),
+        **cpu,
+    })
+
+
+class Flood:
+    """S2's publishing: cfg.s2_subscribers on one channel (the load generator's, with
+    `prefix`), events published as fast as the server takes them (publish.flood)."""
+
+    def __init__(self, server: RunningServer, cfg: Config, how: str, prefix: str = CHANNEL_PREFIX,
+                 slow: int = 0) -> None:
+        self.cfg, self.channel, self.subs = cfg, prefix + "0", cfg.s2_subscribers
+        self.lg = _loadgen(server, cfg, self.subs, prefix, channels=1, slow=slow)
+        self.watcher = Watcher(server, self.channel)
+        self.pub = PUBLISHERS[how](server)
+
+    async def open(self) -> dict[str, Any]:
+        ready = await self.lg.start(self.cfg.ready_timeout + 30)
+        await self.watcher.open()
+        await self.pub.open()
+        return ready
+
+    async def run(self, seconds: float) -> tuple[int, bool, float]:
+        """(events sent, whether the publisher stalled, seconds spent publishing)."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with Progress(self.lg, self.subs, self.cfg.backlog) as progress:
+            sent, stalled = await flood(self.pub, self.watcher, self.channel, seconds, self.cfg.window, progress)
+        return sent, stalled, loop.time() - t0
+
+    async def close(self) -> None:
+        await self.lg.quit()
+        await self.pub.close()
+        await self.watcher.close()
+
+
+def _publish_how(server: RunningServer, publish: str | None) -> str:
+    # The baseline has only its publish frame.
+    return publish if publish is not None and server.spec.publish != "frame" else server.spec.publish
 
 
 async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str | None = None) -> dict[str, Any]:
     """S2 (slow=0) and S5 (slow=1): cfg.s2_subscribers on one channel, events
     published as fast as the server takes them; `slow` subscribers stop reading
     when publishing starts. `publish` overrides how events get in, for servers
-    that offer it (the baseline has only its publish frame and uses that)."""
-    channel = CHANNEL_PREFIX + "0"
+    that offer it."""
     subs = cfg.s2_subscribers
     seconds = cfg.s5_seconds if slow else cfg.s2_seconds
-    lg = _loadgen(server, cfg, subs, channels=1, slow=slow)
-    watcher = Watcher(server, channel)
-    how = publish if publish is not None and server.spec.publish != "frame" else server.spec.publish
-    pub = PUBLISHERS[how](server)
-    sampler = Sampler(server.pid)
+    job = Flood(server, cfg, _publish_how(server, publish), slow=slow)
+    lg = job.lg
+    sampler = Sampler(server.pids)
     try:
-        ready = await lg.start(cfg.ready_timeout + 30)
-        await watcher.open()
-        await pub.open()
+        ready = await job.open()
         sampler.start()
-        before, cpu0, machine, own0 = await lg.stats(), cpu_seconds(server.pid), MachineCpu(), time.process_time()
-        w0 = asyncio.get_running_loop().time()
+        before, meter = await lg.stats(), Meter(server).start()
         if slow:
             sampler.watch_port = (await lg.command("pause"))["slowPorts"][0]
-        t0 = asyncio.get_running_loop().time()
-        async with Progress(lg, subs, cfg.backlog) as progress:
-            sent, stalled = await flood(pub, watcher, channel, seconds, cfg.window, progress)
-        publish_s = asyncio.get_running_loop().time() - t0
+        sent, stalled, publish_s = await job.run(seconds)
         after = await lg.wait_delivered(sent * (subs - slow), cfg.drain_stall)
-        cpu1, busy, own1 = cpu_seconds(server.pid), machine.pct(), time.process_time()
-        window_s = asyncio.get_running_loop().time() - w0  # publishing + draining
+        cpu = meter.stop()  # publishing + draining
         await sampler.stop()
         if slow:
             # Read again so that whatever the server did to the slow consumer
@@ -136,28 +233,24 @@ async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str
         result = await lg.command("result", expect=sent)
     finally:
         await sampler.stop()
-        await lg.quit()
-        await pub.close()
-        await watcher.close()
+        await job.close()
 
     others = result["perConn"]  # per-connection counts, slow consumers excluded
     rx_s = (after["lastRx"] - after["firstRx"]) / 1000
-    server_deliveries = after["delivered"] + watcher.seen  # the watcher is a subscriber too
+    server_deliveries = after["delivered"] + job.watcher.seen  # the watcher is a subscriber too
     out: dict[str, Any] = {
         "subscribers": subs, "subscribed": ready["subscribed"], "events_sent": sent, "publisher_stalled": stalled,
         "publish_rate": sent / publish_s,
         "delivery_rate": others["sum"] / rx_s if rx_s > 0 else None,
         "lost": sent * others["n"] - others["sum"], "subscribers_short": others["short"],
         "duplicates": max(0, others["max"] - sent), "subscribers_closed": others["closed"],
-        "server_cpu_us_per_delivery": (cpu1 - cpu0) / server_deliveries * 1e6 if server_deliveries else None,
-        "server_cpu_pct": _cpu_pct(cpu1 - cpu0, window_s),
+        "server_cpu_us_per_delivery": cpu["server_cpu_s"] / server_deliveries * 1e6 if server_deliveries else None,
         "loadgen_cpu_pct": _cpu_pct(after["cpuS"] - before["cpuS"], (after["t"] - before["t"]) / 1000),
         "loadgen_cpu_us_per_delivery": (after["cpuS"] - before["cpuS"]) / after["delivered"] * 1e6
         if after["delivered"] else None,
         "loadgen_cpu_sys_pct": _cpu_pct(after["cpuSysS"] - before["cpuSysS"], (after["t"] - before["t"]) / 1000),
-        "harness_cpu_pct": _cpu_pct(own1 - own0, window_s),  # publisher + watcher
-        "machine_busy_pct": busy,
         "close_codes": result["closeCodes"],  # closes seen before the harness hung up
+        **cpu,
         **sampler.summary(),
     }
     if slow:
@@ -169,23 +262,45 @@ async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str
     return _with_others(out)
 
 
-async def latency(server: RunningServer, cfg: Config) -> dict[str, Any]:
-    """S3: cfg.s3_subscribers on one channel, cfg.s3_rate events/s, end-to-end latency."""
+BACKGROUND_PREFIX = "background-"
+
+
+async def latency(server: RunningServer, cfg: Config, loaded: bool = False) -> dict[str, Any]:
+    """S3: cfg.s3_subscribers on one channel, cfg.s3_rate events/s, end-to-end latency.
+
+    With ``loaded``, S2 runs meanwhile on another channel (its own load
+    generator, publisher and watcher): the latency of one channel while the
+    server fans out another as fast as it can.
+    """
     channel = CHANNEL_PREFIX + "0"
     subs = cfg.s3_subscribers
     lg = _loadgen(server, cfg, subs, channels=1, latency=True)
     pub = PUBLISHERS[server.spec.publish](server)
+    background = Flood(server, cfg, server.spec.publish, BACKGROUND_PREFIX) if loaded else None
+    flooding: asyncio.Task[tuple[int, bool, float]] | None = None
     try:
         await lg.start(cfg.ready_timeout + 30)
+        if background is not None:
+            await background.open()
+            # Publishing starts once the flood is under way, and ends before it does.
+            flooding = asyncio.create_task(background.run(cfg.s3_seconds + 2 * cfg.settle))
+            await asyncio.sleep(cfg.settle)
         await pub.open()
-        before, cpu0, machine, own0 = await lg.stats(), cpu_seconds(server.pid), MachineCpu(), time.process_time()
+        before, meter = await lg.stats(), Meter(server).start()
         sent, elapsed = await paced(pub, channel, cfg.s3_rate, cfg.s3_seconds)
         after = await lg.wait_delivered(sent * subs, cfg.drain_stall)
-        cpu1, busy, own1 = cpu_seconds(server.pid), machine.pct(), time.process_time()
+        cpu = meter.stop()
         result = await lg.command("result", expect=sent)
+        background_sent = (await flooding)[0] if flooding is not None else None
     finally:
+        if flooding is not None and not flooding.done():
+            flooding.cancel()
+            with contextlib.suppress(BaseException):
+                await flooding
         await lg.quit()
         await pub.close()
+        if background is not None:
+            await background.close()
     lat = result["latencyMs"]
     window_s = (after["t"] - before["t"]) / 1000
     return _with_others({
@@ -193,24 +308,53 @@ async def latency(server: RunningServer, cfg: Config) -> dict[str, Any]:
         "lost": sent * subs - result["perConn"]["sum"],
         "latency_p50_ms": lat["p50"], "latency_p90_ms": lat["p90"], "latency_p99_ms": lat["p99"],
         "latency_max_ms": lat["max"], "latency_mean_ms": lat["mean"], "latency_samples": lat["n"],
-        "server_cpu_pct": _cpu_pct(cpu1 - cpu0, window_s),
+        "background_events": background_sent,
+        "background_delivery_rate": background_sent * cfg.s2_subscribers / (cfg.s3_seconds + 2 * cfg.settle)
+        if background_sent is not None else None,
         "loadgen_cpu_pct": _cpu_pct(after["cpuS"] - before["cpuS"], window_s),
-        "harness_cpu_pct": _cpu_pct(own1 - own0, window_s),  # the publisher
-        "machine_busy_pct": busy,
+        **cpu,
     })
+
+
+async def _node(*args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec("node", *args, stdout=asyncio.subprocess.PIPE, **kwargs)
+
+
+async def _closed_loops(server: RunningServer, cfg: Config, mode: str) -> dict[str, Any]:
+    """Runs loadgen/roundtrip.js against the clients' node; its result line."""
+    app = server.spec.app
+    node = await _node(
+        str(LOADGEN / "roundtrip.js"), "--url", server.ws_base(), "--key", app.key, "--secret", app.secret,
+        "--mode", mode, "--conns", str(cfg.s4_sockets), "--duration", str(cfg.s4_seconds),
+        "--warmup", str(cfg.settle),
+    )
+    out, _ = await node.communicate()
+    lines = out.decode().strip().splitlines()
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {"type": "error", "error": "no output"}
+    if result.get("type") != "result":
+        raise RuntimeError(f"round trip load generator failed: {result}")
+    return result
+
+
+def _round_trip_figures(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    lat = result["latencyMs"]
+    return {
+        "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"], "round_trip_rate": result["rate"],
+        "errors": result["errors"], "unanswered": result["lost"],
+        "latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
+        "loadgen_cpu_pct": _cpu_pct(result["cpuS"], cfg.s4_seconds),
+    }
 
 
 async def roundtrip(server: RunningServer, cfg: Config, backends: int, work_us: float = 0.0) -> dict[str, Any]:
     """S4: sockets ask, backends on the Pipe answer each with send_to_socket; round trips/s and latency.
 
     With ``work_us``, each backend spends that much CPU per message first.
-    Servers without a Pipe (the baseline) have nothing to run here.
+    Backends connect to the backends' node, sockets to the clients' node.
     """
-    if server.spec.publish != "pipe":
-        return {"skipped": "no Pipe"}
     app = server.spec.app
     script = str(Path(__file__).with_name("pipe_backend.py"))
-    backend = [sys.executable, script, server.ws_base(), app.app_id, app.key, app.secret, str(work_us)]
+    backend = [sys.executable, script, server.backend_ws_base(), app.app_id, app.key, app.secret, str(work_us)]
     procs = [
         await asyncio.create_subprocess_exec(*backend, stdout=asyncio.subprocess.PIPE) for _ in range(backends)
     ]
@@ -220,49 +364,100 @@ async def roundtrip(server: RunningServer, cfg: Config, backends: int, work_us: 
             line = await asyncio.wait_for(proc.stdout.readline(), cfg.ready_timeout)
             if line.strip() != b"ready":
                 raise RuntimeError(f"pipe backend did not start: {line!r}")
-        machine, cpu0 = MachineCpu(), cpu_seconds(server.pid)
-        backend_cpu0 = sum(cpu_seconds(p.pid) for p in procs)
-        node = await asyncio.create_subprocess_exec(
-            "node", str(LOADGEN / "roundtrip.js"), "--url", server.ws_base(), "--key", app.key,
-            "--conns", str(cfg.s4_sockets), "--duration", str(cfg.s4_seconds), "--warmup", str(cfg.settle),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await node.communicate()
-        result = json.loads(out.decode().strip().splitlines()[-1])
-        seconds = cfg.s4_seconds + cfg.settle
-        cpu1, busy = cpu_seconds(server.pid), machine.pct()
-        backend_cpu1 = sum(cpu_seconds(p.pid) for p in procs)
+        meter, backend_cpu0 = Meter(server).start(), cpu_seconds(*(p.pid for p in procs))
+        result = await _closed_loops(server, cfg, "pipe")
+        cpu, backend_cpu1 = meter.stop(), cpu_seconds(*(p.pid for p in procs))
     finally:
         for proc in procs:
             proc.terminate()
             await proc.wait()
-    if result.get("type") != "result":
-        raise RuntimeError(f"round trip load generator failed: {result}")
-    lat = result["latencyMs"]
-    return {
-        "backends": backends, "work_us": work_us, "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"],
-        "round_trip_rate": result["rate"], "errors": result["errors"],
-        "latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
-        "server_cpu_pct": _cpu_pct(cpu1 - cpu0, seconds),
+    seconds = cfg.s4_seconds + cfg.settle
+    return _with_others({
+        "backends": backends, "work_us": work_us, **_round_trip_figures(result, cfg),
         "backend_cpu_pct": _cpu_pct(backend_cpu1 - backend_cpu0, seconds),
-        "loadgen_cpu_pct": _cpu_pct(result["cpuS"], cfg.s4_seconds),
-        "machine_busy_pct": busy,
-    }
+        **cpu,
+    })
 
 
-def plan(cfg: Config) -> list[tuple[str, Any]]:
-    """(scenario name, coroutine function taking (server, cfg)) in run order."""
-    steps: list[tuple[str, Any]] = [
-        (f"S1 idle {n}", lambda server, cfg, n=n: idle(server, cfg, n)) for n in cfg.s1_sizes
+async def webhook_roundtrip(server: RunningServer, cfg: Config) -> dict[str, Any]:
+    """S4, today's path: a socket's client event, the server's client_event webhook
+    to a backend (loadgen/webhook_backend.js, the official Pusher SDK), whose REST
+    trigger to that socket's private channel brings the answer back."""
+    app = server.spec.app
+    backend = await _node(
+        str(LOADGEN / "webhook_backend.js"), "--port", str(server.webhook_port), "--path", WEBHOOK_PATH,
+        "--api", f"http://{HOST}:{server.api_port}", "--app-id", app.app_id, "--key", app.key,
+        "--secret", app.secret,
+    )
+    counts: dict[str, Any] = {}
+    try:
+        assert backend.stdout is not None
+        line = await asyncio.wait_for(backend.stdout.readline(), cfg.ready_timeout)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"webhook backend did not start: {line!r}")
+        meter, backend_cpu0 = Meter(server).start(), cpu_seconds(backend.pid)
+        result = await _closed_loops(server, cfg, "webhook")
+        cpu, backend_cpu1 = meter.stop(), cpu_seconds(backend.pid)
+    finally:
+        if backend.returncode is None:
+            backend.terminate()
+            out, _ = await backend.communicate()
+            with contextlib.suppress(ValueError, IndexError):
+                counts = json.loads(out.decode().strip().splitlines()[-1])
+    seconds = cfg.s4_seconds + cfg.settle
+    return _with_others({
+        **_round_trip_figures(result, cfg),
+        "webhooks": counts.get("webhooks"), "webhook_events": counts.get("events"),
+        "events_per_webhook": counts["events"] / counts["webhooks"] if counts.get("webhooks") else None,
+        "triggers_failed": counts.get("failed"), "webhooks_refused": counts.get("invalid"),
+        "backend_cpu_pct": _cpu_pct(backend_cpu1 - backend_cpu0, seconds),
+        **cpu,
+    })
+
+
+Step = Callable[[RunningServer, Config], Awaitable[dict[str, Any]]]
+
+
+async def _idle_of(n: int, server: RunningServer, cfg: Config) -> dict[str, Any]:
+    return await idle(server, cfg, n)
+
+#: Kinds of server.
+EVERY = frozenset({"baseline", "soketi", "relay"})
+PUSHER_SERVERS = frozenset({"soketi", "relay"})  # with a REST API and webhooks
+RELAY = frozenset({"relay"})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """name: the table's label (its first word picks the figures shown, see report.ROWS);
+    kinds: the kinds of server that can run it; cluster: the relay's cluster set-ups
+    (servers.cluster_variants) that run it too."""
+
+    name: str
+    step: Step
+    kinds: frozenset[str]
+    cluster: tuple[str, ...] = ()
+
+
+def plan(cfg: Config) -> list[Scenario]:
+    """The scenarios in run order."""
+    largest = max(cfg.s1_sizes)
+    steps = [
+        Scenario(f"S1 idle {n}", functools.partial(_idle_of, n), EVERY, ("--workers 2",) if n == largest else ())
+        for n in cfg.s1_sizes
     ]
     steps += [
-        ("S2 fan-out", fanout),
-        ("S2 fan-out, relay via REST", lambda server, cfg: fanout(server, cfg, publish="rest")),
-        ("S3 latency", latency),
-        ("S4 pipe round trip, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1)),
-        ("S4 pipe round trip, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3)),
-        ("S4 busy backend, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1, cfg.s4_work_us)),
-        ("S4 busy backend, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3, cfg.s4_work_us)),
-        ("S5 slow consumer", lambda server, cfg: fanout(server, cfg, slow=1)),
+        Scenario(f"S1 reconnect storm {cfg.storm_sockets}", storm, PUSHER_SERVERS),
+        Scenario("S2 fan-out", fanout, EVERY, ("--redis", "--workers 2", "2 nodes")),
+        Scenario("S2 fan-out, relay via the Pipe", lambda server, cfg: fanout(server, cfg, publish="pipe"), RELAY),
+        Scenario("S3 latency, idle between events", latency, EVERY, ("2 nodes",)),
+        Scenario("S3 latency under S2 load", lambda server, cfg: latency(server, cfg, loaded=True), EVERY),
+        Scenario("S4 today's path: client event, webhook, REST", webhook_roundtrip, PUSHER_SERVERS),
+        Scenario("S4 pipe round trip, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1), RELAY,
+                 ("--redis", "2 nodes")),
+        Scenario("S4 pipe round trip, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3), RELAY),
+        Scenario("S4 busy backend, 1 backend", lambda server, cfg: roundtrip(server, cfg, 1, cfg.s4_work_us), RELAY),
+        Scenario("S4 busy backend, 3 backends", lambda server, cfg: roundtrip(server, cfg, 3, cfg.s4_work_us), RELAY),
+        Scenario("S5 slow consumer", lambda server, cfg: fanout(server, cfg, slow=1), EVERY),
     ]
     return steps

@@ -1,47 +1,81 @@
 #!/usr/bin/env node
 'use strict';
-// S4 load generator: sockets that ask a backend through the relay's Pipe.
+// S4 load generator: sockets that ask a backend and wait for its answer.
 //
 // Opens --conns pusher-js-like WebSocket connections; each runs a closed loop
-// for --duration seconds: send the back-channel event `rt-ping` with a
-// sequence number, wait for the backend's `rt-pong` (sent to this socket
-// alone with send_to_socket), record the round trip, send the next. Prints
+// for --duration seconds: ask with a sequence number, wait for the backend's
+// `rt-pong` (to this socket alone), record the round trip, ask again. Prints
 // one JSON line: {"type":"result", roundTrips, rate, latencyMs: {p50, p99,
-// max, mean, n}, errors, cpuS}.
+// max, mean, n}, errors, lost (questions unanswered for 5 s, asked again), cpuS}.
+//
+// --mode pipe (the relay's Pipe): the question is the back-channel event
+// `rt-ping`; the backend answers with send_to_socket.
+// --mode webhook (today's path, any Pusher server): socket i subscribes to
+// `private-rt-{i}` (signed with --secret, as an app's auth endpoint would)
+// and asks with the client event `client-rt-ping` there; the server's
+// client_event webhook reaches the backend, which triggers `rt-pong` on that
+// channel through the REST API.
 //
 //   node roundtrip.js --url ws://127.0.0.1:6001 --key key --conns 100 --duration 10
 
+const crypto = require('crypto');
 const WebSocket = require('ws');
 
-const opts = { url: 'ws://127.0.0.1:6001', key: 'key', conns: 100, duration: 10, warmup: 1 };
+const opts = {
+  url: 'ws://127.0.0.1:6001', key: 'key', secret: 'secret', conns: 100, duration: 10, warmup: 1, mode: 'pipe',
+};
 for (let i = 2; i < process.argv.length; i += 2) {
   const name = process.argv[i].replace(/^--/, '');
   if (!(name in opts)) throw new Error(`unknown option ${process.argv[i]}`);
   opts[name] = typeof opts[name] === 'number' ? Number(process.argv[i + 1]) : process.argv[i + 1];
 }
+if (opts.mode !== 'pipe' && opts.mode !== 'webhook') throw new Error(`unknown mode ${opts.mode}`);
 const url = `${opts.url.replace(/\/$/, '')}/app/${opts.key}?protocol=7&client=js&version=8.6.0&flash=false`;
 
+const ANSWER_TIMEOUT_NS = 5_000_000_000n;
 const samples = [];
 let errors = 0;
+let lost = 0;
 let measuring = false;
 let running = true;
 
-function connect() {
+function connect(index) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false });
+    const channel = `private-rt-${index}`;
     let seq = 0;
     let sentAt = 0n;
     const ping = () => {
       seq += 1;
       sentAt = process.hrtime.bigint();
-      ws.send(JSON.stringify({ event: 'rt-ping', data: { seq } }));
+      ws.send(JSON.stringify(opts.mode === 'pipe'
+        ? { event: 'rt-ping', data: { seq } }
+        : { event: 'client-rt-ping', channel, data: { seq } }));
+    };
+    ws.start = ping;
+    // A question unanswered for ANSWER_TIMEOUT_MS is counted lost and asked again, so one lost
+    // answer (a webhook a server dropped) costs its socket seconds, not the rest of the run.
+    ws.overdue = (now) => {
+      if (seq && now - sentAt > ANSWER_TIMEOUT_NS) {
+        if (measuring) lost += 1;
+        ping();
+      }
     };
     ws.on('message', (raw) => {
       const msg = JSON.parse(raw);
       if (msg.event === 'pusher:connection_established') {
+        if (opts.mode === 'pipe') {
+          resolve(ws);
+          return;
+        }
+        const socketId = JSON.parse(msg.data).socket_id;
+        const signature = crypto.createHmac('sha256', opts.secret).update(`${socketId}:${channel}`).digest('hex');
+        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: `${opts.key}:${signature}` } }));
+      } else if (msg.event === 'pusher_internal:subscription_succeeded') {
         resolve(ws);
-        ws.start = ping;
       } else if (msg.event === 'rt-pong') {
+        const data = typeof msg.data === 'string' ? JSON.parse(msg.data) : msg.data;
+        if (data.seq !== seq) return; // the answer to a question given up on (see `overdue`)
         if (measuring) samples.push(Number(process.hrtime.bigint() - sentAt) / 1e6);
         if (running) ping();
       } else if (msg.event === 'pusher:ping') {
@@ -60,8 +94,12 @@ function percentile(sorted, p) {
 
 async function main() {
   const sockets = [];
-  for (let i = 0; i < opts.conns; i++) sockets.push(await connect());
+  for (let i = 0; i < opts.conns; i++) sockets.push(await connect(i));
   for (const ws of sockets) ws.start();
+  const watchdog = setInterval(() => {
+    const now = process.hrtime.bigint();
+    if (running) for (const ws of sockets) ws.overdue(now);
+  }, 500);
   await new Promise((r) => setTimeout(r, opts.warmup * 1000));
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
@@ -71,10 +109,11 @@ async function main() {
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = process.cpuUsage(cpu0);
   running = false;
+  clearInterval(watchdog);
   const sorted = samples.slice().sort((a, b) => a - b);
   const mean = sorted.reduce((a, b) => a + b, 0) / (sorted.length || 1);
   process.stdout.write(JSON.stringify({
-    type: 'result', roundTrips: sorted.length, rate: sorted.length / seconds, seconds, errors,
+    type: 'result', roundTrips: sorted.length, rate: sorted.length / seconds, seconds, errors, lost,
     latencyMs: { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted[sorted.length - 1] || null, mean, n: sorted.length },
     cpuS: (cpu.user + cpu.system) / 1e6,
   }) + '\n');

@@ -13,6 +13,7 @@ seconds (a node died) counts as nothing: the pipe gets its reply anyway.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsontext
@@ -60,13 +61,27 @@ class RemoteRequests:
         self.directory = directory
         self._counts: dict[str, _Count] = {}
         self._single: dict[str, tuple[Later, float, Any]] = {}
+        # (deadline, token) of every request in the order made, so in the
+        # order of their deadlines (see _deadline); answered ones stay until
+        # they reach the front. The timer's questions (next_deadline, tick)
+        # then look at the front only, not at every request in flight.
+        self._order: deque[tuple[float, str]] = deque()
+
+    def _deadline(self, token: str, now: float) -> float:
+        # Never before the last request's, so the queue stays in deadline
+        # order even if a caller's clock went back.
+        deadline = now + REMOTE_TIMEOUT
+        if self._order and self._order[-1][0] > deadline:
+            deadline = self._order[-1][0]
+        self._order.append((deadline, token))
+        return deadline
 
     # ------------------------------------------------------------ asking
 
     def count(self, now: float) -> tuple[str, _Count]:
         """A token for answers to add up; set ``expected`` once known."""
         token = self.directory.expect_many()
-        entry = self._counts[token] = _Count(now + REMOTE_TIMEOUT)
+        entry = self._counts[token] = _Count(self._deadline(token, now))
         return token, entry
 
     def expecting(self, token: str, nodes: int) -> None:
@@ -82,7 +97,7 @@ class RemoteRequests:
         """Ask ``node`` to do ``kind`` for app ``state``; ``default`` if it does not answer in time."""
         token = self.directory.expect_many()
         later = Later()
-        self._single[token] = (later, now + REMOTE_TIMEOUT, default)
+        self._single[token] = (later, self._deadline(token, now), default)
         message = f"q {token} {self.directory.node} {state.app.id} {kind}\n{jsontext.dumps(body)}"
         self.directory.call("tell", node, message)
         return later
@@ -111,18 +126,24 @@ class RemoteRequests:
         return True
 
     def next_deadline(self) -> float:
-        deadlines = [c.deadline for c in self._counts.values()] + [d for _, d, _ in self._single.values()]
-        return min(deadlines, default=math.inf)
+        """When the oldest request still waiting times out (``inf``: none waits)."""
+        order = self._order
+        while order and order[0][1] not in self._counts and order[0][1] not in self._single:
+            order.popleft()  # answered meanwhile
+        return order[0][0] if order else math.inf
 
     def tick(self, now: float) -> None:
         """Settle what waited too long with what it has."""
-        for token, entry in list(self._counts.items()):
-            if entry.deadline <= now:
-                del self._counts[token]
+        order = self._order
+        while order and order[0][0] <= now:
+            _, token = order.popleft()
+            entry = self._counts.pop(token, None)
+            if entry is not None:
                 entry.later.resolve(entry.total)
-        for token, (later, deadline, default) in list(self._single.items()):
-            if deadline <= now:
-                del self._single[token]
+                continue
+            single = self._single.pop(token, None)
+            if single is not None:
+                later, _, default = single
                 if isinstance(default, PipeFrameError):
                     later.fail(default)
                 else:
@@ -139,6 +160,7 @@ class RemoteRequests:
                 later.resolve(default)
         self._counts.clear()
         self._single.clear()
+        self._order.clear()
 
     # ---------------------------------------------------------- answering
 

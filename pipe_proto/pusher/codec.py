@@ -284,19 +284,31 @@ def _member(uid: str | int, info: Any) -> dict[str, Any]:
     return {"user_id": uid} if info is None else {"user_id": uid, "user_info": info}
 
 
+def _connection_established(e: ConnectionEstablished) -> str:
+    # Every new socket gets one: the relay's ids (digits and a dot) and an
+    # int timeout need no escaping, so the usual frame is put together
+    # directly, the same text the generic path makes.
+    sid, timeout = e.socket_id, e.activity_timeout
+    if type(timeout) is int and sid.isascii() and sid.replace(".", "").isdigit():
+        return (
+            '{"event":"pusher:connection_established","data":"{\\"socket_id\\":\\"' + sid
+            + '\\",\\"activity_timeout\\":' + str(timeout) + '}"}'
+        )
+    return _frame("pusher:connection_established", _dumps({"socket_id": sid, "activity_timeout": timeout}))
+
+
+def _subscription_succeeded(e: SubscriptionSucceeded) -> str:
+    if e.presence is None:  # every public or private subscribe: no dict to encode
+        return '{"event":"pusher_internal:subscription_succeeded","channel":' + _dumps(e.channel) + ',"data":"{}"}'
+    return _frame("pusher_internal:subscription_succeeded", _dumps(_presence_data(e.presence)), e.channel)
+
+
 _SERVER_ENCODERS: dict[type[PusherEvent], Callable[[Any], str]] = {
-    ConnectionEstablished: lambda e: _frame(
-        "pusher:connection_established",
-        _dumps({"socket_id": e.socket_id, "activity_timeout": e.activity_timeout}),
-    ),
+    ConnectionEstablished: _connection_established,
     Error: lambda e: _frame("pusher:error", {"code": e.code, "message": e.message}),
     Ping: lambda e: _frame("pusher:ping", {}),
     Pong: lambda e: _frame("pusher:pong", {}),
-    SubscriptionSucceeded: lambda e: _frame(
-        "pusher_internal:subscription_succeeded",
-        "{}" if e.presence is None else _dumps(_presence_data(e.presence)),
-        e.channel,
-    ),
+    SubscriptionSucceeded: _subscription_succeeded,
     SubscriptionError: lambda e: _frame(
         "pusher:subscription_error",
         {"type": e.type, "error": e.error, "status": e.status},
