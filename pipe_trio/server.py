@@ -47,6 +47,7 @@ from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .cluster import ClusterLink, ClusterUnavailable
+from .metrics import Metrics, probe_answer
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "open_listeners", "serve"]
@@ -132,6 +133,11 @@ class RelayServer:
             and closed (TLS: closed at once). None: no limit.
         redis: the Redis URL of the cluster, when ``relay`` is a cluster
             node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
+        metrics: count frames written and serve Prometheus metrics
+            (:mod:`.metrics`); False: neither.
+        metrics_here: serve ``/metrics`` on these listeners too (False when
+            ``--metrics-port`` serves it elsewhere). ``/health`` and
+            ``/ready`` are always served.
     """
 
     def __init__(
@@ -144,6 +150,8 @@ class RelayServer:
         secure: bool = False,
         max_connections_per_ip: int | None = None,
         redis: str | None = None,
+        metrics: bool = True,
+        metrics_here: bool = True,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -178,6 +186,10 @@ class RelayServer:
         self._stopping = False
         self._wake_timers = trio.Event()
         self.cluster = None if redis is None else ClusterLink(redis, relay, self.execute, self.now)
+        self.metrics = Metrics(self) if metrics else None
+        self._metrics_here = metrics_here
+        # Per Send output, not per delivery: the core counts what was written.
+        self._count_sent = relay.sent if metrics else None
 
     # --------------------------------------------------------------- running
 
@@ -208,6 +220,8 @@ class RelayServer:
             if self.poller is not None:
                 nursery.start_soon(self.poller.run)
             nursery.start_soon(self.webhooks.run)
+            if self.metrics is not None:
+                nursery.start_soon(self.metrics.watch_lag)
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
             nursery.start_soon(self._accept, listeners)
@@ -335,9 +349,12 @@ class RelayServer:
         """
         overflowing: list[WebSocket] = []
         conns = self.conns
+        count_sent = self._count_sent
         for output in outputs:
             if type(output) is Send:
                 self.writer.broadcast(broadcast_frame(output.text), output.targets, conns, overflowing)
+                if count_sent is not None:
+                    count_sent(output)
             elif type(output) is Close:
                 conn = conns.pop(output.target, None)
                 if conn is not None:
@@ -491,9 +508,12 @@ class RelayServer:
                     await self._respond(
                         stream, conn, 200, script, "application/javascript; charset=utf-8", head=head, close=close
                     )
+                elif (probed := self.probe(found.path, _header(headers, b"accept") or "",
+                                           metrics=self._metrics_here)) is not None:
+                    await self._respond(stream, conn, probed[0], probed[1], probed[2], head=head, close=close)
                 else:
-                    body = {"error": f"Not found: {escaped(found.path)}"}
-                    await self._respond(stream, conn, 404, body, head=head, close=close)
+                    missing = {"error": f"Not found: {escaped(found.path)}"}
+                    await self._respond(stream, conn, 404, missing, head=head, close=close)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
@@ -555,6 +575,7 @@ class RelayServer:
         too_large = {"error": f"Body larger than {self.max_body} bytes"}
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
+            self._count_rest(found, 413)
             await self._respond(stream, conn, 413, too_large, close=True)
             return
         chunks: list[bytes] = []
@@ -564,6 +585,7 @@ class RelayServer:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
+                    self._count_rest(found, 413)
                     await self._respond(stream, conn, 413, too_large, close=True)
                     return
                 chunks.append(bytes(event.data))
@@ -577,13 +599,40 @@ class RelayServer:
             while isinstance(answer, Pending):
                 answer = answer.resume(await self.cluster_call(answer.call))
         except ClusterUnavailable:
+            self._count_rest(found, 503)
             await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
             return
         # Written with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
+        self._count_rest(found, answer.status)
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
+
+    def _count_rest(self, found: Route, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.rest(found.path, found.query, status)
+
+    # ------------------------------------------------------------- operators
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections accepted and not closed yet."""
+        return self._connections
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the relay takes traffic (``GET /ready``), and why not."""
+        if self._stopping:
+            return False, "shutting down"
+        if self.cluster is not None and not self.cluster.connected:
+            return False, "Redis is unreachable"
+        return True, ""
+
+    def probe(self, path: str, accept: str, *, metrics: bool = True) -> tuple[int, bytes, str] | None:
+        """The answer to ``GET /health``, ``/ready`` or (with ``metrics``) ``/metrics``; None for other paths."""
+        if path == "/metrics" and not metrics:
+            return None
+        return probe_answer(self, path, accept)
 
     async def cluster_call(self, call: Output) -> Any:
         """Run one cluster call and return its result (only a cluster node makes them).
@@ -811,7 +860,7 @@ class _PipesSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
-        server.execute(server.relay.pipe_closed(conn_id, server.now()))
+        server.execute(server.relay.pipe_closed(conn_id, server.now(), code))
         log.info("pipe %s disconnected (%s %s)", conn_id, code, escaped(reason))
 
 

@@ -365,6 +365,11 @@ class Relay:
 
     # ============================================================ operators
 
+    @property
+    def refused_unknown(self) -> dict[int, int]:
+        """Close code -> sockets refused before an app was known (unknown key, unknown path)."""
+        return self._core.refused_unknown
+
     def app_states(self) -> list[AppState]:
         """This relay's records of every app (read-only use: metrics, the console)."""
         return list(self._core.states.values())

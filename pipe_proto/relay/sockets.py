@@ -90,10 +90,10 @@ class Sockets:
         self.core.error(socket_id, message, code)
         self.core.out.append(Close(socket_id, code, message))
         self.core.counters["sockets_refused"] += 1
-        if state is not None:
-            state.counts.refused[code] = state.counts.refused.get(code, 0) + 1
-            if state.observer is not None:
-                state.observer(Observed("refused", socket_id, details={"code": code, "message": message}))
+        refused = self.core.refused_unknown if state is None else state.counts.refused
+        refused[code] = refused.get(code, 0) + 1
+        if state is not None and state.observer is not None:
+            state.observer(Observed("refused", socket_id, details={"code": code, "message": message}))
 
     def admitted(self, socket_id: str, app: App, now: float, details: SocketDetails | None) -> None:
         """The socket may stay: record it and send ``connection_established``."""
