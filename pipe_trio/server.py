@@ -47,6 +47,7 @@ from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
 from ._websocket import Poller, WebSocket, Writer, broadcast_frame
 from .cluster import ClusterLink, ClusterUnavailable
+from .logs import fields
 from .metrics import Metrics, probe_answer
 from .webhooks import WebhookSender
 
@@ -276,7 +277,10 @@ class RelayServer:
         if count >= limit:
             if address not in self._limited:
                 self._limited.add(address)
-                log.warning("%s has %d connections open (--max-connections-per-ip): refusing more", address, count)
+                log.warning(
+                    "%s has %d connections open (--max-connections-per-ip): refusing more", address, count,
+                    extra=fields("connections_per_ip_limited", remote_addr=address, open=count),
+                )
             return False
         self._per_ip[address] = count + 1
         self._ip_of[id(stream)] = address
@@ -383,6 +387,7 @@ class RelayServer:
         log.info(
             "closing %s: slow consumer (%d bytes the kernel would not take; bound %d)",
             conn.id, conn.unwritten, conn.max_buffer,
+            extra=fields("slow_consumer", socket=conn.id, unwritten=conn.unwritten, bound=conn.max_buffer),
         )
         conn.discard_queue()
         self.execute(self.relay.slow_consumer(conn.id, self.now()))
@@ -732,7 +737,8 @@ class RelayServer:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
             if not isinstance(decision, PipeAccepted):
                 log.info(
-                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message)
+                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message),
+                    extra=fields("pipe_refused", status=decision.status, reason=escaped(decision.message)),
                 )
                 return decision.status, {"error": decision.message}, []
             accepted = decision
@@ -774,6 +780,8 @@ class RelayServer:
             log.info(
                 "pipe %s connected (app %s, protocol %s, group %s)",
                 ws.id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
+                extra=fields("pipe_connected", app=accepted.app.id, pipe=ws.id, protocol=accepted.version,
+                             group=escaped(accepted.group), remote_addr=upgrade.details.remote_addr),
             )
             return ws, self._pipes_side, accepted.app.pipe.max_frame_bytes
         ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self.writer)
@@ -792,7 +800,8 @@ class RelayServer:
         if any(type(o) is Close for o in outputs) or app is None:
             return ws, self._refused_side, 1
         log.info(
-            "socket %s connected (app key %s, from %s)", ws.id, escaped(found.name), upgrade.details.remote_addr
+            "socket %s connected (app key %s, from %s)", ws.id, escaped(found.name), upgrade.details.remote_addr,
+            extra=fields("socket_connected", app=app.id, socket=ws.id, remote_addr=upgrade.details.remote_addr),
         )
         return ws, self._sockets_side, app.limits.max_socket_message_bytes
 
@@ -838,7 +847,10 @@ class _SocketsSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server.execute(server.relay.socket_closed(conn_id, server.now(), code, reason))
-        log.info("socket %s disconnected (%s %s)", conn_id, code, escaped(reason))
+        log.info(
+            "socket %s disconnected (%s %s)", conn_id, code, escaped(reason),
+            extra=fields("socket_disconnected", socket=conn_id, code=code, reason=escaped(reason)),
+        )
 
 
 class _PipesSide(_Side):
@@ -861,7 +873,10 @@ class _PipesSide(_Side):
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
         server.execute(server.relay.pipe_closed(conn_id, server.now(), code))
-        log.info("pipe %s disconnected (%s %s)", conn_id, code, escaped(reason))
+        log.info(
+            "pipe %s disconnected (%s %s)", conn_id, code, escaped(reason),
+            extra=fields("pipe_disconnected", pipe=conn_id, code=code, reason=escaped(reason)),
+        )
 
 
 async def serve(

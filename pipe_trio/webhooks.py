@@ -26,6 +26,8 @@ import trio
 from pipe_proto import AppRegistry
 from pipe_proto.webhooks import MAX_RETRY_SECONDS, WebhookRequest, build_request, retry_delay
 
+from .logs import fields
+
 __all__ = ["WebhookSender"]
 
 log = logging.getLogger("pipe_trio.webhooks")
@@ -158,10 +160,16 @@ class WebhookSender:
             if self.clock() + delay - made > MAX_RETRY_SECONDS:
                 self.stats["dropped"] += count
                 target.dropped += count
-                log.warning("webhook to %s failed (%s); gave up on %d events", target.url, problem, count)
+                log.warning(
+                    "webhook to %s failed (%s); gave up on %d events", target.url, problem, count,
+                    extra=fields("webhook_dropped", app=target.app_id, url=target.url, problem=problem, events=count),
+                )
                 return
             target.retried += 1
-            log.info("webhook to %s failed (%s); retry %d in %.0fs", target.url, problem, attempt, delay)
+            log.info(
+                "webhook to %s failed (%s); retry %d in %.0fs", target.url, problem, attempt, delay,
+                extra=fields("webhook_failed", app=target.app_id, url=target.url, problem=problem, attempt=attempt),
+            )
             await trio.sleep(delay)
 
 
