@@ -316,6 +316,7 @@ async def _run(
         redis=args.redis,
         metrics=args.metrics,
         metrics_here=args.metrics_port is None,
+        console=args.console,
     )
     args.demo_served = demo
     async with trio.open_nursery() as nursery:

@@ -45,8 +45,9 @@ from pipe_proto.routes import Route, RouteKind, route
 
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import UpgradeRequest, parse_upgrade_request
-from ._websocket import Poller, WebSocket, Writer, broadcast_frame
+from ._websocket import Poller, Side, WebSocket, Writer, broadcast_frame
 from .cluster import ClusterLink, ClusterUnavailable
+from .console import Console
 from .logs import fields
 from .metrics import Metrics, probe_answer
 from .webhooks import WebhookSender
@@ -139,6 +140,7 @@ class RelayServer:
         metrics_here: serve ``/metrics`` on these listeners too (False when
             ``--metrics-port`` serves it elsewhere). ``/health`` and
             ``/ready`` are always served.
+        console: serve the debug console (:mod:`.console`).
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class RelayServer:
         redis: str | None = None,
         metrics: bool = True,
         metrics_here: bool = True,
+        console: bool = False,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -191,6 +194,7 @@ class RelayServer:
         self._metrics_here = metrics_here
         # Per Send output, not per delivery: the core counts what was written.
         self._count_sent = relay.sent if metrics else None
+        self.console = Console(self) if console else None
 
     # --------------------------------------------------------------- running
 
@@ -223,6 +227,8 @@ class RelayServer:
             nursery.start_soon(self.webhooks.run)
             if self.metrics is not None:
                 nursery.start_soon(self.metrics.watch_lag)
+            if self.console is not None:
+                nursery.start_soon(self.console.run)
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
             nursery.start_soon(self._accept, listeners)
@@ -320,6 +326,9 @@ class RelayServer:
         for waiting in list(self._idle_http):
             waiting.cancel()
         self.execute(self.relay.shutdown(self.now()))
+        if self.console is not None:
+            self.console.close_all()
+            self.writer.flush()
         if self._connections:
             self._all_closed = trio.Event()
             with trio.move_on_after(timeout):
@@ -493,7 +502,7 @@ class RelayServer:
                     return None
                 return await self._accept_websocket(stream, conn, found, request)
             head = method == "HEAD"
-            if found.kind is RouteKind.REST:
+            if found.kind is RouteKind.REST or (found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None):
                 with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
                     try:
                         await self._rest(stream, conn, method, found, headers)
@@ -513,6 +522,9 @@ class RelayServer:
                     await self._respond(
                         stream, conn, 200, script, "application/javascript; charset=utf-8", head=head, close=close
                     )
+                elif found.kind is RouteKind.CONSOLE and self.console is not None:
+                    page = self.console.page()
+                    await self._respond(stream, conn, 200, page, "text/html; charset=utf-8", head=head, close=close)
                 elif (probed := self.probe(found.path, _header(headers, b"accept") or "",
                                            metrics=self._metrics_here)) is not None:
                     await self._respond(stream, conn, probed[0], probed[1], probed[2], head=head, close=close)
@@ -598,6 +610,10 @@ class RelayServer:
                 break
             else:
                 return
+        if found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None:
+            status, signed = self.console.token(b"".join(chunks))
+            await self._respond(stream, conn, status, signed, close=self._stopping)
+            return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
         try:
@@ -733,6 +749,11 @@ class RelayServer:
         if version != "13":
             return 426, {"error": "WebSocket version 13 required"}, [("sec-websocket-version", "13")]
         accepted = None
+        if found.kind is RouteKind.CONSOLE_SOCKET:
+            if self.console is None:
+                return 404, {"error": "Not found: /console/socket (the console is off)"}, []
+            if not self.console.has_room():
+                return 503, {"error": "Too many console connections"}, []
         if found.kind is RouteKind.PIPE:
             decision = self.relay.pipe_handshake(found.name, found.query, self.now())
             if not isinstance(decision, PipeAccepted):
@@ -764,10 +785,12 @@ class RelayServer:
             if not isinstance(event, h11.Data):
                 return event
 
-    def _open_websocket(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> tuple[WebSocket, _Side, int]:
+    def _open_websocket(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> tuple[WebSocket, Side, int]:
         """Register an upgraded connection with the relay; returns it, its side and its message limit."""
         found = upgrade.route
         relay = self.relay
+        if found.kind is RouteKind.CONSOLE_SOCKET and self.console is not None:
+            return self.console.open(stream, upgrade)
         if found.kind is RouteKind.PIPE:
             accepted = upgrade.accepted
             assert accepted is not None
