@@ -74,7 +74,10 @@ def check_token(apps: AppRegistry, token: object, now: float) -> App | str:
 
 
 def describe(seen: Observed, now: float) -> dict[str, Any]:
-    """The JSON object the console shows for one happening (``now``: its time, seconds since the epoch)."""
+    """The JSON object the console shows for one happening (``now``: its time, seconds since the epoch).
+
+    Details that are ``None`` (no origin, no close code) are left out.
+    """
     entry: dict[str, Any] = {"time": round(now, 3), "type": seen.type}
     if seen.socket_id is not None:
         entry["socket"] = seen.socket_id
@@ -88,6 +91,7 @@ def describe(seen: Observed, now: float) -> dict[str, Any]:
             entry["truncated"] = len(data)
             data = data[:MAX_DATA_CHARS]
         entry["data"] = data
-    if seen.details:
-        entry["details"] = dict(seen.details)
+    details = {key: value for key, value in (seen.details or {}).items() if value is not None}
+    if details:
+        entry["details"] = details
     return entry
