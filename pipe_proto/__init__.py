@@ -36,6 +36,7 @@ from .errors import (
     PusherCode,
     RemoteProtocolError,
 )
+from .forwarded import TrustedProxies
 from .relay import Close, Failure, Observed, Observer, Output, Probe, Relay, Send, SocketDetails, WebhookEvent
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteProtocolError",
     "Send",
     "SocketDetails",
+    "TrustedProxies",
     "WebhookEvent",
     "WebhookTarget",
     "__version__",

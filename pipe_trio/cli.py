@@ -314,6 +314,7 @@ async def _run(
         max_pipe_buffer=args.max_pipe_buffer,
         max_connections_per_ip=args.max_connections_per_ip,
         redis=args.redis,
+        trusted_proxies=args.trusted_proxies,
         metrics=args.metrics,
         metrics_here=args.metrics_port is None,
         console=args.console,

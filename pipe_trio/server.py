@@ -36,6 +36,7 @@ import trio
 from wsproto.utilities import generate_accept_token
 
 from pipe_proto import Close, Failure, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto.forwarded import TrustedProxies
 from pipe_proto.pipe.handshake import PipeAccepted
 from pipe_proto.relay.directory import Pending
 from pipe_proto.relay.outputs import ClusterCall, Output
@@ -141,6 +142,10 @@ class RelayServer:
             ``--metrics-port`` serves it elsewhere). ``/health`` and
             ``/ready`` are always served.
         console: serve the debug console (:mod:`.console`).
+        trusted_proxies: addresses or networks of proxies whose
+            ``X-Forwarded-For`` gives the client's address (logs, the
+            per-address limit, pipes' ``remote_addr``); see
+            :class:`pipe_proto.forwarded.TrustedProxies`.
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class RelayServer:
         secure: bool = False,
         max_connections_per_ip: int | None = None,
         redis: str | None = None,
+        trusted_proxies: Sequence[str] = (),
         metrics: bool = True,
         metrics_here: bool = True,
         console: bool = False,
@@ -164,6 +170,7 @@ class RelayServer:
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
         self.max_connections_per_ip = max_connections_per_ip
+        self.proxies = TrustedProxies(trusted_proxies)
         # With a per-address limit: open connections per address, the address
         # of each counted connection (by id of its stream), and the addresses
         # refused since they last went under the limit (logged once each).
@@ -273,10 +280,17 @@ class RelayServer:
                 else:
                     self._nursery.start_soon(self._handle_tcp, stream)
 
-    def _admit(self, stream: trio.abc.Stream) -> bool:
-        """Count a new connection against its address's limit; False if over it."""
+    def _admit(self, stream: trio.abc.Stream, address: str | None = None) -> bool:
+        """Count a connection against its address's limit (the peer's by default); False if over it.
+
+        A trusted proxy's connections are counted later, against the address
+        it forwards for, once their upgrade request is read.
+        """
         limit = self.max_connections_per_ip
-        address = _peer_address(stream)
+        if address is None:
+            address = _peer_address(stream)
+            if self.proxies.trusts(address):
+                return True
         if limit is None or address is None:
             return True
         count = self._per_ip.get(address, 0)
@@ -765,13 +779,20 @@ class RelayServer:
             accepted = decision
         if self._stopping:
             return 503, {"error": "Server is shutting down"}, []
+        peer = _peer_address(stream)
+        remote = peer
+        if self.proxies.trusts(peer):
+            forwarded = [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"]
+            remote = self.proxies.client(peer, forwarded)
+            if self.max_connections_per_ip is not None and not self._admit(stream, remote):
+                return 429, {"error": "Too many connections from your address"}, []
         # RFC 6455 4.2.2; written with the first frame, in one system call.
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
         )
         details = SocketDetails(
-            remote_addr=_peer_address(stream),
+            remote_addr=remote,
             origin=_header(headers, b"origin"),
             user_agent=_header(headers, b"user-agent"),
             query=target.partition("?")[2],
