@@ -90,5 +90,6 @@ class CloseCode(IntEnum):
     PROTOCOL_ERROR = 1002
     #: Never sent: reported when a connection ended without a close frame.
     ABNORMAL = 1006
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -134,3 +134,19 @@ async def start_cluster(
         servers.append(server)
     port = await nursery.start(_proxy, nursery, [s.port for s in servers])
     return ClusterFront(servers, port)
+
+
+async def settle(server: Any) -> None:
+    """On a cluster, wait until every node heard of what happened before in Redis (a pipe subscribing, say).
+
+    A socket of each node joins a channel: its answer comes through that node's inbox after
+    everything Redis sent there earlier. Nothing to wait for on one relay.
+    """
+    if not isinstance(server, ClusterFront):
+        return
+    from pipe_trio.client import connect
+    from tests.support import APP_KEY, APP_SECRET
+
+    for node in server.nodes:
+        async with connect(f"ws://127.0.0.1:{node.port}", APP_KEY, secret=APP_SECRET) as barrier:
+            await barrier.subscribe("settle")

@@ -6,20 +6,27 @@ The nodes of tests/test_cluster.py (beats of 0.1 s, dead after 0.6 s); open_pipe
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import trio
 
 from pipe_proto import App, PipeSettings
 from pipe_proto.pipe import AuthRequest, SocketClosed, SocketMessage, SocketOpened
+from pipe_proto.relay.pipes import rendezvous_score
 from pipe_trio import AuthAnswer, open_pipe
 from pipe_trio.client import SubscriptionFailed
+from pipe_trio.testing import rest_request
 from tests.cluster_front import Forward
 from tests.redis_server import RedisServer
 from tests.test_cluster import KEY, SECRET, TIMEOUT, Cluster, client, cluster
 
 APP_ID = "1"
+
+
+def owner(socket_id: str, *sessions: str) -> str:
+    """The member whose session takes a socket's events (rendezvous hashing)."""
+    return max(sessions, key=lambda session: rendezvous_score(socket_id, session))
 
 
 def pipe_app(**pipe: Any) -> App:
@@ -194,3 +201,160 @@ async def test_a_backend_resumes_on_another_node_when_its_node_dies(nursery: tri
     for socket in sockets:
         mine = sorted(n for _, sid, n, _ in tally.got if sid == socket.socket_id)
         assert mine == list(range(20)), f"{socket.socket_id}: {mine}"
+
+
+async def test_the_sockets_of_a_dead_node_are_told_closed_once(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Node 2 dies with a socket: the pipe on node 0 hears socket_closed for it once, with code null."""
+    closed: list[SocketClosed] = []
+    async with cluster(nursery, redis, pipe_app()) as found, backend(found, 0, events=("socket_existence",)) as pipe:
+        await settled(found)
+        async with client(found, 2) as doomed:
+            await next_notice(pipe, SocketOpened, socket_id=doomed.socket_id)
+            found.kill(2)
+            gone = await next_notice(pipe, SocketClosed, socket_id=doomed.socket_id)
+            assert (gone.code, gone.reason) == (None, None)
+            closed.append(gone)
+        # Anything said after the reaping comes after any second report would have.
+        async with client(found, 1) as marker:
+            later = await next_notice(pipe, SocketOpened, socket_id=marker.socket_id)
+            assert later.socket_id == marker.socket_id
+
+
+async def test_a_member_that_leaves_hands_its_sockets_over_at_once(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """b (node 2) leaves: the socket it served is a's (node 1) at once, unmarked, nothing lost."""
+    tally = Tally()
+    options: dict[str, Any] = {"events": ("socket_message",), "group": "g"}
+    async with (
+        cluster(nursery, redis, pipe_app(resume_grace=60.0)) as found,
+        backend(found, 1, **options) as a,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(consume, a, tally.take("a"))
+        async with client(found, 0) as s1, client(found, 0) as s2, client(found, 0) as s3:
+            sockets = (s1, s2, s3)
+            async with backend(found, 2, **options) as b:
+                readers.start_soon(consume, b, tally.take("b"))
+                await settled(found)
+                for socket in sockets:
+                    await socket.send_event("n", 0)
+                await tally.wait_for(3)
+            # b's block returned: it left its group (and its answer came before the block ended).
+            await settled(found)
+            for socket in sockets:
+                await socket.send_event("n", 1)
+            await tally.wait_for(6)
+        readers.cancel_scope.cancel()
+    after = [(member, redelivered) for member, _, n, redelivered in tally.got if n == 1]
+    assert after == [("a", False)] * 3
+
+
+async def test_a_member_gone_for_good_is_replaced_after_its_grace(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """b's node dies and b never comes back: after its grace, its sockets' events reach a, marked redelivered."""
+    tally = Tally()
+    options: dict[str, Any] = {"events": ("socket_message",), "group": "g"}
+    async with (
+        cluster(nursery, redis, pipe_app(resume_grace=0.5)) as found,
+        backend(found, 1, **options) as a,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(consume, a, tally.take("a"))
+        b_scope = trio.CancelScope()
+
+        async def run_b(task_status: trio.TaskStatus[str]) -> None:
+            with b_scope:
+                async with backend(found, 2, reconnect=False, **options) as b:
+                    task_status.started(b.session)
+                    await consume(b, lambda note: None)  # takes nothing: its events stay unacked
+
+        b_session = await readers.start(run_b)
+        await settled(found)
+        async with AsyncExitStack() as stack:
+            # Sockets until both members serve some (rendezvous decides which).
+            sockets: list[Any] = []
+            while {owner(s.socket_id, a.session, b_session) for s in sockets} != {a.session, b_session}:
+                sockets.append(await stack.enter_async_context(client(found, 0)))
+            for socket in sockets:
+                await socket.send_event("n", 0)
+            b_sockets = [s for s in sockets if owner(s.socket_id, a.session, b_session) == b_session]
+            found.kill(2)
+            b_scope.cancel()
+            # Every socket's message reaches a: at once for a's sockets, after b's grace for b's.
+            await tally.wait_for(len(sockets))
+        readers.cancel_scope.cancel()
+    assert sorted(sid for _, sid, _, _ in tally.got) == sorted(s.socket_id for s in sockets)
+    marked = sorted(sid for _, sid, _, redelivered in tally.got if redelivered)
+    assert marked == sorted(s.socket_id for s in b_sockets), "b's events, and only those, came to a marked"
+
+
+async def test_drops_are_reported_exactly_across_nodes(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A group past its bounds drops events produced on another node; what arrives plus the gaps adds up."""
+    from pipe_proto.pipe import Gap
+
+    received: list[int] = []
+    gaps: list[int] = []
+    go = trio.Event()
+    done = trio.Event()
+
+    async def slow(pipe: Any) -> None:
+        await go.wait()
+        async with aclosing(pipe.events()) as notices:
+            async for notice in notices:
+                if isinstance(notice, Gap):
+                    gaps.append(notice.dropped)
+                elif isinstance(notice, SocketMessage):
+                    received.append(int(notice.data))
+                if len(received) + sum(gaps) >= 20:
+                    done.set()
+
+    app = pipe_app(window=2, buffer_events=5)
+    async with (
+        cluster(nursery, redis, app) as found,
+        backend(found, 1, events=("socket_message",)) as pipe,
+        trio.open_nursery() as readers,
+    ):
+        readers.start_soon(slow, pipe)
+        await settled(found)
+        async with client(found, 0) as socket:
+            for n in range(20):
+                await socket.send_event("n", n)
+            # Every message went through Redis before this socket's join answer.
+            await socket.subscribe("after-sending")
+            go.set()
+            with trio.fail_after(TIMEOUT):
+                await done.wait()
+        readers.cancel_scope.cancel()
+        # Any node tells the group's counters, kept in Redis.
+        status = await rest_request(found.url(2), "GET", f"/apps/{APP_ID}/status", key=KEY, secret=SECRET)
+        group = json.loads(status.body)["pipe"]["groups"]["default"]
+        assert (group["dropped"], group["pending"]) == (13, 0)
+    assert len(received) + sum(gaps) == 20
+    assert sum(gaps) == 20 - 2 - 5, f"two in flight, five kept, the rest dropped: {received} {gaps}"
+    assert received == sorted(received)
+
+
+async def test_a_pipe_survives_a_redis_restart(nursery: trio.Nursery) -> None:
+    """Redis restarts empty: the node puts its pipe's session back, and messages from other nodes reach it again."""
+    own = RedisServer()
+    own.start()
+    try:
+        async with (
+            cluster(nursery, own, pipe_app(), nodes=2) as found,
+            backend(found, 0, events=("socket_message",)) as pipe,
+        ):
+            await settled(found)
+            async with client(found, 1) as socket:
+                await socket.send_event("before", 1)
+                await next_notice(pipe, SocketMessage, name="before")
+                own.restart()
+                with trio.fail_after(TIMEOUT):
+                    for node in found.nodes:
+                        assert node.cluster is not None
+                        await node.cluster.wait_disconnected()
+                    for node in found.nodes:
+                        await node.cluster.wait_connected()
+                await settled(found)
+                await socket.send_event("after", 2)
+                after = await next_notice(pipe, SocketMessage, name="after")
+                assert after.data == 2
+    finally:
+        own.stop()

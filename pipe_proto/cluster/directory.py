@@ -500,6 +500,25 @@ class ClusterDirectory:
 
     # Without Redis, this node's records answer, as a lone relay's would.
 
+    def app_status(self, state: AppState, local: dict[str, Any]) -> Answer[dict[str, Any]]:
+        if not self.connected:
+            return local
+
+        def merged(result: Any) -> dict[str, Any]:
+            # This node's counts, with the groups' counters of the whole cluster.
+            items = list(result)
+            groups = local["pipe"]["groups"]
+            for index in range(0, len(items), 2):
+                name = _text(items[index])
+                counters = _pairs(items[index + 1])
+                group = groups.setdefault(name, {"members": 0, "sessions": 0, "here": 0})
+                for field in ("pending", "pending_bytes", "delivered", "redelivered", "dropped"):
+                    group[field] = int(counters.get(field, "0"))
+            local["node"] = self.node
+            return local
+
+        return self._ask("pstats", state.app.id, parse=merged)
+
     def channels(self, state: AppState, prefix: str, users: bool) -> Answer[dict[str, tuple[int, int]]]:
         if not self.connected:
             return self._local.channels(state, prefix, users)

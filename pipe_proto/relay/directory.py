@@ -188,6 +188,9 @@ class Directory(Protocol):
             PipeFrameError: 4222, no relay made it.
         """
 
+    def app_status(self, state: AppState, local: dict[str, Any]) -> Answer[dict[str, Any]]:
+        """The status document of an app, from this relay's ``local`` one."""
+
     def channels(self, state: AppState, prefix: str, users: bool) -> Answer[dict[str, tuple[int, int]]]:
         """Occupied channels starting with ``prefix``: subscriptions and (``users``) presence users."""
 
@@ -378,6 +381,9 @@ class LocalDirectory:
         )
 
     # ---------------------------------------------------------------- REST
+
+    def app_status(self, state: AppState, local: dict[str, Any]) -> Answer[dict[str, Any]]:
+        return local
 
     def channels(self, state: AppState, prefix: str, users: bool) -> Answer[dict[str, tuple[int, int]]]:
         return {

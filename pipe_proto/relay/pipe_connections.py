@@ -30,10 +30,13 @@ from .observe import Observed, observe_pipe_call
 from .outputs import Close, Probe, Send
 from .pipe_auth import PipeAuthorizations
 from .sockets import Sockets
-from .state import Pipe
+from .state import Pipe, utf8_size
 from .users import Users
 
-__all__ = ["PipeConnections"]
+__all__ = ["MAX_EARLY", "PipeConnections"]
+
+#: Requests kept from a pipe before its ``connection_established`` (a cluster attaches later).
+MAX_EARLY = 64
 
 
 def _outcome(value: Any) -> dict[str, Any]:
@@ -57,6 +60,8 @@ class PipeConnections:
     ) -> None:
         self.core = core
         self.directory = directory
+        #: Requests of pipes still attaching, by pipe id.
+        self._early: dict[str, list[str]] = {}
         self.sockets = sockets
         self.channels = channels
         self.users = users
@@ -78,11 +83,20 @@ class PipeConnections:
         """
         core = self.core
         state = core.states[accepted.app.id]
+        # Requests a client sends before its connection_established (the
+        # 2011 client subscribes at once) wait for it, in order.
+        self._early[pipe_id] = []
 
         def attached(session: Any, resumed: bool, gap: int, now: float) -> None:
+            early = self._early.pop(pipe_id, [])
             self._attached(pipe_id, accepted, session, resumed, gap, now)
+            pipe = core.pipes.get(pipe_id)
+            for text in early:
+                if pipe is not None and pipe_id in core.pipes:
+                    self.message(pipe, text, now)
 
         def failed(message: str) -> None:
+            self._early.pop(pipe_id, None)
             core.out.append(Close(pipe_id, CloseCode.INTERNAL_ERROR, message))
 
         state.hub.attach(
@@ -97,6 +111,21 @@ class PipeConnections:
             attached=attached,
             failed=failed,
         )
+
+    def early(self, pipe_id: str, text: str) -> None:
+        """A request from a pipe still attaching: kept for when it is (ignored for an unknown pipe).
+
+        At most :data:`MAX_EARLY` wait; a pipe sending more before its
+        ``connection_established`` is closed with 1008.
+        """
+        waiting = self._early.get(pipe_id)
+        if waiting is None:
+            return
+        if len(waiting) >= MAX_EARLY:
+            self._early.pop(pipe_id)
+            self.drop(pipe_id, 0.0, (CloseCode.POLICY_VIOLATION, "too many requests before connection_established"))
+            return
+        waiting.append(text)
 
     def _attached(
         self, pipe_id: str, accepted: PipeAccepted, session: Any, resumed: bool, gap: int, now: float
@@ -124,6 +153,9 @@ class PipeConnections:
 
     def message(self, pipe: Pipe, text: str, now: float) -> None:
         """A request from ``pipe``: executed, answered unless its id is null (answered later if it must wait)."""
+        counts = pipe.app.counts
+        counts.pipe_messages_in += 1
+        counts.pipe_bytes_in += utf8_size(text)
         try:
             request = pipe.conn.receive(text, now)
             if pipe.app.observer is not None:
@@ -195,7 +227,8 @@ class PipeConnections:
             state.hub.ack(pipe.session, call.seq, now)
             return {}
         if isinstance(call, pipe_events.SubscribeEvents):
-            return gather([state.hub.subscribe(pipe.session, call.events, now)], lambda _: {})
+            checked = state.hub.subscribe(pipe.session, call.events, now)
+            return {} if checked is None else checked
         if isinstance(call, pipe_events.UnsubscribeEvents):
             state.hub.unsubscribe(pipe.session, call.events, now)
             return {}
@@ -241,6 +274,7 @@ class PipeConnections:
         ``close``: close it with this code and reason; ``code``: the code it
         closed with (None: it went without a close frame).
         """
+        self._early.pop(pipe_id, None)
         pipe = self.core.pipes.pop(pipe_id, None)
         if pipe is not None:
             state = pipe.app

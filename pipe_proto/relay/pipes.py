@@ -58,7 +58,16 @@ from ..pipe.codec import PipeFrameError, notice_data
 from ..pipe.events import Notice
 from .later import Later
 
-__all__ = ["EVENT_OVERHEAD", "MAX_GROUPS", "Group", "Hub", "PipeHub", "Session", "notification_frame"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "MAX_GROUPS",
+    "Group",
+    "Hub",
+    "PipeHub",
+    "Session",
+    "notification_frame",
+    "rendezvous_score",
+]
 
 #: Groups an app may have at once (sessions of all groups count against
 #: ``max_pipes`` too); groups remembered only for unreported drops included.
@@ -154,9 +163,14 @@ class _Queue:
         return len(self.control) + len(self.data)
 
 
-def _score(key: str, session_id: str) -> int:
-    digest = hashlib.blake2b(f"{key}\x00{session_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+def rendezvous_score(key: str, session_id: str) -> int:
+    """The weight of ``session_id`` for events of ``key``: the highest-scoring member takes them.
+
+    The first 52 bits of SHA-1 over ``key``, a NUL and the session id: the
+    cluster's script computes the same in Lua (whose numbers hold 53 bits),
+    so every node, and this relay alone, route alike.
+    """
+    return int(hashlib.sha1(f"{key}\x00{session_id}".encode()).hexdigest()[:13], 16)
 
 
 class Session:
@@ -243,7 +257,7 @@ class Group:
         best_score = -1
         for session in self.sessions.values():
             if type in session.types:
-                score = _score(key, session.id)
+                score = rendezvous_score(key, session.id)
                 if score > best_score:
                     best, best_score = session, score
         return best

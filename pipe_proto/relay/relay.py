@@ -262,10 +262,8 @@ class Relay:
         """A pipe sent a text message (a request)."""
         pipe = self._core.pipes.get(pipe_id)
         if pipe is None:
-            return []
-        counts = pipe.app.counts
-        counts.pipe_messages_in += 1
-        counts.pipe_bytes_in += utf8_size(text)
+            # Perhaps still attaching (a cluster answers later): kept for then.
+            return self._guarded(pipe_id, now, lambda: self._pipes.early(pipe_id, text))
         return self._guarded(pipe_id, now, lambda: self._pipes.message(pipe, text, now))
 
     def pipe_heard(self, pipe_id: str, now: float) -> None:
@@ -532,6 +530,10 @@ class Relay:
         if cluster:
             stats["cluster"] = cluster
         return stats
+
+    def app_status(self, app_id: str) -> Answer[dict[str, Any]]:
+        """The status endpoint's document for one app (in a cluster, its groups' counters come from Redis)."""
+        return self.directory.app_status(self._core.states[app_id], self.stats()["apps"][app_id])
 
     def holds_nothing(self) -> bool:
         """True when no connection, channel, user, member or pending auth is left."""

@@ -191,7 +191,7 @@ def _handle(
     if sub == "/status":
         # This relay's own endpoint: the app's counts, and its pipe groups'.
         expect("GET")
-        return RestResponse(status=200, body=relay.stats()["apps"][app.id])
+        return then(relay.app_status(app.id), lambda body: RestResponse(status=200, body=body))
     users_match = _CHANNEL_USERS.fullmatch(sub)
     if users_match is not None:
         expect("GET")

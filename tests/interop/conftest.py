@@ -21,9 +21,3 @@ async def relay_server(request: pytest.FixtureRequest, nursery: trio.Nursery, re
     else:
         yield await start_cluster(nursery, default_apps(), redis.url)
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests of a pipe seeing every socket run on one relay only, until pipes span the cluster."""
-    for item in items:
-        if item.get_closest_marker("pipe") is not None and "[three nodes]" in item.name:
-            item.add_marker(pytest.mark.skip(reason="a pipe sees only its own node's sockets"))

@@ -10,16 +10,11 @@ import trio
 
 from pipe_proto.pipe import AuthRequest, pipe_url
 from pipe_trio import AuthAnswer, PipeError, PipeRefusedError, RelayServer, open_pipe
+from tests.cluster_front import settle
 from tests.interop.node import AuthServer, open_driver
-from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
+from tests.support import APP_ID, APP_KEY, APP_SECRET, url_of
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture
-async def relay_server(nursery: trio.Nursery) -> RelayServer:
-    """One relay: these tests run against a cluster once pipes see the whole cluster."""
-    return await start_relay(nursery)
 
 
 def config_2011(server: RelayServer) -> dict[str, Any]:
@@ -33,8 +28,9 @@ async def test_2011_client_round_trip_with_pusher_js(relay_server: RelayServer) 
             await pipe.call("connect", config=config_2011(relay_server), events=["socket_message", "socket_existence"])
             connected = await pipe.expect({"type": "connected"})
             assert connected["connection_id"].count(".") == 1
+            await settle(relay_server)  # a cluster's other nodes hear of the pipe's subscription
             socket_id = await js.connected("a", relay_server)
-            assert (await pipe.expect({"type": "open"}))["socket_id"] == socket_id
+            await pipe.expect({"type": "open", "socket_id": socket_id})
             await js.call("bind", "a", event="acknowledge")
             await js.call("send_event", "a", event="eventFromBrowser", data={"some": "data"})
             message = await pipe.expect({"type": "socket_event", "event": "eventFromBrowser"})
@@ -43,7 +39,7 @@ async def test_2011_client_round_trip_with_pusher_js(relay_server: RelayServer) 
             ack = await js.expect({"type": "event", "id": "a", "event": "acknowledge"})
             assert ack["data"] == {"message": "Rodger"} and ack["channel"] is None
             await js.call("disconnect", "a")
-            assert (await pipe.expect({"type": "close"}))["socket_id"] == socket_id
+            await pipe.expect({"type": "close", "socket_id": socket_id})
 
 
 async def test_2011_client_channels_and_errors(relay_server: RelayServer, nursery: trio.Nursery) -> None:
@@ -53,6 +49,7 @@ async def test_2011_client_channels_and_errors(relay_server: RelayServer, nurser
         async with open_driver("pipe2011.js") as pipe, open_driver() as js:
             await pipe.call("connect", config=config_2011(relay_server), events=["socket_message"])
             await pipe.expect({"type": "connected"})
+            await settle(relay_server)
             await pipe.call("listen", channel="private-room", event="client-move")
             sockets = {}
             for client in ("a", "b"):

@@ -349,7 +349,6 @@ async def test_subscription_count_when_enabled(nursery: trio.Nursery, driver: Dr
             assert report["channel"] == "crowd"
 
 
-@pytest.mark.pipe
 async def test_back_channel_round_trip(relay_server: RelayServer, driver: Driver) -> None:
     """pusher-js ``send_event`` reaches a pipe and the pipe's answer reaches pusher-js's own binding."""
     with trio.fail_after(TEST_TIMEOUT):

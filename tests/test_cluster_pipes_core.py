@@ -1,0 +1,128 @@
+"""A cluster node's pipes without Redis: the calls it makes, and what it does with the answers.
+
+Redis's side is played by hand, as in tests/test_cluster_directory.py.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from pipe_proto import App, PipeSettings, Relay, Send
+from pipe_proto.cluster import ClusterDirectory
+from pipe_proto.pipe.handshake import PipeAccepted, pipe_url
+from pipe_proto.relay.outputs import ClusterCall, Output
+
+APP = App(id="1", key="key", secret="secret", pipe=PipeSettings(window=2))
+
+
+def node() -> Relay:
+    relay = Relay([APP], directory=partial(ClusterDirectory, node="7", prefix="p"))
+    relay.cluster_up(0.0)
+    return relay
+
+
+def calls(out: list[Output], op: str | None = None) -> list[ClusterCall]:
+    return [o for o in out if isinstance(o, ClusterCall) and (op is None or o.args[0] == op)]
+
+
+def frames(out: list[Output], target: str) -> list[dict[str, Any]]:
+    return [json.loads(o.text) for o in out if isinstance(o, Send) and target in o.targets]
+
+
+def open_pipe(relay: Relay, version: str = "1.0") -> tuple[str, list[Output]]:
+    url = pipe_url("ws://relay", app_id="1", key="key", secret="secret", now=0.0, version=version)
+    decision = relay.pipe_handshake("1", dict(parse_qsl(urlsplit(url).query)), 0.0)
+    assert isinstance(decision, PipeAccepted)
+    return relay.open_pipe(decision, 0.0, nonce=5)
+
+
+def answer(relay: Relay, call: ClusterCall, reply: Any) -> list[Output]:
+    """The inbox answer to a call that gave its token as its last argument."""
+    return relay.cluster_message(f"r {call.args[-1]}\n{json.dumps(reply)}".encode(), 0.0)
+
+
+def test_a_pipe_is_greeted_once_redis_attached_it_and_its_early_requests_wait() -> None:
+    """No connection_established before the attach's answer; a request sent meanwhile runs after it, in order."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    assert attach.args[3:7] == ("1", pipe_id, "1.0", "default")
+    assert frames(out, pipe_id) == []
+    early = relay.pipe_message(pipe_id, json.dumps({"id": 1, "method": "ping", "params": {}}), 0.0)
+    assert early == []
+    out = answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""})
+    sent = frames(out, pipe_id)
+    assert sent[0]["result"]["event"] == "connection_established"
+    assert sent[0]["result"]["data"]["session"] == "s1"
+    assert sent[1] == {"id": 1, "error": None, "result": {}}
+
+
+def test_events_are_read_while_the_window_has_room_and_acks_make_more() -> None:
+    """'pn' makes the node read at most the window; the answer becomes frames with their seqs; an ack reads again."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    out = answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""})
+    (read,) = calls(out, "pread")  # what a new session is owed
+    assert read.args[3:7] == ("1", "s1", pipe_id, "2")
+    assert read.token is not None
+    entries = [[1, "socket_message", '{"socket_id":"1.2","event":"e","data":1}', 1000, "0"],
+               [2, "socket_message", '{"socket_id":"1.2","event":"e","data":2}', 1001, "1"]]
+    out = relay.cluster_result(read.token, [entries, 1], 0.1)
+    sent = frames(out, pipe_id)
+    assert [f["result"]["seq"] for f in sent] == [1, 2]
+    assert "redelivered" not in sent[0]["result"] and sent[1]["result"]["redelivered"] is True
+    assert calls(out, "pread") == []  # the window (2) is full: more waits for acks
+    out = relay.pipe_message(pipe_id, json.dumps({"id": None, "method": "ack", "params": {"seq": 2}}), 0.2)
+    assert [c.args[0] for c in calls(out)] == ["pack", "pread"]
+    assert calls(out, "pack")[0].args[3:] == ("1", "s1", "2")
+
+
+def test_a_subscribe_is_answered_once_the_cluster_checked_auth_is_free() -> None:
+    """subscribe waits for the script; 'AUTH_HELD' becomes error 4230."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""})
+    out = relay.pipe_message(pipe_id, json.dumps({"id": 9, "method": "subscribe", "params": {"events": ["auth"]}}), 0.1)
+    (sub,) = calls(out, "psub")
+    assert frames(out, pipe_id) == []
+    assert sub.token is not None
+    out = relay.cluster_result(sub.token, b"AUTH_HELD other", 0.2)
+    (reply,) = frames(out, pipe_id)
+    assert reply["id"] == 9 and reply["error"]["code"] == 4230
+
+
+def test_a_node_copies_the_clusters_members_and_knows_who_wants_what() -> None:
+    """'pm' announcements keep the copy: wants() and the cluster's pipe count follow them."""
+    relay = node()
+    state = relay.state_of("1")
+    assert state is not None
+    hub = state.hub
+    assert not hub.wants("socket_message")
+    member = {"g": "default", "v": "1.0", "t": "socket_message auth", "n": "8", "p": "8000.1"}
+    relay.cluster_message(f"pm 1 s9\n{json.dumps(member)}".encode(), 0.0)
+    assert hub.wants("socket_message") and hub.holder("auth") == "default" and hub.pipe_count == 1
+    relay.cluster_message(b"pm 1 s9\n", 0.0)
+    assert not hub.wants("socket_message") and hub.pipe_count == 0
+
+
+def test_a_send_to_a_socket_of_another_node_waits_for_its_answer() -> None:
+    """send_to_socket to a socket whose id names node 8: asked of node 8; 'delivered' counts its answer."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""})
+    remote = f"{8 * 10**12 + 5}.123"
+    request = {"id": 3, "method": "send_to_socket", "params": {"socket_id": remote, "event": "e", "data": "x"}}
+    out = relay.pipe_message(pipe_id, json.dumps(request), 0.1)
+    (tell,) = calls(out, "tell")
+    assert tell.args[3] == "8"
+    head, _, body = tell.args[4].partition("\n")
+    kind, token, asker, app, what = head.split(" ")
+    assert (kind, asker, app, what) == ("q", "7", "1", "ss") and json.loads(body)["ids"] == [remote]
+    out = relay.cluster_message(f"r {token}\n1".encode(), 0.2)
+    assert frames(out, pipe_id) == [{"id": 3, "error": None, "result": {"delivered": 1}}]
