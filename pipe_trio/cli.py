@@ -295,11 +295,15 @@ async def _run(
 ) -> None:
     try:
         listeners = await open_listeners(args.host, args.port, ssl_context, reuse_port=args.worker)
-        probes = None
-        if args.metrics_port is not None:
-            probes = await open_listeners(args.metrics_host or args.host, args.metrics_port)
     except OSError as exc:
         raise StartError(_listen_problem(args.host, args.port, exc)) from None
+    probes = None
+    if args.metrics_port is not None:
+        host = args.metrics_host or args.host
+        try:
+            probes = await open_listeners(host, args.metrics_port)
+        except OSError as exc:
+            raise StartError("--metrics-port: " + _listen_problem(host, args.metrics_port, exc)) from None
     directory = None
     if args.redis:
         # Digits: socket ids start with the node's id (pipes find a socket's node by it).

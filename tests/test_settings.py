@@ -231,3 +231,16 @@ def test_new_app_with_a_bad_id_is_refused(capsys: pytest.CaptureFixture[str]) ->
     """--id must be digits (status 2)."""
     assert main(["new-app", "--id", "abc"]) == 2
     assert "app id must be digits" in capsys.readouterr().err
+
+
+def test_a_busy_metrics_port_is_one_line_and_status_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """--metrics-port on a port in use: the relay does not start, and says which port in one line."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", "0", "--metrics-port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipe-relay: --metrics-port: port {port} is in use") and err.count("\n") == 1
