@@ -303,6 +303,8 @@ async def _run(
         try:
             probes = await open_listeners(host, args.metrics_port)
         except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
             raise StartError("--metrics-port: " + _listen_problem(host, args.metrics_port, exc)) from None
     directory = None
     if args.redis:
