@@ -8,7 +8,10 @@ the same order (names lower-cased, values without surrounding whitespace),
 HTTP/1.1, no body, and the same trailing bytes. ``None`` is always allowed
 (the relay then asks h11), so the property is "never accepts anything h11
 would read differently or refuse", and a second property checks the fast
-path is actually taken for the requests real clients send.
+path is actually taken for the requests real clients send. Whatever h11
+reads that asks for a WebSocket also gets a documented answer from the core
+(:func:`pipe_proto.upgrade.upgrade`: a refusal with one of its statuses, or
+a 101), never an exception.
 
 Inputs: request lines with other methods, versions, targets with spaces or
 control bytes; header fields with non-token names, values with leading,
@@ -29,6 +32,8 @@ import pytest
 from hypothesis import strategies as st
 
 from fuzz._support import corpus_params, fuzz_property, record
+from pipe_proto import App, Relay
+from pipe_proto.upgrade import Refused, Upgraded, upgrade, wants_websocket
 from pipe_trio._upgrade import parse_upgrade_request
 
 TARGET = "upgrade"
@@ -75,15 +80,28 @@ def h11_view(data: bytes) -> tuple[Any, ...] | None:
 def check_head(data: bytes, max_head: int = MAX_HEAD) -> bool:
     """The whole check for one input; returns whether the fast path took it."""
     record(TARGET, {"bytes_b64": base64.b64encode(data).decode(), "max_head": max_head})
+    expected = h11_view(data)
+    if expected is not None and wants_websocket(expected[2]):
+        check_decision(*expected[:4])
     fast = parse_upgrade_request(data, max_head)
     if fast is None:
         return False
     assert max_head <= MAX_HEAD, "the fast path is never given more room than h11"
-    expected = h11_view(data)
     assert expected is not None, "h11 refuses (or cannot finish) what the fast path took"
     got = (b"GET", fast.target, fast.headers, b"1.1", True, fast.trailing)
     assert got == expected, f"fast {got!r} != h11 {expected!r}"
     return True
+
+
+def check_decision(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], version: bytes) -> None:
+    """The core's answer to an upgrade request h11 read is one its module documents."""
+    relay = Relay([App(id="1", key="key", secret="secret")])
+    decision = upgrade(relay, method, target, headers, 1_700_000_000.0, nonce=1, http_version=version)
+    if isinstance(decision, Refused):
+        assert decision.status in (400, 401, 403, 404, 426), decision
+    else:
+        assert isinstance(decision, Upgraded)
+        assert decision.response.startswith(b"HTTP/1.1 101 ")
 
 
 # -------------------------------------------------------------- strategies

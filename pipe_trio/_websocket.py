@@ -1,22 +1,37 @@
-"""One accepted WebSocket: how it is read, and its bounded outbound buffer.
+"""The server's WebSockets after the handshake: two transports behind one interface.
 
-Reading: bytes go to a :class:`~pipe_trio._wsframes.FrameReader` and complete
-text messages to the connection's :class:`Side` (the relay's socket or pipe
-entry points, shared by every connection of that kind, so a connection
-carries no closures of its own). An oversized message is discarded as it
-streams in, so nothing buffers more than the limit. On Linux the
-:class:`Poller` reads every plain-TCP connection from one task; a TLS
-connection (or any, without epoll) reads in its own task (:meth:`WebSocket.run`).
+The server asks a :class:`Transport` for each accepted connection
+(:meth:`Transport.connection`) and hands it over (:meth:`Transport.serve`);
+it never knows which of the two it has:
 
-The writer side is a list of ready-made frames: a broadcast frame is built
-once by the server and the same bytes object is appended to every
-subscriber's list. Pushing only marks the connection dirty in the shared
-:class:`Writer`; when the server has carried out a batch of outputs it calls
-:meth:`Writer.flush`, and each dirty connection writes everything it has in
-one system call, straight to its (non-blocking) socket. Only what the kernel
-does not take at once is left to a flush task, so under load a broadcast
-costs one ``send`` per subscriber per batch, and an idle connection has no
-task and no buffer.
+* :class:`FastTransport`, for plain TCP on Linux: one :class:`Poller` task
+  reads every connection through an epoll set of its own (an open
+  connection has no task), framed by the relay's own :mod:`._wsframes`.
+* :class:`PortableTransport`, for TLS, macOS, Windows and wherever the fast
+  one cannot run: each connection is read by its own task, framed by
+  wsproto (:mod:`._wsreference`), the reference the fast framing is held
+  to. ``PIPE_RELAY_TRANSPORT=portable`` chooses it everywhere, and the
+  adapter test suite runs on both.
+
+Reading: bytes go to the connection's frame reader and complete text
+messages to its :class:`Side` (the relay's socket or pipe entry points,
+shared by every connection of that kind, so a connection carries no
+closures of its own). An oversized message is discarded as it streams in,
+so nothing buffers more than the limit. A peer that breaks the framing is
+closed with 1002 (1007 for text that is not UTF-8); an exception while its
+messages are handled (a bug) closes that connection with 1011, on either
+transport, and no other.
+
+Writing is the same on both: a list of ready-made frames. A broadcast frame
+is built once by the server (:attr:`Framing.text` of its transport) and the
+same bytes object is appended to every subscriber's list. Pushing only
+marks the connection dirty in the shared :class:`Writer`; when the server
+has carried out a batch of outputs it calls :meth:`Writer.flush`, and each
+dirty connection writes everything it has in one system call, straight to
+its (non-blocking) socket (through the stream under TLS or without a file
+descriptor). Only what the kernel does not take at once is left to a flush
+task, so under load a broadcast costs one ``send`` per subscriber per batch,
+and an idle connection has no task and no buffer.
 
 A connection is judged slow by what the kernel will not take, and for how
 long, never by what one batch queued before anything was written: when a
@@ -43,24 +58,36 @@ import errno
 import logging
 import os
 import select
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import trio
 
+from . import _wsreference
 from ._io import RECEIVE_SIZE, raw_fd, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
 __all__ = [
     "BURST_ALLOWANCE",
     "CLOSE_TIMEOUT",
+    "FAST_FRAMING",
+    "REFERENCE_FRAMING",
     "SLOW_CLOSE_TIMEOUT",
     "SLOW_GRACE",
+    "TRANSPORT_VARIABLE",
+    "FastTransport",
+    "Framing",
+    "PolledWebSocket",
     "Poller",
+    "PortableTransport",
+    "PortableWebSocket",
     "Side",
+    "Transport",
     "WebSocket",
     "Writer",
-    "broadcast_frame",
+    "open_transport",
+    "transport_name",
 ]
 
 log = logging.getLogger("pipe_trio")
@@ -81,9 +108,47 @@ BURST_ALLOWANCE = 4
 # Bytes handed to the stream at a time by a flush task.
 _FLUSH_SLICE = 65536
 
-#: The bytes of a text frame carrying a text, ready to write to any socket
-#: (server frames are unmasked: the same bytes serve every subscriber).
-broadcast_frame = text_frame
+#: The environment variable choosing the transport when the server is not
+#: told: ``portable``, or ``auto`` (the default: fast where it can run).
+TRANSPORT_VARIABLE = "PIPE_RELAY_TRANSPORT"
+
+
+class Reader(Protocol):
+    """A frame reader: :class:`~._wsframes.FrameReader` or :class:`~._wsreference.ReferenceReader`."""
+
+    max_message: int
+
+    def feed(self, data: bytes) -> list[tuple[int, Any]]:
+        """The messages ``data`` completes, as ``(kind, value)`` pairs."""
+        ...
+
+
+class Framing(NamedTuple):
+    """One WebSocket framing, server side: how frames are read and written."""
+
+    #: A new connection's frame reader.
+    reader: Callable[[], Reader]
+    #: The text frame carrying a text, ready to write to any socket (server
+    #: frames are unmasked: the same bytes serve every subscriber).
+    text: Callable[[str], bytes]
+    #: A close frame (code None: none, the peer sees 1005) with a reason.
+    close: Callable[[int | None, str], bytes]
+    #: An empty ping.
+    ping: bytes
+    #: The pong answering a ping's payload.
+    pong: Callable[[bytes], bytes]
+
+
+#: The relay's own framing (:mod:`._wsframes`), for the fast transport.
+FAST_FRAMING = Framing(FrameReader, text_frame, close_frame, control_frame(PING), partial(control_frame, PONG))
+#: wsproto's (:mod:`._wsreference`), for the portable transport.
+REFERENCE_FRAMING = Framing(
+    _wsreference.ReferenceReader,
+    _wsreference.text_frame,
+    _wsreference.close_frame,
+    _wsreference.ping_frame(),
+    _wsreference.pong_frame,
+)
 
 
 class Side(Protocol):
@@ -169,7 +234,10 @@ class Writer:
 
 
 class WebSocket:
-    """A server-side WebSocket after the handshake.
+    """A server-side WebSocket after the handshake: its outbound queue, closing, and what its messages mean.
+
+    How it is read is a subclass's business (:class:`PolledWebSocket`,
+    :class:`PortableWebSocket`), and so is its framing (``framing``).
 
     Args:
         stream: the transport (TCP or TLS stream).
@@ -213,7 +281,7 @@ class WebSocket:
         self.id = ""
         self.stream = stream
         self._fd = raw_fd(stream)
-        self.reader = FrameReader()
+        self.reader = self.framing.reader()
         self._trailing = trailing_data
         self.max_buffer = max_buffer
         self.writer = writer
@@ -241,10 +309,8 @@ class WebSocket:
         """Bytes queued for this connection that the kernel has not taken yet."""
         return self._size
 
-    @property
-    def pollable(self) -> bool:
-        """Whether a :class:`Poller` can read it (plain TCP: its descriptor is known)."""
-        return self._fd >= 0
+    #: How frames are read and written.
+    framing: ClassVar[Framing]
 
     # ------------------------------------------------------------- writing
 
@@ -304,11 +370,11 @@ class WebSocket:
 
     def push_text(self, text: str) -> bool:
         """Queue a text message of this connection only."""
-        return self.push(broadcast_frame(text))
+        return self.push(self.framing.text(text))
 
     def ping(self) -> bool:
         """Queue a WebSocket ping (pipe heartbeats); False when the connection is a slow consumer."""
-        return self.close_sent or self.push(control_frame(PING))
+        return self.close_sent or self.push(self.framing.ping)
 
     def discard_queue(self) -> None:
         """Forget what is queued and not yet being written (a slow consumer).
@@ -347,7 +413,7 @@ class WebSocket:
         # Nothing may follow a close frame (RFC 6455 5.5.1): later pushes
         # and broadcasts skip a closing connection.
         self.closing = True
-        frame = close_frame(None if code == 1005 else code, reason)
+        frame = self.framing.close(None if code == 1005 else code, reason)
         if self._out is None:
             self._out = []
         self._out.append(frame)
@@ -422,14 +488,17 @@ class WebSocket:
         """Wait (boundedly) for queued frames to be written, then close the stream."""
         self.writer.flush()
         self.closing = True
-        if self._flushing:
-            self._drained = trio.Event()
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self._drained.wait()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        self._forget_socket()
-        await trio.aclose_forcefully(self.stream)
+        try:
+            if self._flushing:
+                self._drained = trio.Event()
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._drained.wait()
+        finally:
+            # Also when cancelled (the server is going away): the socket is closed.
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._forget_socket()
+            await trio.aclose_forcefully(self.stream)
 
     def _forget_socket(self) -> None:
         # Before the socket is closed: from then on its descriptor's number
@@ -442,62 +511,11 @@ class WebSocket:
 
     # ------------------------------------------------------------- reading
 
-    async def run(self, side: Side, max_message: int) -> tuple[int, str]:
-        """Read until the connection ends; returns the close code and reason.
-
-        Text messages go to ``side.text``, which may leave what it queued for
-        the flush that follows each chunk read; binary messages are ignored (the
-        Pusher protocol has none); pings are answered and, like pongs,
-        reported to ``side.heard``. A message longer than ``max_message``
-        bytes is dropped as it arrives and reported to ``side.oversized``.
-        A peer that breaks the WebSocket framing is closed with 1002 (1007
-        for text that is not UTF-8).
-        """
-        result = self._start(side, max_message)
-        while result is None:
-            self.writer.flush_soon()
-            data = await self._receive()
-            if not data:
-                return 1006, ""
-            result = self._consume(data)
-        return result
-
-    def hand_over(
-        self, side: Side, max_message: int, poller: Poller, on_end: Callable[[WebSocket], Awaitable[None]]
-    ) -> bool:
-        """Have ``poller`` read this (plain TCP) connection, as :meth:`run` would.
-
-        No task waits for it: when it ends, ``ended`` is set and ``on_end``
-        runs in a task of its own. False if it ended already (its first
-        bytes closed it); the caller then cleans up as after :meth:`run`.
-        """
-        assert self._fd >= 0
-        result = self._start(side, max_message)
-        if result is not None:
-            self.ended = result
-            return False
-        self.writer.flush_soon()
-        self._on_end = on_end
-        poller.add(self)
-        return True
-
     def _start(self, side: Side, max_message: int) -> tuple[int, str] | None:
         self.side = side
         self.reader.max_message = max_message
         data, self._trailing = self._trailing, b""
         return self._consume(data) if data else None
-
-    def _readable(self) -> None:
-        """The poller saw data (or the end) on this connection: take one read's worth."""
-        try:
-            data = os.read(self._fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        result = self._consume(data) if data else (1006, "")
-        if result is not None:
-            self._end(result)
 
     def _end(self, result: tuple[int, str]) -> None:
         if self.ended is None:
@@ -524,36 +542,234 @@ class WebSocket:
             self.poller.remove(self)
 
     def _consume(self, data: bytes) -> tuple[int, str] | None:
-        """Handle the messages ``data`` completes; the close code and reason if the connection ended."""
+        """Handle the messages ``data`` completes; the close code and reason if the connection ended.
+
+        Text messages go to ``side.text``, which may leave what it queued for
+        the flush that follows each chunk read; binary messages are ignored
+        (the Pusher protocol has none); pings are answered and, like pongs,
+        reported to ``side.heard``. A message longer than the limit is
+        reported to ``side.oversized``.
+        """
         side = self.side
         assert side is not None
         conn_id = self.id
-        for kind, value in self.reader.feed(data):
-            if kind == TEXT:
-                if not self.closing:
-                    side.text(conn_id, value)
-            elif kind == PING:
-                if not self.close_sent:
-                    self.push(control_frame(PONG, value))
-                side.heard(conn_id)
-            elif kind == PONG:
-                side.heard(conn_id)
-            elif kind == OVERSIZED:
-                if not self.closing:
-                    side.oversized(conn_id, value)
-            elif kind == CLOSE:
-                code, reason = value
-                self._send_close(code, reason)
-                self.writer.flush()
-                return int(code), reason
-            else:  # BROKEN
-                self._send_close(value.code, str(value))
-                self.writer.flush()
-                return int(value.code), str(value)
+        try:
+            for kind, value in self.reader.feed(data):
+                if kind == TEXT:
+                    if not self.closing:
+                        side.text(conn_id, value)
+                elif kind == PING:
+                    if not self.close_sent:
+                        self.push(self.framing.pong(value))
+                    side.heard(conn_id)
+                elif kind == PONG:
+                    side.heard(conn_id)
+                elif kind == OVERSIZED:
+                    if not self.closing:
+                        side.oversized(conn_id, value)
+                elif kind == CLOSE:
+                    code, reason = value
+                    self._send_close(code, reason)
+                    self.writer.flush()
+                    return int(code), reason
+                else:  # BROKEN
+                    self._send_close(value.code, str(value))
+                    self.writer.flush()
+                    return int(value.code), str(value)
+        except Exception:
+            # A bug, here or in the server (the core turns its own into a
+            # Failure and a 1011 Close): this connection goes, the others stay.
+            log.exception("handling a message from %s failed; closing it with 1011", conn_id)
+            self._send_close(1011, "Internal error")
+            self.writer.flush()
+            return 1011, "Internal error"
         return None
 
-    async def _receive(self) -> bytes:
-        return await receive(self.stream, self._fd)
+
+class PolledWebSocket(WebSocket):
+    """A plain-TCP connection read by the :class:`Poller`, framed by :mod:`._wsframes`."""
+
+    __slots__ = ()
+    framing = FAST_FRAMING
+
+    def hand_over(
+        self, side: Side, max_message: int, poller: Poller, on_end: Callable[[WebSocket], Awaitable[None]]
+    ) -> bool:
+        """Have ``poller`` read this connection until it ends.
+
+        No task waits for it: when it ends, ``ended`` is set, the side told,
+        and ``on_end`` runs in a task of its own. False if it ended already
+        (its first bytes closed it); the caller then reports and cleans up.
+        """
+        assert self._fd >= 0
+        result = self._start(side, max_message)
+        if result is not None:
+            self.ended = result
+            return False
+        self.writer.flush_soon()
+        self._on_end = on_end
+        poller.add(self)
+        return True
+
+    def _readable(self) -> None:
+        """The poller saw data (or the end) on this connection: take one read's worth."""
+        try:
+            data = os.read(self._fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        result = self._consume(data) if data else (1006, "")
+        if result is not None:
+            self._end(result)
+
+
+class PortableWebSocket(WebSocket):
+    """A connection read by a task of its own (any stream: TLS, any system), framed by wsproto."""
+
+    __slots__ = ()
+    framing = REFERENCE_FRAMING
+
+    async def run(self, side: Side, max_message: int) -> tuple[int, str]:
+        """Read until the connection ends; returns the close code and reason (1006: no close frame)."""
+        result = self._start(side, max_message)
+        while result is None:
+            self.writer.flush_soon()
+            data = await receive(self.stream, self._fd)
+            if not data:
+                return 1006, ""
+            result = self._consume(data)
+        return result
+
+
+class Transport(Protocol):
+    """How the server's WebSockets are read and framed (see the module's docstring)."""
+
+    #: ``"fast"`` or ``"portable"``.
+    name: str
+    #: Its framing: the server builds broadcast frames with ``framing.text``.
+    framing: Framing
+
+    def connection(self, stream: trio.abc.Stream, trailing_data: bytes, max_buffer: int) -> WebSocket:
+        """A new connection on ``stream`` (upgraded; ``trailing_data`` came after its request)."""
+        ...
+
+    async def serve(
+        self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
+    ) -> None:
+        """Read ``ws`` until it ends, reporting its traffic to ``side``.
+
+        When it ends, ``side.closed`` is told (once) and then ``finished(ws)``
+        awaited, exactly once, to close it: in this task, or in one of its
+        own (this may return while the connection is open).
+        """
+        ...
+
+    async def run(self) -> None:
+        """What the transport runs for the server's lifetime (returns at once if nothing)."""
+        ...
+
+
+class FastTransport:
+    """Plain TCP on Linux: every connection read by one :class:`Poller` task, framed by :mod:`._wsframes`."""
+
+    name = "fast"
+    framing = FAST_FRAMING
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.poller = Poller(writer)
+
+    def connection(self, stream: trio.abc.Stream, trailing_data: bytes, max_buffer: int) -> WebSocket:
+        """A :class:`PolledWebSocket`."""
+        return PolledWebSocket(stream, trailing_data, max_buffer, self.writer)
+
+    async def serve(
+        self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
+    ) -> None:
+        """Hand ``ws`` to the poller and return: an open connection costs no task."""
+        assert isinstance(ws, PolledWebSocket)
+        handed_over = False
+        try:
+            handed_over = ws.hand_over(side, max_message, self.poller, finished)
+        finally:
+            if not handed_over:
+                try:
+                    ws.report_closed()
+                finally:
+                    await finished(ws)
+
+    async def run(self) -> None:
+        """Run the poller."""
+        await self.poller.run()
+
+
+class PortableTransport:
+    """Any stream on any system: a task per connection, framed by wsproto."""
+
+    name = "portable"
+    framing = REFERENCE_FRAMING
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def connection(self, stream: trio.abc.Stream, trailing_data: bytes, max_buffer: int) -> WebSocket:
+        """A :class:`PortableWebSocket`."""
+        return PortableWebSocket(stream, trailing_data, max_buffer, self.writer)
+
+    async def serve(
+        self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
+    ) -> None:
+        """Read ``ws`` in this task until it ends."""
+        assert isinstance(ws, PortableWebSocket)
+        result = (1006, "")
+        try:
+            result = await ws.run(side, max_message)
+        finally:
+            if ws.ended is None:
+                ws.ended = result
+            try:
+                ws.report_closed()
+            finally:
+                await finished(ws)
+
+    async def run(self) -> None:
+        """Nothing to run: each connection has its task."""
+
+
+def transport_name(name: str | None = None) -> str:
+    """The transport asked for: ``name``, else ``$PIPE_RELAY_TRANSPORT``, else ``"auto"``.
+
+    Raises:
+        ValueError: neither ``"auto"`` nor ``"portable"``.
+    """
+    if name is None:
+        name = os.environ.get(TRANSPORT_VARIABLE) or "auto"
+    if name not in ("auto", "portable"):
+        raise ValueError(f"{TRANSPORT_VARIABLE} must be auto or portable, not {name!r}")
+    return name
+
+
+def open_transport(writer: Writer, listeners: Sequence[trio.abc.Listener[Any]], name: str | None = None) -> Transport:
+    """The transport for a server on ``listeners``.
+
+    Args:
+        writer: the server's writer.
+        listeners: what the server accepts connections from.
+        name: ``"portable"``, or ``"auto"``: the fast transport when every
+            listener is plain TCP and the system has epoll (Linux), else the
+            portable one. None: the ``PIPE_RELAY_TRANSPORT`` environment
+            variable's, ``"auto"`` when unset.
+
+    Raises:
+        ValueError: an unknown name (:func:`transport_name`).
+    """
+    if transport_name(name) == "portable":
+        return PortableTransport(writer)
+    plain = all(type(listener) is trio.SocketListener for listener in listeners)
+    if plain and hasattr(select, "epoll") and os.name == "posix":
+        return FastTransport(writer)
+    return PortableTransport(writer)
 
 
 class Poller:
@@ -572,12 +788,12 @@ class Poller:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self._epoll = select.epoll()
-        self._conns: dict[int, WebSocket] = {}
+        self._conns: dict[int, PolledWebSocket] = {}
 
     def __len__(self) -> int:
         return len(self._conns)
 
-    def add(self, ws: WebSocket) -> None:
+    def add(self, ws: PolledWebSocket) -> None:
         """Start reading ``ws`` (its reader task then waits for the end)."""
         self._conns[ws._fd] = ws
         ws.poller = self
@@ -604,10 +820,10 @@ class Poller:
                         continue
                     try:
                         ws._readable()
-                    except Exception:  # a bug: this connection goes, the others stay
+                    except Exception:  # a bug past _consume's guard: this connection goes, the others stay
                         log.exception("reading %s failed", ws.id)
-                        ws._send_close(1011, "internal error")
-                        ws._end((1011, "internal error"))
+                        ws._send_close(1011, "Internal error")
+                        ws._end((1011, "Internal error"))
                 self.writer.flush()
         finally:
             # Cancelled (the server is going away): nobody waits on these

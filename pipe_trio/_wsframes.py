@@ -8,9 +8,12 @@ a quarter of the relay's CPU in the Pipe round-trip benchmark; this module
 does the same job for the one case the relay needs (server side, no
 extensions) with a loop over whole frames.
 
-wsproto stays the reference: ``tests/test_wsframes.py`` feeds random
-valid and invalid frame streams, cut into random chunks, to both and
-requires the same messages and the same close codes.
+wsproto stays the reference: the ``wsframes`` fuzz target feeds random
+valid and invalid frame streams, cut into random chunks, to this reader and
+to :class:`~._wsreference.ReferenceReader` (wsproto's, which the portable
+transport reads with) and requires the same messages and the same close
+codes; ``tests/test_wsframes.py`` holds the writers to wsproto's, and the
+adapter suite runs on both transports.
 
 :class:`FrameReader` is sans-I/O: bytes in, a list of ``(kind, value)``
 out, :class:`FrameError` (with the close code to send) for a peer that breaks

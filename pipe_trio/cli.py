@@ -40,6 +40,7 @@ from pipe_proto import App, ConfigError, Relay, __version__, app_changes, apps_f
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
+from .cluster_settings import ClusterSettings, cluster_settings
 from .logs import fields, setup_logging
 from .metrics import serve_probes
 from .server import RelayServer, open_listeners
@@ -271,7 +272,7 @@ def reload(
     changes = app_changes(relay.apps, apps)
     server.execute(relay.reconfigure(apps, server.now()))
     restart = sorted(
-        option for option in ("host", "port", "max_socket_buffer", "max_pipe_buffer", "redis", "workers",
+        option for option in ("host", "port", "max_socket_buffer", "max_pipe_buffer", "redis", "workers", "transport",
                               "metrics", "metrics_port", "console", "trusted_proxies", "max_connections_per_ip")
         if getattr(fresh, option) != getattr(args, option)
     )
@@ -307,11 +308,14 @@ async def _run(
                 await listener.aclose()
             raise StartError("--metrics-port: " + _listen_problem(host, args.metrics_port, exc)) from None
     directory = None
-    if args.redis:
+    cluster: ClusterSettings = args.cluster
+    if cluster.redis:
         # Digits: socket ids start with the node's id (pipes find a socket's node by it).
         node = str(secrets.randbelow(9 * 10**8) + 10**8)
-        directory = partial(ClusterDirectory, node=node, prefix=args.redis_prefix)
-        log.info("node %s joins the cluster %r through %s", node, args.redis_prefix, args.redis.rpartition("@")[2])
+        directory = partial(
+            ClusterDirectory, node=node, prefix=cluster.prefix, beat=cluster.beat, dead_after=cluster.dead_after
+        )
+        log.info("node %s joins the cluster %r through %s", node, cluster.prefix, cluster.redis.rpartition("@")[2])
     relay = Relay(apps, id_base=secrets.randbelow(10**6) * 1000, directory=directory)
     server = RelayServer(
         relay,
@@ -319,7 +323,8 @@ async def _run(
         max_socket_buffer=args.max_socket_buffer,
         max_pipe_buffer=args.max_pipe_buffer,
         max_connections_per_ip=args.max_connections_per_ip,
-        redis=args.redis,
+        redis=cluster.redis,
+        transport=args.transport,
         trusted_proxies=args.trusted_proxies,
         metrics=args.metrics,
         metrics_here=args.metrics_port is None,
@@ -405,6 +410,8 @@ def _serve_settings(
     """
     config, sources = resolve(args, environ)
     apps, demo = load_apps(args, environ, config)
+    # The [cluster] table's own checks (beat, dead_after, the Redis URL), with what resolve found.
+    args.cluster = cluster_settings(config, redis=args.redis, prefix=args.redis_prefix, environ=environ)
     if demo and not _is_loopback(args.host) and not args.demo:
         raise ConfigError(
             f"no app configured, and the demo app's secret is public: it is served on a loopback "

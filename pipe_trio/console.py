@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +31,12 @@ import trio
 
 from pipe_proto.console import check_token, describe, sign_in
 from pipe_proto.relay.observe import Observed
+from pipe_proto.upgrade import Upgraded
 
-from ._websocket import WebSocket, broadcast_frame
+from ._websocket import WebSocket
 
 if TYPE_CHECKING:
-    from .server import RelayServer, _Upgrade
+    from .server import RelayServer
 
 __all__ = [
     "AUTH_TIMEOUT",
@@ -54,15 +56,15 @@ MAX_WATCHERS = 32
 AUTH_TIMEOUT = 10.0
 #: Seconds between two messages of numbers.
 STATS_INTERVAL = 1.0
-# Largest message a watcher may send (its token).
-_MAX_MESSAGE = 1024
 
 
 class _Watcher:
-    __slots__ = ("app_id", "dropped", "ws")
+    __slots__ = ("app_id", "dropped", "frame", "ws")
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, frame: Callable[[str], bytes]) -> None:
         self.ws = ws
+        #: Makes a text frame (the transport's framing).
+        self.frame = frame
         self.app_id: str | None = None
         self.dropped = 0
 
@@ -75,7 +77,7 @@ class _Watcher:
             self.dropped += 1
             return
         if self.dropped:
-            ws.push(broadcast_frame(json.dumps({"type": "dropped", "count": self.dropped})))
+            ws.push(self.frame(json.dumps({"type": "dropped", "count": self.dropped})))
             self.dropped = 0
         ws.push(frame)
 
@@ -90,6 +92,9 @@ class Console:
         self._last: dict[str, tuple[int, int, float]] = {}
         self._count = 0
         self.side = _ConsoleSide(self)
+
+    def _frame(self, text: str) -> bytes:
+        return self.server.transport.framing.text(text)
 
     # --------------------------------------------------------------- HTTP
 
@@ -117,14 +122,16 @@ class Console:
         """Whether another console connection may open."""
         return len(self._conns) < MAX_WATCHERS
 
-    def open(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> tuple[WebSocket, _ConsoleSide, int]:
+    def open(
+        self, stream: trio.abc.Stream, upgraded: Upgraded, trailing: bytes
+    ) -> tuple[WebSocket, _ConsoleSide, int]:
         """A console WebSocket was accepted: it has ``AUTH_TIMEOUT`` seconds to send its token."""
         server = self.server
-        ws = WebSocket(stream, upgrade.trailing, 2 * WATCHER_BUFFER, server.writer)
-        ws.push(upgrade.response)
+        ws = server.transport.connection(stream, trailing, 2 * WATCHER_BUFFER)
+        ws.push(upgraded.response)
         self._count += 1
         ws.id = f"console-{self._count}"
-        watcher = self._conns[ws.id] = _Watcher(ws)
+        watcher = self._conns[ws.id] = _Watcher(ws, self._frame)
 
         async def deadline() -> None:
             await trio.sleep(AUTH_TIMEOUT)
@@ -133,7 +140,7 @@ class Console:
                 server.writer.flush()
 
         server.writer.spawn(deadline)
-        return ws, self.side, _MAX_MESSAGE
+        return ws, self.side, upgraded.max_message
 
     def _signed_in(self, watcher: _Watcher, text: str) -> None:
         server = self.server
@@ -153,10 +160,10 @@ class Console:
         watchers.add(watcher)
         node = getattr(server.relay.directory, "node", None)
         hello = {"type": "hello", "app_id": app.id, "name": app.name, "node": node}
-        watcher.send(broadcast_frame(json.dumps(hello)))
+        watcher.send(self._frame(json.dumps(hello)))
         state = server.relay.state_of(app.id)
         if state is not None:
-            watcher.send(broadcast_frame(json.dumps(self._numbers(app.id, state, rates=False))))
+            watcher.send(self._frame(json.dumps(self._numbers(app.id, state, rates=False))))
         log.info("console watching app %s", app.id, extra={"event": "console_opened", "app": app.id})
 
     def _observer(self, app_id: str) -> Any:
@@ -164,7 +171,7 @@ class Console:
         now = self.server.now
 
         def tell(seen: Observed) -> None:
-            frame = broadcast_frame(json.dumps(describe(seen, now())))
+            frame = self._frame(json.dumps(describe(seen, now())))
             for watcher in watchers:
                 watcher.send(frame)
 
@@ -227,7 +234,7 @@ class Console:
                     for watcher in list(watchers):
                         watcher.ws.close(4200, "The app is no longer served here")
                     continue
-                frame = broadcast_frame(json.dumps(self._numbers(app_id, state)))
+                frame = self._frame(json.dumps(self._numbers(app_id, state)))
                 for watcher in watchers:
                     watcher.send(frame)
             self.server.writer.flush()

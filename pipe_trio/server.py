@@ -1,16 +1,24 @@
 """The relay's single port: HTTP and WebSocket under Trio.
 
-This module moves bytes and nothing else. Each accepted TCP connection gets
+This module moves bytes; the core decides. Each accepted TCP connection gets
 a task: it reads HTTP requests (the usual upgrade request directly,
 :mod:`._upgrade`; everything else with h11) and asks the core where they go
 (:func:`pipe_proto.routes.route`). REST, status and the browser helper are
-answered in place; a WebSocket upgrade is completed by hand (the 101 goes
-out with the first frame) and the connection is handed to the
-:class:`~._websocket.Poller`, which reads every plain-TCP connection from
-one task, reporting every message to the :class:`~pipe_proto.Relay` and
-carrying out the outputs it returns; the connection's task ends there (a TLS
-connection's task stays its reader). Outputs are carried out synchronously:
-a :class:`~pipe_proto.Send` to many sockets builds its frame once and appends
+answered in place. A WebSocket upgrade goes to :func:`pipe_proto.upgrade.upgrade`,
+whose one answer is carried out as it is: a refusal (status, body, headers)
+is written through h11; an accepted connection (a socket, a pipe, or a
+socket refused at the Pusher level, with its message limit) gets the 101
+with its first frame and is handed to the server's
+:class:`~._websocket.Transport`, which reads it, reports every message to the
+:class:`~pipe_proto.Relay` through the connection's side (:class:`_SocketsSide`,
+:class:`_PipesSide`) and calls :meth:`RelayServer._finish` when it ends. Which
+transport serves is chosen at start and invisible here: the fast one (Linux,
+plain TCP: one task reads every connection, so the connection's task ends at
+the handover) or the portable one (TLS, other systems, or
+``PIPE_RELAY_TRANSPORT=portable``: the connection's task stays its reader).
+
+Outputs are carried out synchronously (:meth:`RelayServer.execute`): a
+:class:`~pipe_proto.Send` to many sockets builds its frame once and appends
 the same bytes to each socket's bounded queue; a socket whose queue the
 kernel will not take (over the bound for longer than a grace period, or far
 over it) is closed as a slow consumer (4101) instead of stalling anyone else.
@@ -24,7 +32,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,20 +40,19 @@ from typing import Any
 
 import h11
 import trio
-from wsproto.utilities import generate_accept_token
 
-from pipe_proto import Close, Failure, Probe, Relay, Send, SocketDetails, WebhookEvent, __version__
+from pipe_proto import Close, Failure, Probe, Relay, Send, WebhookEvent, __version__
 from pipe_proto.forwarded import TrustedProxies
-from pipe_proto.pipe.handshake import PipeAccepted
 from pipe_proto.relay.directory import Pending
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.rest import MAX_BODY_BYTES
 from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
+from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
 from ._io import RandomBytes, escaped, raw_fd, read_now
-from ._upgrade import UpgradeRequest, parse_upgrade_request
-from ._websocket import Poller, Side, WebSocket, Writer, broadcast_frame
+from ._upgrade import parse_upgrade_request
+from ._websocket import PortableTransport, Side, Transport, WebSocket, Writer, open_transport
 from .cluster import ClusterLink, ClusterUnavailable
 from .console import Console
 from .logs import fields
@@ -73,25 +79,6 @@ REFUSE_WAIT = 1.0
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS") if hasattr(errno, name)
 )
-
-
-class _Upgrade:
-    """What the HTTP phase hands to the WebSocket phase (and nothing more).
-
-    ``response`` is the 101 response, not sent yet: it goes out in the same
-    write as the connection's first frame.
-    """
-
-    __slots__ = ("accepted", "details", "response", "route", "trailing")
-
-    def __init__(
-        self, route: Route, trailing: bytes, details: SocketDetails, accepted: PipeAccepted | None, response: bytes
-    ) -> None:
-        self.route = route
-        self.trailing = trailing
-        self.details = details
-        self.accepted = accepted
-        self.response = response
 
 
 _TOO_MANY_BODY = b'{"error": "Too many connections from your address"}'
@@ -136,16 +123,20 @@ class RelayServer:
             and closed (TLS: closed at once). None: no limit.
         redis: the Redis URL of the cluster, when ``relay`` is a cluster
             node (made with a :class:`pipe_proto.cluster.ClusterDirectory`).
+        transport: how WebSockets are read and framed: ``"auto"`` (the fast
+            transport on Linux for plain TCP, the portable one elsewhere) or
+            ``"portable"``; None: ``$PIPE_RELAY_TRANSPORT``, else ``"auto"``
+            (see :mod:`._websocket`).
+        trusted_proxies: addresses or networks of proxies whose
+            ``X-Forwarded-For`` gives the client's address (logs, the
+            per-address limit, pipes' ``remote_addr``); see
+            :class:`pipe_proto.forwarded.TrustedProxies`.
         metrics: count frames written and serve Prometheus metrics
             (:mod:`.metrics`); False: neither.
         metrics_here: serve ``/metrics`` on these listeners too (False when
             ``--metrics-port`` serves it elsewhere). ``/health`` and
             ``/ready`` are always served.
         console: serve the debug console (:mod:`.console`).
-        trusted_proxies: addresses or networks of proxies whose
-            ``X-Forwarded-For`` gives the client's address (logs, the
-            per-address limit, pipes' ``remote_addr``); see
-            :class:`pipe_proto.forwarded.TrustedProxies`.
     """
 
     def __init__(
@@ -158,6 +149,7 @@ class RelayServer:
         secure: bool = False,
         max_connections_per_ip: int | None = None,
         redis: str | None = None,
+        transport: str | None = None,
         trusted_proxies: Sequence[str] = (),
         metrics: bool = True,
         metrics_here: bool = True,
@@ -179,12 +171,17 @@ class RelayServer:
         self._limited: set[str] = set()
         self.conns: dict[str, WebSocket] = {}
         self.writer = Writer(self._spawn)
-        # Linux (epoll): one task reads every plain connection; elsewhere each reads its own.
-        self.poller = Poller(self.writer) if hasattr(select, "epoll") else None
+        self._transport_name = transport
+        # How WebSockets are read and framed: serve() picks one for its listeners.
+        self.transport: Transport = PortableTransport(self.writer)
         self._random = RandomBytes()
-        self._sockets_side = _SocketsSide(self)
-        self._pipes_side = _PipesSide(self)
-        self._refused_side = _Side(self)  # refused sockets: nothing reaches the relay
+        # Whose entry points each kind of connection's traffic goes to (the
+        # relay forgot a refused one: nothing of it reaches the relay).
+        self._sides = {
+            ConnectionKind.SOCKET: _SocketsSide(self),
+            ConnectionKind.PIPE: _PipesSide(self),
+            ConnectionKind.REFUSED: _Side(self),
+        }
         self._idle_http: set[trio.CancelScope] = set()
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._pipes: set[str] = set()
@@ -226,11 +223,11 @@ class RelayServer:
         self._offset = time.time() - trio.current_time()
         self._started = self.now()
         self.listeners = list(listeners)
+        self.transport = open_transport(self.writer, self.listeners, self._transport_name)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_loop)
-            if self.poller is not None:
-                nursery.start_soon(self.poller.run)
+            nursery.start_soon(self.transport.run)
             nursery.start_soon(self.webhooks.run)
             if self.metrics is not None:
                 nursery.start_soon(self.metrics.watch_lag)
@@ -249,7 +246,7 @@ class RelayServer:
 
     async def _accept_from(self, listener: trio.abc.Listener[Any]) -> None:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
-        # handed to the poller outlives its handler task.
+        # handed to the fast transport outlives its handler task.
         assert self._nursery is not None
         retry = 0.0  # the wait before the next accept; 0: accepting normally
         failing_since = 0.0
@@ -376,10 +373,11 @@ class RelayServer:
         """
         overflowing: list[WebSocket] = []
         conns = self.conns
+        text_frame = self.transport.framing.text
         count_sent = self._count_sent
         for output in outputs:
             if type(output) is Send:
-                self.writer.broadcast(broadcast_frame(output.text), output.targets, conns, overflowing)
+                self.writer.broadcast(text_frame(output.text), output.targets, conns, overflowing)
                 if count_sent is not None:
                     count_sent(output)
             elif type(output) is Close:
@@ -420,25 +418,14 @@ class RelayServer:
     async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
         handed_over = False
         try:
-            upgrade = await self._http(stream)
-            if upgrade is not None:
-                ws, side, limit = self._open_websocket(stream, upgrade)
-                del upgrade
-                if self.poller is not None and ws.pollable:
-                    # From here the poller reads it and this task ends: an
-                    # open connection costs no task (see _websocket.Poller).
-                    try:
-                        handed_over = ws.hand_over(side, limit, self.poller, self._finish_handed_over)
-                    finally:
-                        if not handed_over:
-                            await self._finish(ws)
-                else:
-                    code, reason = 1006, ""
-                    try:
-                        code, reason = await ws.run(side, limit)
-                    finally:
-                        ws.ended = (code, reason)
-                        await self._finish(ws)
+            upgraded = await self._http(stream)
+            if upgraded is not None:
+                ws, side, limit = self._open_websocket(stream, *upgraded)
+                del upgraded
+                # From here the transport owns the connection: it calls
+                # _finish when it ends, maybe after this task is gone.
+                handed_over = True
+                await self.transport.serve(ws, side, limit, self._finish)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, h11.RemoteProtocolError):
             pass  # the peer went away or broke HTTP mid-request (its head errors are answered in _http)
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
@@ -449,14 +436,9 @@ class RelayServer:
                 self._closed_one(stream)
 
     async def _finish(self, ws: WebSocket) -> None:
-        """A WebSocket ended: tell the relay (unless done), then close it."""
-        ws.report_closed()
-        await ws.aclose()
-
-    async def _finish_handed_over(self, ws: WebSocket) -> None:
-        # The poller's connections end here, in a task of their own.
+        """A WebSocket ended and the relay was told: close it once its last frames are out."""
         try:
-            await self._finish(ws)
+            await ws.aclose()
         except Exception:  # pragma: no cover - a bug; keep serving everyone else
             log.exception("closing %s failed", ws.id)
         finally:
@@ -474,16 +456,28 @@ class RelayServer:
         if self._connections == 0 and self._all_closed is not None:
             self._all_closed.set()
 
-    async def _http(self, stream: trio.abc.Stream) -> _Upgrade | None:
-        """Answer HTTP requests until one upgrades to a WebSocket or the connection ends."""
+    async def _http(self, stream: trio.abc.Stream) -> tuple[Upgraded, bytes] | None:
+        """Answer HTTP requests until one upgrades to a WebSocket or the connection ends.
+
+        Returns the accepted upgrade and the bytes that came after its request.
+        """
         data = await self._first_bytes(stream)
         if data is None:
             return None
         # The usual upgrade request comes whole in the first read: taken
         # without h11 when it is plain enough.
         fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
-        if fast is not None and self._is_upgrade(fast.headers):
-            return await self._fast_upgrade(stream, fast, data)
+        if fast is not None and wants_websocket(fast.headers):
+            decision = self._upgrade(stream, b"GET", fast.target, fast.headers, b"1.1")
+            if isinstance(decision, Upgraded):
+                return decision, fast.trailing
+            # A refusal is answered through h11, which reads the same request
+            # (the parser's promise).
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+            conn.receive_data(data)
+            conn.next_event()
+            await self._refuse_upgrade(stream, conn, decision)
+            return None
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         conn.receive_data(data)
         while True:
@@ -505,16 +499,19 @@ class RelayServer:
             method = request.method.decode("ascii", "replace")
             target = request.target.decode("latin-1")
             headers = request.headers
-            upgrade = (_header(headers, b"upgrade") or "").lower() == "websocket"
-            found = route(method, target, upgrade=upgrade)
-            if upgrade:
+            if wants_websocket(headers):
                 end = conn.next_event()  # a GET upgrade has no body: its end is here at once...
                 if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
                     with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # ...unless it is not
                         end = await self._end_of_request(stream, conn)
                 if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
                     return None
-                return await self._accept_websocket(stream, conn, found, request)
+                decision = self._upgrade(stream, request.method, request.target, headers, request.http_version)
+                if isinstance(decision, Upgraded):
+                    return decision, conn.trailing_data[0]
+                await self._refuse_upgrade(stream, conn, decision)
+                return None
+            found = route(method, target, upgrade=False)
             head = method == "HEAD"
             if found.kind is RouteKind.REST or (found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None):
                 with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
@@ -714,91 +711,63 @@ class RelayServer:
                 self._idle_http.discard(waiting)
         return None
 
-    @staticmethod
-    def _is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-        return (_header(headers, b"upgrade") or "").lower() == "websocket"
-
-    async def _fast_upgrade(self, stream: trio.abc.Stream, request: UpgradeRequest, data: bytes) -> _Upgrade | None:
-        """Accept an upgrade read by :func:`parse_upgrade_request`; refusals are answered through h11."""
-        target = request.target.decode("latin-1")
-        found = route("GET", target, upgrade=True)
-        outcome = self._upgrade_or_refusal(stream, found, b"GET", target, request.headers, request.trailing)
-        if isinstance(outcome, _Upgrade):
-            return outcome
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        conn.receive_data(data)
-        conn.next_event()  # the request h11 reads just the same (the parser's promise)
-        status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers, close=True)
-        return None
-
-    async def _accept_websocket(
-        self, stream: trio.abc.Stream, conn: h11.Connection, found: Route, request: h11.Request
-    ) -> _Upgrade | None:
-        target = request.target.decode("latin-1")
-        outcome = self._upgrade_or_refusal(
-            stream, found, request.method, target, request.headers, conn.trailing_data[0]
-        )
-        if isinstance(outcome, _Upgrade):
-            return outcome
-        status, body, headers = outcome
-        await self._respond(stream, conn, status, body, headers=headers, close=True)
-        return None
-
-    def _upgrade_or_refusal(
+    def _upgrade(
         self,
         stream: trio.abc.Stream,
-        found: Route,
         method: bytes,
-        target: str,
+        target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
-        trailing: bytes,
-    ) -> _Upgrade | tuple[int, dict[str, str], list[tuple[str, str]]]:
-        """The upgrade to carry out, or the refusal to answer: (status, body, extra headers)."""
-        key = _header(headers, b"sec-websocket-key")
-        version = _header(headers, b"sec-websocket-version")
-        connection = (_header(headers, b"connection") or "").lower()
-        if method != b"GET" or key is None or "upgrade" not in connection:
-            return 400, {"error": "Malformed WebSocket upgrade request"}, []
-        if version != "13":
-            return 426, {"error": "WebSocket version 13 required"}, [("sec-websocket-version", "13")]
-        accepted = None
-        if found.kind is RouteKind.CONSOLE_SOCKET:
-            if self.console is None:
-                return 404, {"error": "Not found: /console/socket (the console is off)"}, []
-            if not self.console.has_room():
-                return 503, {"error": "Too many console connections"}, []
-        if found.kind is RouteKind.PIPE:
-            decision = self.relay.pipe_handshake(found.name, found.query, self.now())
-            if not isinstance(decision, PipeAccepted):
+        http_version: bytes,
+    ) -> Upgraded | Refused:
+        """The core's answer to an upgrade request (the connection is open in the relay if accepted)."""
+        address = _peer_address(stream)
+        if self.proxies.trusts(address):
+            # Behind a trusted proxy: the client is who it forwards for, and
+            # the per-address limit counts that address (not the proxy's).
+            address = self.proxies.client(address, [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"])
+            if self.max_connections_per_ip is not None and not self._admit(stream, address):
+                return Refused(429, "Too many connections from your address")
+        if self.console is not None and not self.console.has_room() and target.startswith(b"/console/socket"):
+            return Refused(503, "Too many console connections")
+        decision = upgrade(
+            self.relay,
+            method,
+            target,
+            headers,
+            self.now(),
+            nonce=self._nonce(),
+            remote_addr=address,
+            secure=self.secure,
+            stopping=self._stopping,
+            http_version=http_version,
+            console=self.console is not None,
+        )
+        if isinstance(decision, Refused):
+            found = decision.route
+            if found is not None and found.kind is RouteKind.PIPE:
                 log.info(
                     "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message),
                     extra=fields("pipe_refused", status=decision.status, reason=escaped(decision.message)),
                 )
-                return decision.status, {"error": decision.message}, []
-            accepted = decision
-        if self._stopping:
-            return 503, {"error": "Server is shutting down"}, []
-        peer = _peer_address(stream)
-        remote = peer
-        if self.proxies.trusts(peer):
-            forwarded = [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"]
-            remote = self.proxies.client(peer, forwarded)
-            if self.max_connections_per_ip is not None and not self._admit(stream, remote):
-                return 429, {"error": "Too many connections from your address"}, []
-        # RFC 6455 4.2.2; written with the first frame, in one system call.
-        response = (
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
-        )
-        details = SocketDetails(
-            remote_addr=remote,
-            origin=_header(headers, b"origin"),
-            user_agent=_header(headers, b"user-agent"),
-            query=target.partition("?")[2],
-            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
-        )
-        return _Upgrade(found, trailing, details, accepted, response)
+        elif decision.kind is ConnectionKind.SOCKET:
+            app = self.relay.apps.by_key(decision.route.name)
+            log.info(
+                "socket %s connected (app key %s, from %s)", decision.conn_id, escaped(decision.route.name), address,
+                extra=fields("socket_connected", app=app.id if app else None, socket=decision.conn_id,
+                             remote_addr=address),
+            )
+        elif decision.kind is ConnectionKind.PIPE and decision.pipe is not None:
+            accepted = decision.pipe
+            log.info(
+                "pipe %s connected (app %s, protocol %s, group %s)",
+                decision.conn_id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
+                extra=fields("pipe_connected", app=accepted.app.id, pipe=decision.conn_id, protocol=accepted.version,
+                             group=escaped(accepted.group), remote_addr=address),
+            )
+        return decision
+
+    async def _refuse_upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, refused: Refused) -> None:
+        await self._respond(stream, conn, refused.status, refused.body, headers=refused.headers, close=True)
 
     async def _end_of_request(self, stream: trio.abc.Stream, conn: h11.Connection) -> Any:
         while True:
@@ -806,48 +775,21 @@ class RelayServer:
             if not isinstance(event, h11.Data):
                 return event
 
-    def _open_websocket(self, stream: trio.abc.Stream, upgrade: _Upgrade) -> tuple[WebSocket, Side, int]:
-        """Register an upgraded connection with the relay; returns it, its side and its message limit."""
-        found = upgrade.route
-        relay = self.relay
-        if found.kind is RouteKind.CONSOLE_SOCKET and self.console is not None:
-            return self.console.open(stream, upgrade)
-        if found.kind is RouteKind.PIPE:
-            accepted = upgrade.accepted
-            assert accepted is not None
-            ws = WebSocket(stream, upgrade.trailing, self.max_pipe_buffer, self.writer)
-            ws.push(upgrade.response)
-            ws.id, outputs = relay.open_pipe(accepted, self.now(), nonce=self._nonce())
-            self.conns[ws.id] = ws
-            self._pipes.add(ws.id)
-            self.execute(outputs)
-            log.info(
-                "pipe %s connected (app %s, protocol %s, group %s)",
-                ws.id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
-                extra=fields("pipe_connected", app=accepted.app.id, pipe=ws.id, protocol=accepted.version,
-                             group=escaped(accepted.group), remote_addr=upgrade.details.remote_addr),
-            )
-            return ws, self._pipes_side, accepted.app.pipe.max_frame_bytes
-        ws = WebSocket(stream, upgrade.trailing, self.max_socket_buffer, self.writer)
-        ws.push(upgrade.response)
-        ws.id, outputs = relay.open_socket(
-            None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name,
-            found.query,
-            self.now(),
-            nonce=self._nonce(),
-            details=upgrade.details,
-            secure=self.secure,
-        )
+    def _open_websocket(
+        self, stream: trio.abc.Stream, upgraded: Upgraded, trailing: bytes
+    ) -> tuple[WebSocket, Side, int]:
+        """Register an accepted connection; returns it, its side and its message limit."""
+        if upgraded.kind is ConnectionKind.CONSOLE and self.console is not None:
+            return self.console.open(stream, upgraded, trailing)
+        max_buffer = self.max_socket_buffer if upgraded.pipe is None else self.max_pipe_buffer
+        ws = self.transport.connection(stream, trailing, max_buffer)
+        ws.push(upgraded.response)
+        ws.id = upgraded.conn_id
         self.conns[ws.id] = ws
-        self.execute(outputs)
-        app = relay.apps.by_key(found.name)
-        if any(type(o) is Close for o in outputs) or app is None:
-            return ws, self._refused_side, 1
-        log.info(
-            "socket %s connected (app key %s, from %s)", ws.id, escaped(found.name), upgrade.details.remote_addr,
-            extra=fields("socket_connected", app=app.id, socket=ws.id, remote_addr=upgrade.details.remote_addr),
-        )
-        return ws, self._sockets_side, app.limits.max_socket_message_bytes
+        if upgraded.kind is ConnectionKind.PIPE:
+            self._pipes.add(ws.id)
+        self.execute(upgraded.outputs)
+        return ws, self._sides[upgraded.kind], upgraded.max_message
 
 
 class _Side:

@@ -132,9 +132,9 @@ def parse_networks(text: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _redis_url(text: str) -> str:
-    if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"must start with redis://, rediss:// or unix://, not {text!r}")
+def _transport(text: str) -> str:
+    if text not in ("auto", "portable"):
+        raise ValueError(f"must be auto or portable, not {text!r}")
     return text
 
 
@@ -192,12 +192,16 @@ OPTIONS: tuple[Option, ...] = (
            "addresses or networks (comma-separated) of proxies whose X-Forwarded-For is believed: the "
            "client's address is then the last one not of a trusted proxy (logs, limits, pipes' "
            "remote_addr); default none", "CIDRS"),
-    Option("redis", _redis_url, None, "join a cluster through this Redis (redis://HOST:PORT/DB)", "URL",
+    # Checked with the rest of the [cluster] table (pipe_trio.cluster_settings).
+    Option("redis", _text, None, "join a cluster through this Redis (redis://HOST:PORT/DB)", "URL",
            table="cluster"),
     Option("redis_prefix", _text, "pipe-relay",
            "the cluster's name: every Redis key and channel starts with it (default pipe-relay)", "NAME",
            table="cluster", key="prefix"),
     Option("workers", _integer(1), 1, "run N relay processes on the port, one per core (needs --redis)", "N"),
+    Option("transport", _transport, "auto",
+           "how WebSockets are served: auto (the fast transport for plain TCP on Linux, the portable one "
+           "under TLS and elsewhere) or portable (a task per connection, wsproto's framing)", "NAME"),
     Option("shutdown_timeout", _seconds, 10.0,
            "seconds a graceful stop (SIGINT, SIGTERM) may take (default 10)", "SECONDS"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info",

@@ -110,14 +110,17 @@ class WebhookSender:
                 self._nursery.start_soon(self._deliver, target)
 
     async def run(self) -> None:
-        """Run the sender's tasks until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for target in self._targets.values():
-                if target.queue and not target.running:
-                    target.running = True
-                    nursery.start_soon(self._deliver, target)
-            await trio.sleep_forever()
+        """Run the sender's tasks until cancelled (events added after that stay queued)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for target in self._targets.values():
+                    if target.queue and not target.running:
+                        target.running = True
+                        nursery.start_soon(self._deliver, target)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     async def drain(self) -> None:
         """Wait until every queue is empty and nothing is being sent (shutdown, under a timeout)."""

@@ -99,16 +99,24 @@ class Forward:
         await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
 
 
-async def _proxy(nursery: trio.Nursery, ports: list[int], task_status: trio.TaskStatus[int]) -> None:
+async def round_robin(nursery: trio.Nursery, ports: list[int], task_status: trio.TaskStatus[int]) -> None:
+    """A TCP proxy on a free port (given to ``task_status``): each connection goes to the next of ``ports``.
+
+    A port that refuses is skipped for that connection, as a load balancer does with a dead node.
+    """
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     task_status.started(listeners[0].socket.getsockname()[1])
     turn = count()
 
     async def handle(client: trio.SocketStream) -> None:
-        port = ports[next(turn) % len(ports)]
-        try:
-            upstream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
+        first = next(turn)
+        for attempt in range(len(ports)):
+            try:
+                upstream = await trio.open_tcp_stream("127.0.0.1", ports[(first + attempt) % len(ports)])
+                break
+            except OSError:
+                continue
+        else:
             await client.aclose()
             return
         async with client, upstream, trio.open_nursery() as both:
@@ -132,7 +140,7 @@ async def start_cluster(
             lambda task_status, relay=relay: serve(relay, "127.0.0.1", 0, redis=redis_url, task_status=task_status)
         )
         servers.append(server)
-    port = await nursery.start(_proxy, nursery, [s.port for s in servers])
+    port = await nursery.start(round_robin, nursery, [s.port for s in servers])
     return ClusterFront(servers, port)
 
 

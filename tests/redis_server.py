@@ -20,15 +20,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process: nothing saved to disk, stopped at the end.
+    """One redis-server process: nothing saved to disk unless asked, stopped at the end.
 
     Args:
         port: the port to listen on (a free one when not given); kept across
             :meth:`restart`, so clients can come back to the same address.
+        persistent: keep the data across :meth:`stop` and :meth:`start` in an
+            append-only file written before each write is acknowledged.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="pipe-relay-redis-")
 
@@ -43,8 +46,9 @@ class RedisServer:
         if binary is None:  # pragma: no cover - tests/run installs it
             raise RuntimeError("redis-server is not installed (tests/run installs Debian's redis-server)")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir, "--logfile", "", "--daemonize", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self._dir,
+             "--logfile", "", "--daemonize", "no",
+             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"])],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -61,22 +65,22 @@ class RedisServer:
         self.process.stdout.close()
 
     def stop(self) -> None:
-        """Stop it (its data is gone: nothing is saved)."""
+        """Kill it (its data is gone, unless it is persistent)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
 
     def restart(self) -> None:
-        """Stop it and start a new, empty one on the same port."""
+        """Stop it and start a new one on the same port (empty, unless persistent)."""
         self.stop()
         self.start()
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
-    """A redis-server for the block."""
-    server = RedisServer()
+def running_redis(*, persistent: bool = False) -> Iterator[RedisServer]:
+    """A redis-server for the block (its files removed at the end)."""
+    server = RedisServer(persistent=persistent)
     server.start()
     try:
         yield server

@@ -133,6 +133,7 @@ def test_demo_default() -> None:
         (["--tls-cert", __file__, "--tls-key", "/nonexistent/key.pem"], None, {},
          "cannot read --tls-key /nonexistent/key.pem"),
         (["--tls-cert", __file__, "--tls-key", __file__], None, {}, f"cannot use --tls-cert {__file__}"),
+        (["--app", "1:k:s"], None, {"PIPE_RELAY_TRANSPORT": "quick"}, "PIPE_RELAY_TRANSPORT must be auto or portable"),
         (["--host", "0.0.0.0"], None, {}, "pass --demo to serve it anyway"),
         (["--host", "example.org"], None, {}, "not on example.org"),
     ],

@@ -15,6 +15,8 @@ from pipe_proto.signatures import channel_auth
 from pipe_trio import PusherClient, RelayServer, SignInFailed, SubscriptionFailed, connect
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
+pytestmark = pytest.mark.both_transports
+
 
 def publish(server: RelayServer, channel: str, event: str, data: str) -> None:
     """Publish a channel event of app 1 as the REST API would."""

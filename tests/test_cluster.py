@@ -33,6 +33,8 @@ from pipe_trio.client import PusherClient, SubscriptionFailed
 from tests.http_receiver import HttpReceiver
 from tests.redis_server import RedisServer
 
+pytestmark = pytest.mark.both_transports
+
 KEY, SECRET = "app-key", "app-secret"
 BEAT, DEAD_AFTER = 0.1, 0.6
 TIMEOUT = 10.0

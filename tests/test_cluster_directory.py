@@ -10,7 +10,7 @@ import json
 from functools import partial
 from typing import Any
 
-from pipe_proto import App, Features, Relay, Send, WebhookEvent, WebhookTarget
+from pipe_proto import App, Close, Features, Relay, Send, WebhookEvent, WebhookTarget
 from pipe_proto.cluster import ClusterDirectory
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.signatures import channel_auth
@@ -172,3 +172,19 @@ def test_without_redis_a_node_answers_from_its_own_records_and_resyncs_after() -
     fields = share[0][2:]
     assert fields[0::5] == ("s|1|presence-room", "m|1|presence-room|u1")
     assert fields[1::5] == ("1", "1")
+
+
+def test_a_node_reaped_while_paused_closes_its_connections_and_starts_afresh() -> None:
+    """A heartbeat that finds the node unlisted: its sockets get 4200, nothing is said to Redis for them, resync."""
+    relay = node()
+    out = relay.cluster_up(0.0)
+    (beat,) = [c for c in out if isinstance(c, ClusterCall) and c.args[0] == "beat"]
+    assert beat.token is not None
+    sid = open_socket(relay, 1)
+    (join,) = calls(subscribe(relay, sid, "news"))
+    relay.cluster_message(f"r {join[3]}\n".encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[]}', 0.0)
+    out = relay.cluster_result(beat.token, [1000, 1], 5.0)
+    closes = [o for o in out if isinstance(o, Close)]
+    assert [(c.target, c.code) for c in closes] == [(sid, 4200)]
+    assert [c[0] for c in calls(out)][:2] == ["rs_begin", "rs_end"], "no leave for the closed socket: a fresh start"
+    assert relay.stats()["cluster"]["fenced"] == 1

@@ -21,6 +21,8 @@ from pipe_trio.conformance import CASES, Credentials, Level, Status, Target, run
 from pipe_trio.testing import open_fake_backend, open_fake_socket
 from tests.support import url_of
 
+pytestmark = pytest.mark.both_transports
+
 APP = Credentials("1", "app-key", "app-secret")
 APP2 = Credentials("2", "key-two", "secret-two")
 

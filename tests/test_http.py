@@ -19,6 +19,8 @@ from pipe_trio.server import ACCEPT_RETRY, ACCEPT_RETRY_MAX
 from tests.support import default_apps, start_relay
 from tests.test_server import SOCKET_PATH, UPGRADE_HEAD, RawClient
 
+pytestmark = pytest.mark.both_transports
+
 PIPE_PATH = b"/app/1?auth_key=app-key&auth_timestamp=1&auth_version=1.0&protocol_version=1.0&auth_signature=00"
 
 

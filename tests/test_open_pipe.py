@@ -6,6 +6,7 @@ import json
 from contextlib import aclosing
 from typing import Any
 
+import pytest
 import trio
 
 from pipe_proto import App, PipeSettings, Relay
@@ -13,6 +14,8 @@ from pipe_proto.pipe import SocketClosed, SocketMessage
 from pipe_trio import RelayServer, connect, open_pipe, serve
 from pipe_trio._wsclient import ClientWebSocket, connect_websocket
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
+
+pytestmark = pytest.mark.both_transports
 
 
 async def test_reconnects_and_resumes_after_the_connection_drops(relay_server: RelayServer) -> None:

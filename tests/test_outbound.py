@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import h11
+import pytest
 import trio
 import trio.testing
 from wsproto.events import CloseConnection, Message, TextMessage
@@ -26,6 +27,8 @@ from pipe_trio import RelayServer, open_pipe
 from pipe_trio._websocket import BURST_ALLOWANCE, SLOW_GRACE
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 from tests.test_server import SOCKET_PATH, RawClient, publish
+
+pytestmark = pytest.mark.both_transports
 
 # ----------------------------------------------------------------- helpers
 

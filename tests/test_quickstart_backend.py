@@ -7,11 +7,14 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from pipe_proto import App
 from tests.processes import background
 from tests.support import start_relay
+
+pytestmark = pytest.mark.both_transports
 
 BACKEND = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "backend.py"
 DEMO = App(id="1", key="demo-key", secret="demo-secret")

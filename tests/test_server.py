@@ -31,6 +31,8 @@ from pipe_trio import RelayServer, connect, open_pipe, serve
 from pipe_trio._websocket import BURST_ALLOWANCE
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay
 
+pytestmark = pytest.mark.both_transports
+
 SOCKET_PATH = f"/app/{APP_KEY}?protocol=7&client=js&version=8.6.0&flash=false"
 
 
@@ -209,6 +211,11 @@ async def assert_not_served(port: int) -> None:
 # -------------------------------------------------------------------- HTTP
 
 
+async def test_the_relay_runs_on_the_transport_asked_for(relay_server: RelayServer, relay_transport: str) -> None:
+    """The adapter suite runs twice: on the fast transport (Linux) and on the portable one."""
+    assert relay_server.transport.name == relay_transport
+
+
 async def test_status_document(relay_server: RelayServer) -> None:
     """GET / answers 200 with the JSON status document, counting open sockets."""
     with trio.fail_after(10):
@@ -373,16 +380,39 @@ async def test_unknown_key_gets_4001(relay_server: RelayServer) -> None:
             ],
             426,
         ),
+        (
+            [
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                ("sec-websocket-key", "not sixteen bytes"),
+                ("sec-websocket-version", "13"),
+            ],
+            400,
+        ),
     ],
 )
 async def test_malformed_upgrade_refused_over_http(
     relay_server: RelayServer, headers: list[tuple[str, str]], status: int
 ) -> None:
-    """An upgrade without a key gets 400, one of another WebSocket version 426."""
+    """An upgrade without a key (or with a key of other than 16 bytes) gets 400, one of another version 426."""
     with trio.fail_after(10):
-        got, _, body = await http_request(relay_server.port, SOCKET_PATH, headers=headers)
+        got, found, body = await http_request(relay_server.port, SOCKET_PATH, headers=headers)
     assert got == status
     assert "error" in json.loads(body)
+    assert found.get("sec-websocket-version") == ("13" if status == 426 else None)
+
+
+async def test_an_http_1_0_upgrade_is_refused_400(relay_server: RelayServer) -> None:
+    """RFC 6455 4.1: an upgrade needs HTTP/1.1; an HTTP/1.0 request gets 400 and is closed."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        async with stream:
+            await stream.send_all(UPGRADE_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"))
+            received = b""
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert relay_server.relay.stats()["sockets"] == 0
 
 
 # ------------------------------------------------------------- bad input
@@ -746,6 +776,7 @@ async def test_tls_wss_and_https(nursery: trio.Nursery, tls: tuple[ssl.SSLContex
     ]
     server = await start_tls_relay(nursery, server_context, apps)
     assert server.secure
+    assert server.transport.name == "portable"
     with trio.fail_after(10):
         async with raw_socket(server, "tls-key", client_context) as (ws, _):
             await subscribe(ws, "secure-news")
@@ -766,6 +797,25 @@ async def test_tls_wss_and_https(nursery: trio.Nursery, tls: tuple[ssl.SSLContex
             assert await plain.receive_some(65536) == b""
         status, _, _ = await http_request(server.port, "/", ssl_context=client_context)
         assert status == 200
+
+
+async def test_a_bug_over_tls_closes_that_connection_1011(
+    nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS connection (always the portable transport) that hits a bug gets 1011, as on the fast one."""
+    server_context, client_context = tls
+    server = await start_tls_relay(nursery, server_context, [App(id=APP_ID, key=APP_KEY, secret=APP_SECRET)])
+
+    def buggy(socket_id: str, text: str, now: float) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(server.relay, "socket_message", buggy)
+    with trio.fail_after(10):
+        async with raw_socket(server, APP_KEY, client_context) as (ws, _):
+            await ws.send_message('{"event":"boom","data":{}}')
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await ws.get_message()
+    assert closed.value.reason.code == 1011
 
 
 async def test_open_pipe_over_tls(nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
@@ -818,19 +868,26 @@ async def test_oversized_request_head_refused(relay_server: RelayServer) -> None
         assert (await http_request(relay_server.port, "/"))[0] == 200
 
 
+@pytest.mark.parametrize("where", ["adapter", "core"])
 async def test_a_bug_while_reading_one_connection_closes_it_1011_and_spares_the_others(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """An exception escaping the relay for one message closes that connection (1011); the rest go on."""
+    """An exception for one message closes that connection (1011); the rest go on.
+
+    In the core, the relay's guard turns it into a Failure and a 1011 Close;
+    escaping into the server, the connection's reader closes it with 1011.
+    """
     server = await start_relay(nursery)
-    real = server.relay.socket_message
+    owner: Any = server.relay if where == "adapter" else server.relay._sockets
+    name = "socket_message" if where == "adapter" else "message"
+    real = getattr(owner, name)
 
-    def buggy(socket_id: str, text: str, now: float) -> Any:
-        if "boom" in text:
+    def buggy(*args: Any) -> Any:
+        if any("boom" in arg for arg in args if isinstance(arg, str)):
             raise KeyError("a bug")
-        return real(socket_id, text, now)
+        return real(*args)
 
-    monkeypatch.setattr(server.relay, "socket_message", buggy)
+    monkeypatch.setattr(owner, name, buggy)
     with trio.fail_after(10):
         async with raw_socket(server) as (good, _):
             await subscribe(good, "news")
@@ -850,13 +907,13 @@ async def test_nothing_follows_the_close_frame(nursery: trio.Nursery, monkeypatc
     """Once a client's close is answered, no event reaches it, even before its socket is closed."""
     server = await start_relay(nursery)
     release = trio.Event()
-    finish = server._finish_handed_over
+    finish = server._finish
 
     async def held_back(ws: Any) -> None:
         await release.wait()
         await finish(ws)
 
-    monkeypatch.setattr(server, "_finish_handed_over", held_back)
+    monkeypatch.setattr(server, "_finish", held_back)
     with trio.fail_after(10):
         client = await RawClient.connect(server.port, SOCKET_PATH)
         try:

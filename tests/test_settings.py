@@ -53,7 +53,7 @@ def test_lists_redis_and_every_option_from_the_environment() -> None:
     assert (args.redis, args.redis_prefix) == ("redis://r:6379/0", "eu")  # type: ignore[attr-defined]
     values = {"config": None, "port": "1", "metrics_port": "2", "max_socket_buffer": "3", "max_pipe_buffer": "4",
               "max_connections_per_ip": "5", "workers": "2", "shutdown_timeout": "1.5", "log_level": "debug",
-              "log_format": "json", "redis": "redis://x/0", "trusted_proxies": "1.2.3.4"}
+              "log_format": "json", "redis": "redis://x/0", "trusted_proxies": "1.2.3.4", "transport": "portable"}
     for option in OPTIONS:
         if option.name == "config":
             continue
@@ -70,7 +70,7 @@ def test_lists_redis_and_every_option_from_the_environment() -> None:
         ({"PIPE_RELAY_CONSOLE": "maybe"}, {}, "PIPE_RELAY_CONSOLE must be true or false"),
         ({"PIPE_RELAY_LOG_FORMAT": "xml"}, {}, "PIPE_RELAY_LOG_FORMAT must be one of text, json"),
         ({"PIPE_RELAY_TRUSTED_PROXIES": "10.0.0.0/8,nginx"}, {}, "'nginx' is not an IP address"),
-        ({"PIPE_RELAY_REDIS": "localhost:6379"}, {}, "must start with redis://"),
+        ({"PIPE_RELAY_TRANSPORT": "quick"}, {}, "PIPE_RELAY_TRANSPORT must be auto or portable"),
         ({}, {"server": {"port": "x"}}, "[server] port must be a whole number"),
         ({}, {"server": {"console": "yes"}}, "[server] console must be true or false"),
         ({}, {"server": {"colour": "red"}}, "unknown setting(s) in [server]: colour"),

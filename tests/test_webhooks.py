@@ -11,11 +11,14 @@ import pytest
 import trio
 import trio.testing
 
-from pipe_proto import App, WebhookTarget
+from pipe_proto import App, AppRegistry, WebhookTarget
 from pipe_proto.webhooks import LEAVE_DELAY, WebhookScheduler, build_request, retry_delay
 from pipe_trio import connect
+from pipe_trio.webhooks import WebhookSender
 from tests.http_receiver import HttpReceiver, Received
 from tests.support import start_relay, url_of
+
+pytestmark = pytest.mark.both_transports
 
 KEY, SECRET = "hook-key", "hook-secret"
 
@@ -148,3 +151,18 @@ async def test_full_queue_drops_oldest_and_counts(nursery: trio.Nursery, clock: 
         await receiver.wait_for(1)
     assert sender.stats["dropped"] == 7
     assert json.loads(receiver.received[0].body)["events"][0]["n"] == 7
+
+
+async def test_events_after_the_sender_stopped_stay_queued() -> None:
+    """An event added once the sender's tasks are gone (the relay stopping) is queued, never an error."""
+    sender = WebhookSender(AppRegistry([hook_app("http://127.0.0.1:9/hook")]), time.time)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: _started_then_run(sender, task_status))
+        nursery.cancel_scope.cancel()
+    sender.add("1", ("http://127.0.0.1:9/hook",), {"name": "channel_vacated", "channel": "late"})
+    assert [t.queue[-1]["channel"] for t in sender._targets.values()] == ["late"]
+
+
+async def _started_then_run(sender: Any, task_status: trio.TaskStatus[None]) -> None:
+    task_status.started()
+    await sender.run()

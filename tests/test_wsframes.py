@@ -1,7 +1,9 @@
-"""The relay's own WebSocket framing: frames it writes equal wsproto's; reading limits.
+"""The relay's own WebSocket framing: frames it writes equal wsproto's (the portable transport's); reading limits.
 
 Reading is checked against wsproto by the ``wsframes`` fuzz target
-(``fuzz/fuzz_wsframes.py``); here are the writers and the bounds.
+(``fuzz/fuzz_wsframes.py``) and by the adapter suite, which runs on both
+transports; here are the writers, the bounds, and the reference reader's
+own bound.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
+from pipe_trio import _wsreference
 from pipe_trio._wsframes import BROKEN, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
+from pipe_trio._wsreference import ReferenceReader
 
-WSPROTO = FrameProtocol(client=False, extensions=[])
 CLIENT = FrameProtocol(client=True, extensions=[])
 
 
@@ -19,7 +22,7 @@ CLIENT = FrameProtocol(client=True, extensions=[])
 @pytest.mark.parametrize("char", ["a", "é", "\U0001f600"])
 def test_text_frame_equals_wsproto(size: int, char: str) -> None:
     text = (char * size)[:size]
-    assert text_frame(text) == bytes(WSPROTO.send_data(text, fin=True))
+    assert text_frame(text) == _wsreference.text_frame(text)
 
 
 @pytest.mark.parametrize(
@@ -27,12 +30,12 @@ def test_text_frame_equals_wsproto(size: int, char: str) -> None:
     [(None, ""), (1000, ""), (4101, "slow consumer"), (4200, "x" * 200), (1002, "é" * 100), (4009, "😀" * 40)],
 )
 def test_close_frame_equals_wsproto(code: int | None, reason: str) -> None:
-    assert close_frame(code, reason) == bytes(WSPROTO.close(code, reason or None))
+    assert close_frame(code, reason) == _wsreference.close_frame(code, reason)
 
 
 def test_control_frames_equal_wsproto() -> None:
-    assert control_frame(PING) == bytes(WSPROTO.ping())
-    assert control_frame(PONG, b"abc") == bytes(WSPROTO.pong(b"abc"))
+    assert control_frame(PING) == _wsreference.ping_frame()
+    assert control_frame(PONG, b"abc") == _wsreference.pong_frame(b"abc")
 
 
 def test_reads_what_a_client_writes_byte_by_byte() -> None:
@@ -62,3 +65,15 @@ def test_a_partial_frame_waits_for_its_bytes_and_nothing_after_a_broken_one() ->
     assert kind == BROKEN
     assert error.code == 1002
     assert reader.feed(bytes(CLIENT.send_data("more", fin=True))) == []
+
+
+def test_the_reference_reader_drops_an_oversized_message_as_it_streams_in() -> None:
+    reader = ReferenceReader(max_message=1000)
+    frame = bytes(CLIENT.send_data("y" * 1_000_000, fin=True))
+    events = []
+    for start in range(0, len(frame), 65536):
+        events += reader.feed(frame[start : start + 65536])
+        assert not reader._parts  # nothing of it is kept
+    events += reader.feed(bytes(CLIENT.send_data("after", fin=True)))
+    assert [kind for kind, _ in events] == [OVERSIZED, TEXT]
+    assert events[-1] == (TEXT, "after")

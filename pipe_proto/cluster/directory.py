@@ -147,6 +147,7 @@ class ClusterDirectory:
             "resyncs": 0,
             "nodes_reaped": 0,
             "outages": 0,
+            "fenced": 0,
         }
 
     def bind(
@@ -200,6 +201,8 @@ class ClusterDirectory:
 
     def call(self, op: str, *args: str, answer: Callable[[Any, float], None] | None = None) -> int:
         """Queue a call of the script; ``answer`` gets its result (or its inbox reply, by token)."""
+        if not self.connected:
+            return 0  # nothing reaches Redis now; the resync makes up for it
         token = 0
         if answer is not None:
             self._token += 1
@@ -579,7 +582,7 @@ class ClusterDirectory:
         reached = 0
         if kind in ("e", "m", "n"):
             channel = state.channels.get(words[1])
-            if channel is not None and channel.sockets:
+            if channel is not None and channel.sockets and not (kind == "m" and self._known_member(channel, body)):
                 exclude = words[2] if kind == "e" and words[2] != "-" else None
                 reached = self._channels.deliver(channel, body, exclude)
         elif kind == "u":
@@ -593,6 +596,19 @@ class ClusterDirectory:
         if len(words) >= (5 if kind in ("e", "u") else 4) and kind in ("e", "u", "t"):
             asker, token = words[-2], words[-1]
             self.call("tell", asker, f"r {token}\n{reached}")
+
+    @staticmethod
+    def _known_member(channel: Channel, frame: str) -> bool:
+        """Whether a member_added names a member this node has on the channel.
+
+        A join's frame always comes before its own answer, so this only
+        happens when a resync after Redis lost its data announces this
+        node's own members back to it: its sockets knew them all along.
+        """
+        if not channel.members or '"pusher_internal:member_added"' not in frame:
+            return False
+        user_id = _json.loads(_json.loads(frame)["data"])["user_id"]
+        return str(user_id) in channel.members
 
     def _pipe_message(self, kind: str, words: list[str], body: str, now: float) -> None:
         hub = self._hubs.get(words[0])
@@ -680,7 +696,7 @@ class ClusterDirectory:
     def _heartbeat(self) -> None:
         core = self.core
         info = _json.dumps({"sockets": len(core.sockets), "pipes": len(core.pipes)})
-        self.call("beat", info)
+        self.call("beat", info, answer=self._beaten)
         apps = list(core.apps)
         graces = " ".join(str(int(app.pipe.resume_grace * 1000)) for app in apps)
         self.call(
@@ -698,6 +714,29 @@ class ClusterDirectory:
                 "pexpire", app.id, str(settings.buffer_events), str(settings.buffer_bytes),
                 str(int(settings.buffer_ttl * 1000)),
             )
+
+    def _beaten(self, result: Any, now: float) -> None:
+        if int(result[1]) == 1:
+            self._fence(now)
+
+    def _fence(self, now: float) -> None:
+        """This node was reaped while it was silent (paused past ``dead_after``).
+
+        The others already told everyone its sockets closed, its members
+        left, its pipes' sessions wait for a resume: so they must. Its
+        connections are closed with 4200 (pusher-js reconnects, pipes
+        resume), without a word to Redis, and the node starts afresh.
+        """
+        self.counters["fenced"] += 1
+        self.connected = False
+        assert self._sockets is not None and self._pipes is not None
+        reason = "This node left the cluster for a while. Please reconnect."
+        for sock in list(self.core.sockets.values()):
+            self._sockets.kick(sock, PusherCode.RECONNECT, reason, now)
+        for pipe_id in list(self.core.pipes):
+            self._pipes.drop(pipe_id, now, (PusherCode.RECONNECT, reason))
+        self._known.clear()
+        self.up(now)
 
     def _counted_apps(self) -> list[str]:
         return [app.id for app in self.core.apps if app.features.subscription_count]

@@ -614,11 +614,13 @@ function ops.tell()
   return 1
 end
 
+-- Returns the time, and 1 when this node was not listed: another node
+-- reaped it while it was silent (paused), so it must start afresh.
 function ops.beat()
   local now = now_ms()
-  redis.call('ZADD', P .. ':nodes', now, node)
+  local added = redis.call('ZADD', P .. ':nodes', now, node)
   redis.call('HSET', P .. ':info', node, ARGV[4])
-  return now
+  return {now, added}
 end
 
 function ops.confirm()

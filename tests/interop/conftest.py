@@ -20,4 +20,3 @@ async def relay_server(request: pytest.FixtureRequest, nursery: trio.Nursery, re
         yield await start_relay(nursery)
     else:
         yield await start_cluster(nursery, default_apps(), redis.url)
-

@@ -14,7 +14,7 @@ from tests.cluster_front import settle
 from tests.interop.node import AuthServer, open_driver
 from tests.support import APP_ID, APP_KEY, APP_SECRET, url_of
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.both_transports]
 
 
 def config_2011(server: RelayServer) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from tests.interop.node import Driver, open_driver
 from tests.processes import Lines, background
 from tests.support import start_relay
 
-pytestmark = [pytest.mark.interop, pytest.mark.slow]
+pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.both_transports]
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY, SECRET = "group-key", "group-secret"

@@ -24,7 +24,7 @@ from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
 
 from .node import AuthServer, Driver, open_driver, publish
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.both_transports]
 
 #: Upper bound for any one test, Node start-up included.
 TEST_TIMEOUT = 30

@@ -17,7 +17,7 @@ from tests.interop.node import open_driver
 from tests.processes import background
 from tests.support import start_relay
 
-pytestmark = [pytest.mark.interop, pytest.mark.browser]
+pytestmark = [pytest.mark.interop, pytest.mark.browser, pytest.mark.both_transports]
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 DEMO = App(id="1", key="demo-key", secret="demo-secret")

@@ -18,7 +18,7 @@ from tests.http_receiver import HttpReceiver
 from tests.interop.node import AuthServer, Driver, open_driver
 from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.both_transports]
 
 
 def python_sdk(server: RelayServer) -> pusher.Pusher:
