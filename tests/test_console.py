@@ -202,3 +202,21 @@ async def test_a_watcher_that_does_not_read_gets_dropped_n_and_bounded_memory(nu
             seen += await stream.receive_some(1 << 20)
         await stream.aclose()
         await server.shutdown(5)
+
+
+def test_the_upgrade_decision_for_the_console_feed() -> None:
+    """/console/socket is 404 unless the console is served; then it is upgraded as a console, unknown to the relay."""
+    from pipe_proto import Relay
+    from pipe_proto.upgrade import CONSOLE_MAX_MESSAGE, ConnectionKind, Refused, Upgraded, upgrade
+
+    relay = Relay([APP])
+    head = [(b"host", b"x"), (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+            (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
+    off = upgrade(relay, b"GET", b"/console/socket", head, NOW, nonce=1)
+    assert isinstance(off, Refused) and off.status == 404
+    on = upgrade(relay, b"GET", b"/console/socket", head, NOW, nonce=1, console=True)
+    assert isinstance(on, Upgraded) and on.kind is ConnectionKind.CONSOLE
+    assert (on.outputs, on.max_message) == ([], CONSOLE_MAX_MESSAGE)
+    assert relay.stats()["sockets"] == 0
+    stopping = upgrade(relay, b"GET", b"/console/socket", head, NOW, nonce=1, console=True, stopping=True)
+    assert isinstance(stopping, Refused) and stopping.status == 503
