@@ -16,7 +16,18 @@ out::
 """
 
 from ._version import __version__
-from .apps import App, AppRegistry, ConfigError, Features, Limits, PipeSettings, WebhookTarget, apps_from_config
+from .apps import (
+    App,
+    AppChanges,
+    AppRegistry,
+    ConfigError,
+    Features,
+    Limits,
+    PipeSettings,
+    WebhookTarget,
+    app_changes,
+    apps_from_config,
+)
 from .errors import (
     CloseCode,
     LocalProtocolError,
@@ -25,10 +36,12 @@ from .errors import (
     PusherCode,
     RemoteProtocolError,
 )
-from .relay import Close, Failure, Output, Probe, Relay, Send, SocketDetails, WebhookEvent
+from .forwarded import TrustedProxies
+from .relay import Close, Failure, Observed, Observer, Output, Probe, Relay, Send, SocketDetails, WebhookEvent
 
 __all__ = [
     "App",
+    "AppChanges",
     "AppRegistry",
     "Close",
     "CloseCode",
@@ -37,6 +50,8 @@ __all__ = [
     "Features",
     "Limits",
     "LocalProtocolError",
+    "Observed",
+    "Observer",
     "Output",
     "PipeCode",
     "PipeSettings",
@@ -47,8 +62,10 @@ __all__ = [
     "RemoteProtocolError",
     "Send",
     "SocketDetails",
+    "TrustedProxies",
     "WebhookEvent",
     "WebhookTarget",
     "__version__",
+    "app_changes",
     "apps_from_config",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -19,12 +19,14 @@ from .names import MAX_CHANNEL_NAME_CEILING, is_token
 __all__ = [
     "WEBHOOK_KINDS",
     "App",
+    "AppChanges",
     "AppRegistry",
     "ConfigError",
     "Features",
     "Limits",
     "PipeSettings",
     "WebhookTarget",
+    "app_changes",
     "apps_from_config",
 ]
 
@@ -185,13 +187,24 @@ class AppRegistry:
     def __init__(self, apps: Iterable[App]) -> None:
         self._by_id: dict[str, App] = {}
         self._by_key: dict[str, App] = {}
+        self.replace(apps)
+
+    def replace(self, apps: Iterable[App]) -> None:
+        """Hold ``apps`` instead (a reload); unchanged if they are invalid.
+
+        Raises:
+            ConfigError: two apps have the same id or the same key.
+        """
+        by_id: dict[str, App] = {}
+        by_key: dict[str, App] = {}
         for app in apps:
-            if app.id in self._by_id:
+            if app.id in by_id:
                 raise ConfigError(f"two apps have the id {app.id}")
-            if app.key in self._by_key:
+            if app.key in by_key:
                 raise ConfigError(f"two apps have the key {app.key}")
-            self._by_id[app.id] = app
-            self._by_key[app.key] = app
+            by_id[app.id] = app
+            by_key[app.key] = app
+        self._by_id, self._by_key = by_id, by_key
 
     def by_id(self, app_id: str) -> App | None:
         """The app with this id, if any."""
@@ -206,6 +219,32 @@ class AppRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+
+class AppChanges(NamedTuple):
+    """How a new configuration's apps differ from the ones served (:func:`app_changes`)."""
+
+    added: tuple[App, ...]
+    removed: tuple[App, ...]
+    #: The new versions of apps whose settings changed.
+    changed: tuple[App, ...]
+    #: Of ``changed``, those whose key or secret changed.
+    credentials: tuple[App, ...]
+
+
+def app_changes(old: Iterable[App], new: Iterable[App]) -> AppChanges:
+    """Compare two sets of apps by id."""
+    before = {app.id: app for app in old}
+    after = {app.id: app for app in new}
+    changed = tuple(app for app_id, app in after.items() if app_id in before and before[app_id] != app)
+    return AppChanges(
+        added=tuple(app for app_id, app in after.items() if app_id not in before),
+        removed=tuple(app for app_id, app in before.items() if app_id not in after),
+        changed=changed,
+        credentials=tuple(
+            app for app in changed if (app.key, app.secret) != (before[app.id].key, before[app.id].secret)
+        ),
+    )
 
 
 def _section(cls: type[Any], raw: object, where: str) -> Any:

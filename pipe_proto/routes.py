@@ -4,9 +4,12 @@ One port serves everything (pusher-channels.md 1.1 R): WebSocket upgrades on
 ``/app/{key}`` are Pusher sockets, upgrades on ``/app/{app_id}`` signed with
 ``protocol_version`` are pipes (pipe-protocol.md 1), ``/apps/...`` (and the
 Python SDK's ``/users/{id}/terminate_connections``) is the REST API, ``/`` the
-status, ``/pipe-client.js`` the browser helper. An upgrade on any other path
-is accepted and closed with 4005 so pusher-js stops retrying (pusher-channels.md
-1.2); any other plain request gets 404.
+status, ``/pipe-client.js`` the browser helper; ``/health``, ``/ready`` and
+``/metrics`` are for operators (probes, Prometheus), ``/console`` the debug
+console's page, ``/console/token`` its sign-in (POST) and an upgrade on
+``/console/socket`` its live feed. An upgrade on any other path is accepted
+and closed with 4005 so pusher-js stops retrying (pusher-channels.md 1.2);
+any other plain request gets 404.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ class RouteKind(Enum):
     REST = "rest"
     STATUS = "status"
     PIPE_CLIENT_JS = "pipe-client.js"
+    HEALTH = "health"
+    READY = "ready"
+    METRICS = "metrics"
+    CONSOLE = "console"
+    CONSOLE_TOKEN = "console token"
+    CONSOLE_SOCKET = "console socket"
     NOT_FOUND = "not found"
 
 
@@ -48,6 +57,12 @@ class Route:
 
 
 _APP = re.compile(r"/app/([^/]+)")
+_GET_ROUTES = {
+    "/health": RouteKind.HEALTH,
+    "/ready": RouteKind.READY,
+    "/metrics": RouteKind.METRICS,
+    "/console": RouteKind.CONSOLE,
+}
 #: The Python SDK's user termination path (the user id is group 1).
 USERS_TERMINATE = re.compile(r"/users/([^/]+)/terminate_connections")
 
@@ -73,6 +88,8 @@ def route(method: str, target: str, *, upgrade: bool) -> Route:
     """Route a request by method, target and whether it asks for a WebSocket."""
     path, query = split_target(target)
     if upgrade:
+        if path == "/console/socket":
+            return Route(kind=RouteKind.CONSOLE_SOCKET, path=path, query=query)
         match = _APP.fullmatch(path)
         if match is None:
             return Route(kind=RouteKind.WEBSOCKET_NOT_FOUND, path=path, query=query)
@@ -86,4 +103,9 @@ def route(method: str, target: str, *, upgrade: bool) -> Route:
             return Route(kind=RouteKind.STATUS, path=path, query=query)
         if path == "/pipe-client.js":
             return Route(kind=RouteKind.PIPE_CLIENT_JS, path=path, query=query)
+        operator = _GET_ROUTES.get(path)
+        if operator is not None:
+            return Route(kind=operator, path=path, query=query)
+    if method == "POST" and path == "/console/token":
+        return Route(kind=RouteKind.CONSOLE_TOKEN, path=path, query=query)
     return Route(kind=RouteKind.NOT_FOUND, path=path, query=query)

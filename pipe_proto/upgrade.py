@@ -22,6 +22,9 @@ value it gets back:
   kind is :attr:`ConnectionKind.REFUSED`, ``outputs`` hold its
   ``pusher:error`` and its :class:`~pipe_proto.relay.outputs.Close`, and
   nothing it sends is read (``max_message`` 0).
+* The debug console's feed, ``/console/socket``, when the console is served
+  (``console``): :attr:`ConnectionKind.CONSOLE`, with no ``conn_id`` (the
+  adapter names it) and :data:`CONSOLE_MAX_MESSAGE`; otherwise 404.
 
 Header names are lower-case bytes, as h11 reports them. Nothing here raises
 for anything a client can send: every request head gets one of the answers
@@ -44,6 +47,7 @@ from .relay.state import SocketDetails
 from .routes import Route, RouteKind, route
 
 __all__ = [
+    "CONSOLE_MAX_MESSAGE",
     "ConnectionKind",
     "Refused",
     "Upgraded",
@@ -52,6 +56,9 @@ __all__ = [
     "upgrade",
     "wants_websocket",
 ]
+
+#: Largest message a console feed may send (its token).
+CONSOLE_MAX_MESSAGE = 1024
 
 # RFC 6455 1.3: appended to the client's key before hashing.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -67,6 +74,9 @@ class ConnectionKind(Enum):
     #: Refused at the Pusher level; the relay has forgotten it: nothing it
     #: sends is read, and its end need not be reported.
     REFUSED = "refused"
+    #: A debug console's feed (``/console/socket``): the relay does not know
+    #: it; the adapter names it and reads only its token.
+    CONSOLE = "console"
 
 
 class Refused(NamedTuple):
@@ -185,6 +195,7 @@ def upgrade(
     secure: bool = False,
     stopping: bool = False,
     http_version: bytes = b"1.1",
+    console: bool = False,
 ) -> Upgraded | Refused:
     """Decide a WebSocket upgrade request, and open the connection if it is accepted.
 
@@ -198,6 +209,7 @@ def upgrade(
         secure: whether the connection is TLS (``tls_only`` apps refuse
             others with 4000).
         stopping: the relay is shutting down: every upgrade is refused (503).
+        console: the debug console is served (else its feed is 404).
 
     Returns:
         :class:`Refused` or :class:`Upgraded` (see the module's docstring).
@@ -211,6 +223,12 @@ def upgrade(
     assert isinstance(response, bytes)
     text = target.decode("latin-1")
     found = route("GET", text, upgrade=True)
+    if found.kind is RouteKind.CONSOLE_SOCKET:
+        if not console:
+            return Refused(404, "Not found: /console/socket (the console is off)", route=found)
+        if stopping:
+            return Refused(503, "Server is shutting down", route=found)
+        return Upgraded("", ConnectionKind.CONSOLE, response, [], CONSOLE_MAX_MESSAGE, found)
     if found.kind is RouteKind.PIPE:
         decision = relay.pipe_handshake(found.name, found.query, now)
         if not isinstance(decision, PipeAccepted):

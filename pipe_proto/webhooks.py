@@ -74,13 +74,19 @@ class WebhookScheduler:
     def __init__(self, app: App, emit: Callable[[tuple[str, ...], dict[str, Any]], None]) -> None:
         self._emit = emit
         self._urls: dict[str, tuple[str, ...]] = {}
+        self.retarget(app)
+        #: Departures by (kind, channel, user), waiting to go out.
+        self._delayed: Departures[dict[str, Any]] = Departures(LEAVE_DELAY)
+
+    def retarget(self, app: App) -> None:
+        """Send to ``app``'s webhooks from now on (a reload); delayed events go to the new targets."""
+        urls: dict[str, tuple[str, ...]] = {}
         for target in app.webhooks:
             for kind in ("channel_occupied", "channel_vacated", "member_added", "member_removed",
                          "client_event", "cache_miss", "subscription_count"):
                 if target.wants(kind):
-                    self._urls[kind] = (*self._urls.get(kind, ()), target.url)
-        #: Departures by (kind, channel, user), waiting to go out.
-        self._delayed: Departures[dict[str, Any]] = Departures(LEAVE_DELAY)
+                    urls[kind] = (*urls.get(kind, ()), target.url)
+        self._urls = urls
 
     def wants(self, kind: str) -> bool:
         """Whether any target takes ``kind`` (checked before building events)."""
@@ -115,7 +121,9 @@ class WebhookScheduler:
     def tick(self, now: float) -> None:
         """Emit the delayed events now due."""
         for event in self._delayed.due(now):
-            self._emit(self._urls[event["name"]], event)
+            urls = self._urls.get(event["name"])
+            if urls:  # none: a reload removed the kind's targets meanwhile
+                self._emit(urls, event)
 
     def __len__(self) -> int:
         return len(self._delayed)

@@ -1,13 +1,17 @@
 """``pipe-relay``: the command line.
 
-``pipe-relay serve`` runs a relay. Apps come from ``--app ID:KEY:SECRET``
-(repeatable), ``--config FILE`` (TOML, see :func:`pipe_proto.apps_from_config`),
-or the environment (``PIPE_RELAY_APP_KEY`` and ``PIPE_RELAY_APP_SECRET``, with
-``PIPE_RELAY_APP_ID``, 1 when unset; a partial set is refused); with none of
-these it runs a demo app and prints its credentials and a pusher-js snippet,
-on a loopback address only unless ``--demo`` is given (its secret is public).
+``pipe-relay serve`` runs a relay. Its options, and its apps, come from the
+command line, the environment (``PIPE_RELAY_...``) and the configuration
+file, in that order of precedence (:mod:`.settings`); with no app anywhere it
+runs a demo app and prints its credentials and a pusher-js snippet, on a
+loopback address only unless ``--demo`` is given (its secret is public).
 SIGINT and SIGTERM stop it gracefully: no new connections, every client told
-to reconnect (4200), done within ``--shutdown-timeout`` seconds.
+to reconnect (4200), done within ``--shutdown-timeout`` seconds. SIGHUP
+re-reads the configuration file: apps added, removed or changed
+(:meth:`pipe_proto.Relay.reconfigure`), and the TLS certificate.
+
+``pipe-relay check-config FILE`` checks a configuration without starting;
+``pipe-relay new-app`` prints fresh credentials.
 
 Mistakes found at start are one line on stderr, never a traceback: status 2
 for the configuration (apps, options, TLS files), 1 when the relay cannot
@@ -26,26 +30,26 @@ import signal
 import socket
 import ssl
 import sys
-import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import trio
 
-from pipe_proto import App, AppRegistry, ConfigError, Relay, __version__, apps_from_config
+from pipe_proto import App, ConfigError, Relay, __version__, app_changes, apps_from_config
 from pipe_proto.cluster import ClusterDirectory
 
 from . import conformance
-from ._websocket import transport_name
 from .cluster_settings import ClusterSettings, cluster_settings
+from .logs import fields, setup_logging
+from .metrics import serve_probes
 from .server import RelayServer, open_listeners
+from .settings import add_options, apps_from_environment, merge_apps, parse_app_option, read_config, resolve
 from .workers import WORKER_FLAG, supervise
 
-__all__ = ["build_parser", "load_apps", "main"]
+__all__ = ["build_parser", "check_config", "load_apps", "main", "new_app"]
 
 DEMO_APP = App(id="1", key="demo-key", secret="demo-secret", name="demo")
-ENVIRONMENT = ("PIPE_RELAY_APP_ID", "PIPE_RELAY_APP_KEY", "PIPE_RELAY_APP_SECRET")
 
 log = logging.getLogger("pipe_trio")
 
@@ -55,9 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipe-relay", description="A Pusher-compatible realtime relay with a Pipe.")
     parser.add_argument("--version", action="version", version=f"pipe-relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("serve", help="run the relay")
-    run.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    run.add_argument("--port", type=_port, default=6001, help="port for HTTP and WebSocket (default 6001)")
+    run = commands.add_parser(
+        "serve",
+        help="run the relay",
+        description="Run the relay. Every option can also come from the environment or the configuration "
+        "file, as shown in brackets; the command line wins over the environment, which wins over the file.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument(
         "--app",
         action="append",
@@ -65,112 +74,61 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID:KEY:SECRET",
         help="an app with client events and user sign-in on and the default limits (repeatable)",
     )
-    run.add_argument("--config", metavar="FILE", help="TOML file with [[apps]] tables")
-    run.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM) to serve TLS")
-    run.add_argument("--tls-key", metavar="FILE", help="private key (PEM) of --tls-cert")
-    run.add_argument(
-        "--demo",
-        action="store_true",
-        help="serve the demo app (whose secret is public) even on an address other than loopback",
-    )
-    run.add_argument(
-        "--max-socket-buffer",
-        type=int,
-        default=256 * 1024,
-        metavar="BYTES",
-        help="bytes a socket may leave unread for more than 5 s (or 4 times this at any time) "
-        "before it is closed as too slow (4101; default 262144)",
-    )
-    run.add_argument(
-        "--max-pipe-buffer",
-        type=int,
-        default=16 * 1024 * 1024,
-        metavar="BYTES",
-        help="the same for a pipe (default 16 MiB)",
-    )
-    run.add_argument(
-        "--max-connections-per-ip",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="most connections open at once from one IP address; more are answered 429 and closed "
-        "(default: no limit, as a load balancer or a benchmark may connect many from one address)",
-    )
-    run.add_argument(
-        "--redis",
-        metavar="URL",
-        help="join a cluster through this Redis (redis://HOST:PORT/DB; also PIPE_RELAY_REDIS, [cluster] redis)",
-    )
-    run.add_argument(
-        "--redis-prefix",
-        metavar="NAME",
-        help="the cluster's name: every Redis key and channel starts with it (default pipe-relay;"
-        " also PIPE_RELAY_REDIS_PREFIX, [cluster] prefix)",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("PIPE_RELAY_WORKERS", "1")),
-        metavar="N",
-        help="run N relay processes on the port, one per core (needs --redis; also PIPE_RELAY_WORKERS)",
-    )
+    add_options(run)
     run.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
-    run.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = commands.add_parser(
+        "check-config",
+        help="check a configuration file (with the environment) without starting; exit 0 or 2",
+        description="Read FILE and the PIPE_RELAY_* environment as `serve --config FILE` would, check every "
+        "setting, app and TLS file, and say what is wrong (exit status 2) or what would be served (0).",
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML configuration file")
+    new = commands.add_parser(
+        "new-app",
+        help="print fresh credentials for an app (id, key, secret) and how to configure them",
+        description="Print a new app's id, key and secret (random), as a [[apps]] table and as environment variables.",
+    )
+    new.add_argument("--id", metavar="DIGITS", help="the app's id (default: random digits)")
+    new.add_argument("--name", default="", help="the app's name")
     conformance.add_parser(commands)
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+SERVE_EPILOG = """\
+apps (every source adds its apps; an id given twice is taken from the command line,
+then the environment, then the file):
+  --app ID:KEY:SECRET                 on the command line (repeatable)
+  PIPE_RELAY_APPS='[{"id": "1", "key": "...", "secret": "...", "limits": {...}}]'
+                                      JSON array of app tables, shaped as [[apps]] in the file
+  PIPE_RELAY_APP_<N>_ID, _KEY, _SECRET (and _NAME, _ENABLED), N = 1, 2, ...
+  PIPE_RELAY_APP_ID, PIPE_RELAY_APP_KEY, PIPE_RELAY_APP_SECRET   one app (id 1 by default)
+  [[apps]] tables in the file (with [defaults.limits], [defaults.features], [defaults.pipe])
+
+signals: SIGINT and SIGTERM stop gracefully (4200 to every client); SIGHUP re-reads the
+configuration file (apps, TLS certificate) without dropping other connections.
+See docs/relay.md and docs/deploy.md.
+"""
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
-    return value
-
-
-def _parse_app(spec: str) -> App:
-    parts = spec.split(":")
-    if len(parts) != 3:
-        raise ConfigError(f"--app wants ID:KEY:SECRET, not {spec!r}")
-    return App(id=parts[0], key=parts[1], secret=parts[2])
-
-
-def load_apps(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[list[App], bool]:
+def load_apps(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None
+) -> tuple[list[App], bool]:
     """The apps to serve, and whether they are the demo default.
+
+    ``config``: the parsed file (read from ``args.config`` when not given).
 
     Raises:
         ConfigError: an app specification or the configuration file is invalid.
     """
-    environ = dict(os.environ) if environ is None else environ
-    apps = [_parse_app(spec) for spec in args.app]
-    if args.config:
-        apps.extend(apps_from_config(_read_config(args.config)))
-    if not apps:
-        given = [name for name in ENVIRONMENT if environ.get(name)]
-        if given:
-            # A typo or a forgotten export must not fall back to the demo app.
-            missing = [name for name in ENVIRONMENT[1:] if name not in given]
-            if missing:
-                raise ConfigError(
-                    f"{' and '.join(given)} set without {' and '.join(missing)}: "
-                    "an app from the environment needs PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET"
-                )
-            apps.append(
-                App(
-                    id=environ.get("PIPE_RELAY_APP_ID") or "1",
-                    key=environ["PIPE_RELAY_APP_KEY"],
-                    secret=environ["PIPE_RELAY_APP_SECRET"],
-                )
-            )
+    environ = os.environ if environ is None else environ
+    if config is None:
+        config = read_config(args.config) if args.config else {}
+    apps = merge_apps(
+        [parse_app_option(spec) for spec in args.app],
+        apps_from_environment(environ),
+        apps_from_config(config),
+    )
     if apps:
-        AppRegistry(apps)  # refuses two apps with the same id or key
         return apps, False
     return [DEMO_APP], True
 
@@ -241,6 +199,11 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         except OSError as exc:
             raise ConfigError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load_certificate(context, args)
+    return context
+
+
+def _load_certificate(context: ssl.SSLContext, args: argparse.Namespace) -> None:
     try:
         context.load_cert_chain(args.tls_cert, args.tls_key)
     except (ssl.SSLError, OSError) as exc:
@@ -249,7 +212,20 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
             f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {reason} "
             "(PEM files: the certificate chain, and its private key without a passphrase)"
         ) from None
-    return context
+
+
+def reload_certificate(context: ssl.SSLContext, args: argparse.Namespace) -> None:
+    """Re-read the certificate and key into the listeners' ``context``: new handshakes use them.
+
+    They are first loaded into a context of their own, so a broken pair
+    (a certificate renewed before its key was) leaves ``context`` as it was.
+
+    Raises:
+        ConfigError: the files cannot be read or do not go together.
+    """
+    checked = _tls_context(args)
+    assert checked is not None
+    _load_certificate(context, args)
 
 
 def _listen_problem(host: str, port: int, exc: OSError) -> str:
@@ -265,22 +241,74 @@ def _listen_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
-def _read_config(path: str) -> dict[str, Any]:
+def reload(
+    server: RelayServer,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    ssl_context: ssl.SSLContext | None,
+) -> bool:
+    """SIGHUP: re-read the configuration file and the TLS certificate; False (and nothing changed) if invalid.
+
+    Apps come from the same sources as at the start (the command line and
+    the environment are the process's own, so only the file can change);
+    the relay serves the new apps at once (:meth:`pipe_proto.Relay.reconfigure`).
+    Other ``[server]`` settings need a restart: a change is logged.
+    """
+    relay = server.relay
     try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        config = read_config(args.config) if args.config else {}
+        fresh = build_parser().parse_args(["serve", *args.given])
+        resolve(fresh, environ, config)
+        apps, demo = load_apps(fresh, environ, config)
+        if ssl_context is not None:
+            reload_certificate(ssl_context, args)
+    except ConfigError as exc:
+        log.error("reload refused, nothing changed: %s", exc, extra=fields("reload_refused", reason=str(exc)))
+        return False
+    if demo and not args.demo_served:
+        log.error("reload refused, nothing changed: the new configuration has no app",
+                  extra=fields("reload_refused", reason="no app"))
+        return False
+    changes = app_changes(relay.apps, apps)
+    server.execute(relay.reconfigure(apps, server.now()))
+    restart = sorted(
+        option for option in ("host", "port", "max_socket_buffer", "max_pipe_buffer", "redis", "workers", "transport",
+                              "metrics", "metrics_port", "console", "trusted_proxies", "max_connections_per_ip")
+        if getattr(fresh, option) != getattr(args, option)
+    )
+    if restart:
+        log.warning("reload: %s changed and take effect at the next restart", ", ".join(restart),
+                    extra=fields("reload_needs_restart", settings=restart))
+    log.info(
+        "reloaded %s: apps added %s, removed %s, changed %s%s",
+        args.config or "the configuration",
+        [a.id for a in changes.added], [a.id for a in changes.removed], [a.id for a in changes.changed],
+        "; TLS certificate re-read" if ssl_context is not None else "",
+        extra=fields("reloaded", added=[a.id for a in changes.added], removed=[a.id for a in changes.removed],
+                     changed=[a.id for a in changes.changed]),
+    )
+    return True
 
 
 async def _run(
-    args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None, cluster: ClusterSettings
+    args: argparse.Namespace, apps: list[App], demo: bool, ssl_context: ssl.SSLContext | None,
+    environ: Mapping[str, str],
 ) -> None:
     try:
         listeners = await open_listeners(args.host, args.port, ssl_context, reuse_port=args.worker)
     except OSError as exc:
         raise StartError(_listen_problem(args.host, args.port, exc)) from None
+    probes = None
+    if args.metrics_port is not None:
+        host = args.metrics_host or args.host
+        try:
+            probes = await open_listeners(host, args.metrics_port)
+        except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
+            raise StartError("--metrics-port: " + _listen_problem(host, args.metrics_port, exc)) from None
     directory = None
+    cluster: ClusterSettings = args.cluster
     if cluster.redis:
         # Digits: socket ids start with the node's id (pipes find a socket's node by it).
         node = str(secrets.randbelow(9 * 10**8) + 10**8)
@@ -296,9 +324,17 @@ async def _run(
         max_pipe_buffer=args.max_pipe_buffer,
         max_connections_per_ip=args.max_connections_per_ip,
         redis=cluster.redis,
+        transport=args.transport,
+        trusted_proxies=args.trusted_proxies,
+        metrics=args.metrics,
+        metrics_here=args.metrics_port is None,
+        console=args.console,
     )
+    args.demo_served = demo
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, listeners)
+        if probes is not None:
+            await nursery.start(serve_probes, server, probes)
         scheme = "wss" if ssl_context else "ws"
         port = server.port  # the bound port, also when --port 0 asked for any free one
         if demo and not args.worker:
@@ -307,31 +343,39 @@ async def _run(
         log.info(
             "pipe-relay %s listening on %s:%d (%s), %d app(s)",
             __version__, args.host, port, scheme, len(apps),
+            extra=fields("listening", host=args.host, port=port, scheme=scheme, apps=len(apps)),
         )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
-                log.info("%s: shutting down", signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    reload(server, args, environ, ssl_context)
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name, extra=fields("shutting_down"))
                 await server.shutdown(args.shutdown_timeout)
                 break
         nursery.cancel_scope.cancel()
 
 
-def _supervise(
-    args: argparse.Namespace, apps: list[App], demo: bool, argv: Sequence[str] | None, cluster: ClusterSettings
-) -> int:
-    if not cluster.redis:
+def _supervise(args: argparse.Namespace, apps: list[App], demo: bool) -> int:
+    if not args.redis:
         print("pipe-relay: --workers needs --redis: the workers share their state through Redis", file=sys.stderr)
         return 2
-    given = list(sys.argv[2:] if argv is None else argv[1:])
     port = args.port or _free_port(args.host)
     # The workers get the same options, one process each, on one known port.
-    worker_argv = [*_without(given, "--workers"), "--port", str(port)]
+    worker_argv = [*_without(_without(args.given, "--workers"), "--metrics-port"), "--port", str(port)]
+
+    def argv_of(index: int) -> list[str]:
+        # Each worker's metrics on a port of its own: a scrape must see one process.
+        if args.metrics_port is None:
+            return worker_argv
+        return [*worker_argv, "--metrics-port", str(args.metrics_port + index if args.metrics_port else 0)]
+
     if demo:
         print(_banner(apps[0], args.host, port, "wss" if args.tls_cert else "ws"), flush=True)
         _warn_if_public_demo(args.host, port)
     log.info("pipe-relay %s: %d workers on %s:%d", __version__, args.workers, args.host, port)
     try:
-        return trio.run(supervise, worker_argv, args.workers, args.shutdown_timeout)
+        return trio.run(supervise, argv_of, args.workers, args.shutdown_timeout)
     except KeyboardInterrupt:  # pragma: no cover - a second Ctrl-C
         return 130
 
@@ -356,42 +400,111 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
+def _serve_settings(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[list[App], bool, ssl.SSLContext | None, dict[str, str]]:
+    """Everything ``serve`` needs checked before it starts: apps, whether the demo, TLS, and each setting's source.
+
+    Raises:
+        ConfigError: anything invalid.
+    """
+    config, sources = resolve(args, environ)
+    apps, demo = load_apps(args, environ, config)
+    # The [cluster] table's own checks (beat, dead_after, the Redis URL), with what resolve found.
+    args.cluster = cluster_settings(config, redis=args.redis, prefix=args.redis_prefix, environ=environ)
+    if demo and not _is_loopback(args.host) and not args.demo:
+        raise ConfigError(
+            f"no app configured, and the demo app's secret is public: it is served on a loopback "
+            f"--host only, not on {args.host}. Configure an app (--app, --config or "
+            "PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET), or pass --demo to serve it anyway"
+        )
+    return apps, demo, _tls_context(args), sources
+
+
+def check_config(path: str, environ: Mapping[str, str] | None = None, out: Any = None) -> int:
+    """``pipe-relay check-config FILE``: 0 and a summary if ``serve --config FILE`` would start, else 2 and why."""
+    environ = os.environ if environ is None else environ
+    out = sys.stdout if out is None else out
+    args = build_parser().parse_args(["serve", "--config", path])
+    try:
+        apps, demo, _, sources = _serve_settings(args, environ)
+    except ConfigError as exc:
+        print(f"pipe-relay: {path}: {exc}", file=sys.stderr)
+        return 2
+    scheme = "https" if args.tls_cert else "http"
+    what = "the demo app" if demo else f"{len(apps)} app(s): " + ", ".join(
+        f"{app.id}{'' if app.enabled else ' (disabled)'}" for app in apps
+    )
+    print(f"{path}: ok; {what}; {scheme}://{args.host}:{args.port}", file=out)
+    for name, source in sources.items():
+        if source not in ("default", "command line"):
+            print(f"  {name} = {getattr(args, name)!r}  ({source})", file=out)
+    return 0
+
+
+def new_app(app_id: str | None = None, name: str = "") -> tuple[App, str]:
+    """Fresh random credentials, and how to configure them (a TOML table and environment variables).
+
+    Raises:
+        ConfigError: ``app_id`` is not digits.
+    """
+    app = App(
+        id=app_id or str(secrets.randbelow(9 * 10**6) + 10**6),
+        key=secrets.token_hex(10),
+        secret=secrets.token_hex(16),
+        name=name,
+    )
+    named = f'name = "{name}"\n' if name else ""
+    env_name = f"PIPE_RELAY_APP_1_NAME={name}\n" if name else ""
+    text = f"""app_id: {app.id}
+key:    {app.key}
+secret: {app.secret}
+
+In the configuration file (--config):
+
+[[apps]]
+id = "{app.id}"
+key = "{app.key}"
+secret = "{app.secret}"
+{named}
+Or in the environment (number the apps 1, 2, ...):
+
+PIPE_RELAY_APP_1_ID={app.id}
+PIPE_RELAY_APP_1_KEY={app.key}
+PIPE_RELAY_APP_1_SECRET={app.secret}
+{env_name}"""
+    return app, text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pipe-relay``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(given)
     if args.command == "conformance":
         return conformance.command(args)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        apps, demo = load_apps(args)
-        if demo and not _is_loopback(args.host) and not args.demo:
-            raise ConfigError(
-                f"no app configured, and the demo app's secret is public: it is served on a loopback "
-                f"--host only, not on {args.host}. Configure an app (--app, --config or "
-                "PIPE_RELAY_APP_KEY and PIPE_RELAY_APP_SECRET), or pass --demo to serve it anyway"
-            )
-        ssl_context = _tls_context(args)
-        config = _read_config(args.config) if args.config else {}
-        cluster = cluster_settings(config, redis=args.redis, prefix=args.redis_prefix)
+    if args.command == "check-config":
+        return check_config(args.file)
+    if args.command == "new-app":
         try:
-            transport_name()  # PIPE_RELAY_TRANSPORT, checked before anything starts
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            print(new_app(args.id, args.name)[1], end="")
+        except ConfigError as exc:
+            print(f"pipe-relay: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    environ = dict(os.environ)
+    args.given = given[1:]  # serve's own arguments: a reload and the workers parse them again
+    try:
+        apps, demo, ssl_context, _ = _serve_settings(args, environ)
     except ConfigError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 2
+    setup_logging(args.log_level, args.log_format)
     if args.worker:
         args.workers = 1  # a worker of a supervisor (PIPE_RELAY_WORKERS reaches it too)
-    if args.workers < 1:
-        print("pipe-relay: --workers must be 1 or more", file=sys.stderr)
-        return 2
     if args.workers > 1:
-        return _supervise(args, apps, demo, argv, cluster)
+        return _supervise(args, apps, demo)
     try:
-        trio.run(_run, args, apps, demo, ssl_context, cluster)
+        trio.run(_run, args, apps, demo, ssl_context, environ)
     except StartError as exc:
         print(f"pipe-relay: {exc}", file=sys.stderr)
         return 1

@@ -90,7 +90,12 @@ class ClusterLink:
         self.ready = trio.Event()
         self._up = trio.Event()
         self._down = trio.Event()
+        #: Pipelines sent and answered, their total and last time in seconds (metrics).
         self.round_trips = 0
+        self.round_trip_seconds = 0.0
+        self.last_round_trip = 0.0
+        #: Times Redis came back after being unreachable.
+        self.reconnects = 0
         self._resync_left = 0
         self._outage_logged = False
 
@@ -188,6 +193,8 @@ class ClusterLink:
         await self._down.wait()
 
     def _went_up(self) -> None:
+        if self.ready.is_set():
+            self.reconnects += 1
         self.connected = True
         self.ready.set()
         self.execute(self.relay.cluster_up(self.now()))
@@ -218,10 +225,13 @@ class ClusterLink:
             self._wake = trio.Event()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                started = trio.current_time()
                 with trio.fail_after(CALL_TIMEOUT):
                     async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
                         for call, _ in batch:
                             pipe.evalsha(SCRIPT_SHA1, keys=[], args=list(call.args))
+                self.last_round_trip = trio.current_time() - started
+                self.round_trip_seconds += self.last_round_trip
                 self.round_trips += 1
                 self._deliver(batch, pipe.results or ())
                 if self._resync_left > 0:
@@ -257,6 +267,10 @@ class ClusterLink:
         async for message in inbox:
             if message["type"] == "message":
                 execute(relay.cluster_message(message["data"], now()))
+
+    def __len__(self) -> int:
+        """Calls queued, not sent yet."""
+        return len(self._queue)
 
     def statistics(self) -> dict[str, Any]:
         """Numbers for the status document."""

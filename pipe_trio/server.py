@@ -42,6 +42,7 @@ import h11
 import trio
 
 from pipe_proto import Close, Failure, Probe, Relay, Send, WebhookEvent, __version__
+from pipe_proto.forwarded import TrustedProxies
 from pipe_proto.relay.directory import Pending
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.rest import MAX_BODY_BYTES
@@ -51,8 +52,11 @@ from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants
 
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
-from ._websocket import PortableTransport, Transport, WebSocket, Writer, open_transport
+from ._websocket import PortableTransport, Side, Transport, WebSocket, Writer, open_transport
 from .cluster import ClusterLink, ClusterUnavailable
+from .console import Console
+from .logs import fields
+from .metrics import Metrics, probe_answer
 from .webhooks import WebhookSender
 
 __all__ = ["RelayServer", "open_listeners", "serve"]
@@ -123,6 +127,16 @@ class RelayServer:
             transport on Linux for plain TCP, the portable one elsewhere) or
             ``"portable"``; None: ``$PIPE_RELAY_TRANSPORT``, else ``"auto"``
             (see :mod:`._websocket`).
+        trusted_proxies: addresses or networks of proxies whose
+            ``X-Forwarded-For`` gives the client's address (logs, the
+            per-address limit, pipes' ``remote_addr``); see
+            :class:`pipe_proto.forwarded.TrustedProxies`.
+        metrics: count frames written and serve Prometheus metrics
+            (:mod:`.metrics`); False: neither.
+        metrics_here: serve ``/metrics`` on these listeners too (False when
+            ``--metrics-port`` serves it elsewhere). ``/health`` and
+            ``/ready`` are always served.
+        console: serve the debug console (:mod:`.console`).
     """
 
     def __init__(
@@ -136,6 +150,10 @@ class RelayServer:
         max_connections_per_ip: int | None = None,
         redis: str | None = None,
         transport: str | None = None,
+        trusted_proxies: Sequence[str] = (),
+        metrics: bool = True,
+        metrics_here: bool = True,
+        console: bool = False,
     ) -> None:
         self.relay = relay
         self.max_socket_buffer = max_socket_buffer
@@ -144,6 +162,7 @@ class RelayServer:
         self.webhooks = WebhookSender(relay.apps, self.now)
         self.secure = secure
         self.max_connections_per_ip = max_connections_per_ip
+        self.proxies = TrustedProxies(trusted_proxies)
         # With a per-address limit: open connections per address, the address
         # of each counted connection (by id of its stream), and the addresses
         # refused since they last went under the limit (logged once each).
@@ -175,6 +194,11 @@ class RelayServer:
         self._stopping = False
         self._wake_timers = trio.Event()
         self.cluster = None if redis is None else ClusterLink(redis, relay, self.execute_soon, self.now)
+        self.metrics = Metrics(self) if metrics else None
+        self._metrics_here = metrics_here
+        # Per Send output, not per delivery: the core counts what was written.
+        self._count_sent = relay.sent if metrics else None
+        self.console = Console(self) if console else None
 
     # --------------------------------------------------------------- running
 
@@ -205,6 +229,10 @@ class RelayServer:
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self.transport.run)
             nursery.start_soon(self.webhooks.run)
+            if self.metrics is not None:
+                nursery.start_soon(self.metrics.watch_lag)
+            if self.console is not None:
+                nursery.start_soon(self.console.run)
             if self.cluster is not None:
                 await nursery.start(self.cluster.run)
             nursery.start_soon(self._accept, listeners)
@@ -249,17 +277,27 @@ class RelayServer:
                 else:
                     self._nursery.start_soon(self._handle_tcp, stream)
 
-    def _admit(self, stream: trio.abc.Stream) -> bool:
-        """Count a new connection against its address's limit; False if over it."""
+    def _admit(self, stream: trio.abc.Stream, address: str | None = None) -> bool:
+        """Count a connection against its address's limit (the peer's by default); False if over it.
+
+        A trusted proxy's connections are counted later, against the address
+        it forwards for, once their upgrade request is read.
+        """
         limit = self.max_connections_per_ip
-        address = _peer_address(stream)
+        if address is None:
+            address = _peer_address(stream)
+            if self.proxies.trusts(address):
+                return True
         if limit is None or address is None:
             return True
         count = self._per_ip.get(address, 0)
         if count >= limit:
             if address not in self._limited:
                 self._limited.add(address)
-                log.warning("%s has %d connections open (--max-connections-per-ip): refusing more", address, count)
+                log.warning(
+                    "%s has %d connections open (--max-connections-per-ip): refusing more", address, count,
+                    extra=fields("connections_per_ip_limited", remote_addr=address, open=count),
+                )
             return False
         self._per_ip[address] = count + 1
         self._ip_of[id(stream)] = address
@@ -299,6 +337,9 @@ class RelayServer:
         for waiting in list(self._idle_http):
             waiting.cancel()
         self.execute(self.relay.shutdown(self.now()))
+        if self.console is not None:
+            self.console.close_all()
+            self.writer.flush()
         if self._connections:
             self._all_closed = trio.Event()
             with trio.move_on_after(timeout):
@@ -333,9 +374,12 @@ class RelayServer:
         overflowing: list[WebSocket] = []
         conns = self.conns
         text_frame = self.transport.framing.text
+        count_sent = self._count_sent
         for output in outputs:
             if type(output) is Send:
                 self.writer.broadcast(text_frame(output.text), output.targets, conns, overflowing)
+                if count_sent is not None:
+                    count_sent(output)
             elif type(output) is Close:
                 conn = conns.pop(output.target, None)
                 if conn is not None:
@@ -373,6 +417,7 @@ class RelayServer:
         log.info(
             "closing %s: slow consumer (%d bytes the kernel would not take; bound %d)",
             conn.id, conn.unwritten, conn.max_buffer,
+            extra=fields("slow_consumer", socket=conn.id, unwritten=conn.unwritten, bound=conn.max_buffer),
         )
         conn.discard_queue()
         self.execute(self.relay.slow_consumer(conn.id, self.now()))
@@ -477,7 +522,7 @@ class RelayServer:
                 return None
             found = route(method, target, upgrade=False)
             head = method == "HEAD"
-            if found.kind is RouteKind.REST:
+            if found.kind is RouteKind.REST or (found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None):
                 with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
                     try:
                         await self._rest(stream, conn, method, found, headers)
@@ -497,9 +542,15 @@ class RelayServer:
                     await self._respond(
                         stream, conn, 200, script, "application/javascript; charset=utf-8", head=head, close=close
                     )
+                elif found.kind is RouteKind.CONSOLE and self.console is not None:
+                    page = self.console.page()
+                    await self._respond(stream, conn, 200, page, "text/html; charset=utf-8", head=head, close=close)
+                elif (probed := self.probe(found.path, _header(headers, b"accept") or "",
+                                           metrics=self._metrics_here)) is not None:
+                    await self._respond(stream, conn, probed[0], probed[1], probed[2], head=head, close=close)
                 else:
-                    body = {"error": f"Not found: {escaped(found.path)}"}
-                    await self._respond(stream, conn, 404, body, head=head, close=close)
+                    missing = {"error": f"Not found: {escaped(found.path)}"}
+                    await self._respond(stream, conn, 404, missing, head=head, close=close)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
@@ -561,6 +612,7 @@ class RelayServer:
         too_large = {"error": f"Body larger than {self.max_body} bytes"}
         length = _header(headers, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
+            self._count_rest(found, 413)
             await self._respond(stream, conn, 413, too_large, close=True)
             return
         chunks: list[bytes] = []
@@ -570,6 +622,7 @@ class RelayServer:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > self.max_body:
+                    self._count_rest(found, 413)
                     await self._respond(stream, conn, 413, too_large, close=True)
                     return
                 chunks.append(bytes(event.data))
@@ -577,19 +630,50 @@ class RelayServer:
                 break
             else:
                 return
+        if found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None:
+            status, signed = self.console.token(b"".join(chunks))
+            await self._respond(stream, conn, status, signed, close=self._stopping)
+            return
         path, _, _ = found.path.partition("?")
         answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
         try:
             while isinstance(answer, Pending):
                 answer = answer.resume(await self.cluster_call(answer.call))
         except ClusterUnavailable:
+            self._count_rest(found, 503)
             await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
             return
         # Written with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
         self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
+        self._count_rest(found, answer.status)
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
+
+    def _count_rest(self, found: Route, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.rest(found.path, found.query, status)
+
+    # ------------------------------------------------------------- operators
+
+    @property
+    def open_connections(self) -> int:
+        """TCP connections accepted and not closed yet."""
+        return self._connections
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the relay takes traffic (``GET /ready``), and why not."""
+        if self._stopping:
+            return False, "shutting down"
+        if self.cluster is not None and not self.cluster.connected:
+            return False, "Redis is unreachable"
+        return True, ""
+
+    def probe(self, path: str, accept: str, *, metrics: bool = True) -> tuple[int, bytes, str] | None:
+        """The answer to ``GET /health``, ``/ready`` or (with ``metrics``) ``/metrics``; None for other paths."""
+        if path == "/metrics" and not metrics:
+            return None
+        return probe_answer(self, path, accept)
 
     async def cluster_call(self, call: Output) -> Any:
         """Run one cluster call and return its result (only a cluster node makes them).
@@ -646,6 +730,14 @@ class RelayServer:
     ) -> Upgraded | Refused:
         """The core's answer to an upgrade request (the connection is open in the relay if accepted)."""
         address = _peer_address(stream)
+        if self.proxies.trusts(address):
+            # Behind a trusted proxy: the client is who it forwards for, and
+            # the per-address limit counts that address (not the proxy's).
+            address = self.proxies.client(address, [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"])
+            if self.max_connections_per_ip is not None and not self._admit(stream, address):
+                return Refused(429, "Too many connections from your address")
+        if self.console is not None and not self.console.has_room() and target.startswith(b"/console/socket"):
+            return Refused(503, "Too many console connections")
         decision = upgrade(
             self.relay,
             method,
@@ -657,22 +749,29 @@ class RelayServer:
             secure=self.secure,
             stopping=self._stopping,
             http_version=http_version,
+            console=self.console is not None,
         )
         if isinstance(decision, Refused):
             found = decision.route
             if found is not None and found.kind is RouteKind.PIPE:
                 log.info(
-                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message)
+                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message),
+                    extra=fields("pipe_refused", status=decision.status, reason=escaped(decision.message)),
                 )
         elif decision.kind is ConnectionKind.SOCKET:
+            app = self.relay.apps.by_key(decision.route.name)
             log.info(
-                "socket %s connected (app key %s, from %s)", decision.conn_id, escaped(decision.route.name), address
+                "socket %s connected (app key %s, from %s)", decision.conn_id, escaped(decision.route.name), address,
+                extra=fields("socket_connected", app=app.id if app else None, socket=decision.conn_id,
+                             remote_addr=address),
             )
         elif decision.kind is ConnectionKind.PIPE and decision.pipe is not None:
             accepted = decision.pipe
             log.info(
                 "pipe %s connected (app %s, protocol %s, group %s)",
                 decision.conn_id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
+                extra=fields("pipe_connected", app=accepted.app.id, pipe=decision.conn_id, protocol=accepted.version,
+                             group=escaped(accepted.group), remote_addr=address),
             )
         return decision
 
@@ -687,8 +786,10 @@ class RelayServer:
 
     def _open_websocket(
         self, stream: trio.abc.Stream, upgraded: Upgraded, trailing: bytes
-    ) -> tuple[WebSocket, _Side, int]:
+    ) -> tuple[WebSocket, Side, int]:
         """Register an accepted connection; returns it, its side and its message limit."""
+        if upgraded.kind is ConnectionKind.CONSOLE and self.console is not None:
+            return self.console.open(stream, upgraded, trailing)
         max_buffer = self.max_socket_buffer if upgraded.pipe is None else self.max_pipe_buffer
         ws = self.transport.connection(stream, trailing, max_buffer)
         ws.push(upgraded.response)
@@ -741,7 +842,10 @@ class _SocketsSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server.execute(server.relay.socket_closed(conn_id, server.now(), code, reason))
-        log.info("socket %s disconnected (%s %s)", conn_id, code, escaped(reason))
+        log.info(
+            "socket %s disconnected (%s %s)", conn_id, code, escaped(reason),
+            extra=fields("socket_disconnected", socket=conn_id, code=code, reason=escaped(reason)),
+        )
 
 
 class _PipesSide(_Side):
@@ -763,8 +867,11 @@ class _PipesSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
-        server.execute(server.relay.pipe_closed(conn_id, server.now()))
-        log.info("pipe %s disconnected (%s %s)", conn_id, code, escaped(reason))
+        server.execute(server.relay.pipe_closed(conn_id, server.now(), code))
+        log.info(
+            "pipe %s disconnected (%s %s)", conn_id, code, escaped(reason),
+            extra=fields("pipe_disconnected", pipe=conn_id, code=code, reason=escaped(reason)),
+        )
 
 
 async def serve(

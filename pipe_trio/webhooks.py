@@ -26,20 +26,29 @@ import trio
 from pipe_proto import AppRegistry
 from pipe_proto.webhooks import MAX_RETRY_SECONDS, WebhookRequest, build_request, retry_delay
 
+from .logs import fields
+
 __all__ = ["WebhookSender"]
 
 log = logging.getLogger("pipe_trio.webhooks")
 
 
+_PER_APP = ("sent", "failed", "retried", "dropped", "queued")
+
+
 class _Target:
-    __slots__ = ("app_id", "dropped", "queue", "running", "url")
+    __slots__ = ("app_id", "dropped", "failed", "queue", "retried", "running", "sent", "url")
 
     def __init__(self, app_id: str, url: str, max_queue: int) -> None:
         self.app_id = app_id
         self.url = url
         self.queue: deque[dict[str, Any]] = deque(maxlen=max_queue)
         self.running = False
+        # Since the start: events delivered and given up, requests failed and tried again.
+        self.sent = 0
         self.dropped = 0
+        self.failed = 0
+        self.retried = 0
 
 
 class WebhookSender:
@@ -71,6 +80,18 @@ class WebhookSender:
         self._nursery: trio.Nursery | None = None
         self._idle: trio.Event | None = None
         self.stats = {"sent": 0, "failed_attempts": 0, "dropped": 0}
+
+    def per_app(self) -> dict[str, dict[str, int]]:
+        """Per app id: events ``sent``, ``dropped`` and ``queued``, requests ``failed`` and ``retried``."""
+        apps: dict[str, dict[str, int]] = {}
+        for target in self._targets.values():
+            numbers = apps.setdefault(target.app_id, dict.fromkeys(_PER_APP, 0))
+            numbers["sent"] += target.sent
+            numbers["failed"] += target.failed
+            numbers["retried"] += target.retried
+            numbers["dropped"] += target.dropped
+            numbers["queued"] += len(target.queue)
+        return apps
 
     def add(self, app_id: str, urls: tuple[str, ...], event: dict[str, Any]) -> None:
         """Queue one event for each URL (never blocks)."""
@@ -131,17 +152,27 @@ class WebhookSender:
                     status = await post(target.url, request.body, request.headers)
                 if 200 <= status < 300:
                     self.stats["sent"] += count
+                    target.sent += count
                     return
                 problem = f"status {status}"
             except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError, ssl.SSLError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             self.stats["failed_attempts"] += 1
+            target.failed += 1
             delay = retry_delay(attempt)
             if self.clock() + delay - made > MAX_RETRY_SECONDS:
                 self.stats["dropped"] += count
-                log.warning("webhook to %s failed (%s); gave up on %d events", target.url, problem, count)
+                target.dropped += count
+                log.warning(
+                    "webhook to %s failed (%s); gave up on %d events", target.url, problem, count,
+                    extra=fields("webhook_dropped", app=target.app_id, url=target.url, problem=problem, events=count),
+                )
                 return
-            log.info("webhook to %s failed (%s); retry %d in %.0fs", target.url, problem, attempt, delay)
+            target.retried += 1
+            log.info(
+                "webhook to %s failed (%s); retry %d in %.0fs", target.url, problem, attempt, delay,
+                extra=fields("webhook_failed", app=target.app_id, url=target.url, problem=problem, attempt=attempt),
+            )
             await trio.sleep(delay)
 
 

@@ -1,20 +1,17 @@
 """A cluster of real ``pipe-relay serve`` processes, and Debian's nginx in front of them as docs/cluster.md says.
 
 :func:`relay_nodes` starts nodes from one configuration file (apps and a ``[cluster]`` table) on free ports
-and yields them once each said it listens; :func:`nginx` runs nginx in the foreground with the load
-balancer configuration of ``docs/cluster.md``, its addresses filled in (:func:`documented_nginx_block`).
+and yields them once each said it listens; :func:`nginx` runs nginx (:mod:`tests.nginx_front`) with the
+load balancer configuration of ``docs/cluster.md``, its addresses filled in (:func:`cluster_block`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -22,6 +19,8 @@ from typing import Any
 
 import trio
 
+from tests.nginx_front import documented_block
+from tests.nginx_front import nginx as run_nginx
 from tests.processes import Lines, background
 from tests.redis_server import free_port
 from tests.support import APP_ID, APP_KEY, APP_SECRET
@@ -107,77 +106,23 @@ async def relay_nodes(config: Path, count: int = 3) -> AsyncIterator[list[Node]]
         yield nodes
 
 
-def documented_nginx_block() -> str:
-    """The one ``nginx`` block of docs/cluster.md, as documented."""
-    text = (ROOT / "docs" / "cluster.md").read_text()
-    blocks = re.findall(r"^```nginx\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 1, "docs/cluster.md has one nginx configuration"
-    return str(blocks[0])
-
-
-def nginx_config(block: str, listen_port: int, node_ports: Sequence[int]) -> str:
-    """A whole nginx.conf: ``block`` (docs/cluster.md) with the test's addresses, in a minimal http block.
-
-    The paths nginx writes (pid, temporary files) are relative, so they land in the prefix directory.
-    """
+def cluster_block(block: str, listen_port: int, node_ports: Sequence[int]) -> str:
+    """``block`` (docs/cluster.md) with the test's addresses: one node per documented server line, its port."""
     assert len(DOC_NODES.findall(block)) == len(node_ports), "one documented server line per node"
     addresses = iter(node_ports)
     block = DOC_NODES.sub(lambda _: f"server 127.0.0.1:{next(addresses)}", block)
     block, listens = DOC_LISTEN.subn(f"listen 127.0.0.1:{listen_port};", block)
     assert listens == 1, "the documented server block listens once"
-    temporary = "\n".join(
-        f"    {kind}_temp_path tmp/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    indented = "".join(f"    {line}\n" if line else "\n" for line in block.splitlines())
-    return f"""worker_processes 1;
-pid nginx.pid;
-error_log stderr notice;
-
-events {{
-    worker_connections 256;
-}}
-
-http {{
-    access_log off;
-{temporary}
-
-{indented}}}
-"""
-
-
-def nginx_binary() -> str:
-    """Debian's nginx (in /usr/sbin, often not on a user's PATH)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
-    if found is None:  # pragma: no cover - tests/run installs it
-        raise RuntimeError("nginx is not installed (tests/run installs Debian's nginx)")
-    return found
+    return block
 
 
 @asynccontextmanager
 async def nginx(node_ports: Sequence[int]) -> AsyncIterator[int]:
-    """nginx in the foreground with the documented configuration before ``node_ports``; yields its port.
-
-    Run as root, it runs as ``nobody`` (setpriv), in a prefix directory of its own; otherwise as the user.
-    """
-    prefix = Path(tempfile.mkdtemp(prefix="pipe-relay-nginx-"))
-    try:
-        (prefix / "tmp").mkdir()
-        port = free_port()
-        config = prefix / "nginx.conf"
-        config.write_text(nginx_config(documented_nginx_block(), port, node_ports))
-        argv = [nginx_binary(), "-e", "stderr", "-p", f"{prefix}/", "-c", str(config), "-g", "daemon off;"]
-        if os.geteuid() == 0:
-            nobody = pwd.getpwnam("nobody")
-            for path in (prefix, prefix / "tmp", config):
-                os.chown(path, nobody.pw_uid, nobody.pw_gid)
-            argv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                    "--no-new-privs", *argv]
-        async with background(argv) as lines:
-            # The master has bound the port before it starts its worker.
-            await lines.expect("start worker process ", timeout=20)
-            yield port
-    finally:
-        shutil.rmtree(prefix, ignore_errors=True)
+    """nginx in the foreground with docs/cluster.md's configuration before ``node_ports``; yields its port."""
+    port = free_port()
+    block = cluster_block(documented_block("cluster.md"), port, node_ports)
+    async with run_nginx(lambda _prefix: block):
+        yield port
 
 
 async def wait_for_line(nodes: Sequence[Node], text: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109

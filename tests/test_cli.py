@@ -75,7 +75,7 @@ def test_config_file(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text(CONFIG)
     args = serve_args("--app", "1:k1:s1", "--config", str(config))
-    apps, demo = load_apps(args, environ={"PIPE_RELAY_APP_KEY": "ignored"})
+    apps, demo = load_apps(args, environ={})
     assert not demo
     assert [app.id for app in apps] == ["1", "7", "8"]
     seven, eight = apps[1], apps[2]
@@ -97,8 +97,8 @@ def test_environment_app() -> None:
     environ["PIPE_RELAY_APP_ID"] = "99"
     apps, _ = load_apps(serve_args(), environ=environ)
     assert apps[0].id == "99"
-    apps, _ = load_apps(serve_args("--app", "1:k:s"), environ=environ)
-    assert [app.key for app in apps] == ["k"]  # --app wins over the environment
+    apps, _ = load_apps(serve_args("--app", "99:k:s", "--app", "2:k2:s2"), environ=environ)
+    assert [(app.id, app.key) for app in apps] == [("99", "k"), ("2", "k2")]  # --app wins over the environment, by id
 
 
 def test_demo_default() -> None:

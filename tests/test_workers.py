@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,13 +53,37 @@ async def test_two_workers_share_the_port_and_one_that_dies_comes_back() -> None
         await _workers(redis)
 
 
+def _two_free_ports() -> int:
+    """A port free a moment ago, with the next one free too."""
+    while True:
+        port = free_port()
+        if port < 65535:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+
+
 async def _workers(redis: RedisServer) -> None:
     port = free_port()
-    argv = [PIPE_RELAY, "serve", "--workers", "2", "--port", str(port), "--app", "1:key:secret", "--redis", redis.url]
+    metrics = _two_free_ports()
+    argv = [PIPE_RELAY, "serve", "--workers", "2", "--port", str(port), "--app", "1:key:secret", "--redis", redis.url,
+            "--metrics-port", str(metrics)]
     async with background(argv) as lines:
         first = await lines.expect("worker 0 started", timeout=20)
         await _listening(lines, 2)
         before = await _nodes_seen(port, 2)
+        # Each worker has its metrics on a port of its own: --metrics-port, then + 1.
+        for index in range(2):
+            status, _, body = await http_request(metrics + index, "/metrics")
+            assert status == 200 and b"pipe_relay_redis_connected 1.0" in body
+        # SIGHUP reaches every worker, which reloads.
+        lines.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(20):
+            while sum("reloaded" in line for line in lines.lines) < 2:
+                await lines.changed()
         pid = int(re.search(r"pid (\d+)", first).group(1))  # type: ignore[union-attr]
         os.kill(pid, signal.SIGKILL)
         await lines.expect(f"worker 0 (pid {pid}) exited with status -9; starting it again", timeout=20)

@@ -28,6 +28,7 @@ from .authorization import AskPipe, Member, Refuse, authorize_subscription
 from .core import Core, frame
 from .directory import Directory, Joined
 from .later import Later, gather
+from .observe import Observed
 from .outputs import Send
 from .state import AppState, Cached, Channel, Socket
 
@@ -55,6 +56,10 @@ class Channels:
         """Send a ``pusher:subscription_error``."""
         error = SubscriptionError(channel=channel, type=refusal.type, error=refusal.error, status=refusal.status)
         self.core.send(sock.id, frame(error))
+        observer = sock.app.observer
+        if observer is not None:
+            details = {"type": refusal.type, "error": refusal.error, "status": refusal.status}
+            observer(Observed("subscription_error", sock.id, channel, details=details))
 
     # ------------------------------------------------------------ joining
 
@@ -131,6 +136,8 @@ class Channels:
         channel.sockets.add(sock.id)
         name = channel.name
         self._succeeded(sock, channel, joined.members)
+        if sock.app.observer is not None:
+            sock.app.observer(Observed("subscribed", sock.id, name))
         if channel.type.cached:
             cached = joined.cached
             if cached is None:
@@ -169,6 +176,8 @@ class Channels:
         channel.sockets.discard(sock.id)
         self.directory.leave(state, channel, sock, key, joined, now)
         self.forget_if_empty(state, channel)
+        if state.observer is not None:
+            state.observer(Observed("unsubscribed", sock.id, name))
 
     @staticmethod
     def forget_if_empty(state: AppState, channel: Channel) -> None:
@@ -213,6 +222,8 @@ class Channels:
     @staticmethod
     def _channel_hook(state: AppState, kind: str, name: str, now: float, confirmed: bool = False) -> None:
         state.webhooks.event(kind, now, confirmed=confirmed, channel=name)
+        if state.observer is not None:
+            state.observer(Observed("occupied" if kind == "channel_occupied" else "vacated", channel=name))
         hub = state.hub
         if hub.wants("channel_existence"):
             # Vacated waits, and a quick return cancels both (pipe-protocol.md 3);
@@ -229,6 +240,8 @@ class Channels:
         state: AppState, kind: str, name: str, user_id: str | int, info: Any, now: float, confirmed: bool = False
     ) -> None:
         state.webhooks.event(kind, now, confirmed=confirmed, channel=name, user_id=str(user_id))
+        if state.observer is not None:
+            state.observer(Observed(kind, channel=name, details={"user_id": str(user_id)}))
         hub = state.hub
         if hub.wants("presence"):
             # As for channels; only a return with the same id and info cancels.

@@ -47,6 +47,8 @@ class Core:
         #: Every connection's next deadline (heartbeats, pipe liveness).
         self.deadlines = Deadlines()
         self.counters = {"sockets_opened": 0, "sockets_refused": 0, "pipes_opened": 0}
+        #: Close code -> sockets refused before an app was known (unknown key or path).
+        self.refused_unknown: dict[int, int] = {}
 
     def add_app(self, app: App, state: AppState) -> None:
         """Register an app's state."""

@@ -19,6 +19,7 @@ from ..pusher.codec import encode_message
 from ..pusher.events import Message
 from .core import Core
 from .directory import Directory
+from .observe import Observed
 from .outputs import Send
 from .state import Socket
 
@@ -97,6 +98,8 @@ class Messages:
         others = tuple(s for s in channel.sockets if s != sock.id)
         if others:
             core.out.append(Send(others, text))
+        if state.observer is not None:
+            state.observer(Observed("client_event", sock.id, name, event.event, data))
         if state.webhooks.wants("client_event"):
             fields: dict[str, Any] = {"channel": name, "event": event.event, "data": data, "socket_id": sock.id}
             if user_id is not None:
@@ -120,6 +123,9 @@ class Messages:
         if problem:
             core.error(sock.id, f"Message rejected: {problem}")
             return
+        if state.observer is not None:
+            data = event.data if isinstance(event.data, str) else jsontext.dumps(event.data)
+            state.observer(Observed("back_channel", sock.id, event.channel, event.event, data))
         hub = state.hub
         if not hub.wants("socket_message"):
             hub.unrouted += 1

@@ -58,6 +58,7 @@ class PipeAuthorizations:
             return
         request_id = f"{self.prefix}{self._next}"
         self._next += 1
+        state.counts.auth_requests += 1
         deadline = now + state.app.pipe.auth_timeout
         self.pending[request_id] = PendingAuth(sock.id, kind, channel, deadline)
         self.deadlines.push(deadline, request_id)
@@ -112,6 +113,7 @@ class PipeAuthorizations:
         assert settled is not None
         _, sock = settled
         if not answer.allow:
+            state.counts.auth_denied += 1
             self.failed(sock, pending.kind, pending.channel, 403, answer.reason or "Forbidden by the app")
             return
         if pending.kind == "user":
@@ -144,6 +146,7 @@ class PipeAuthorizations:
             settled = self._settle(request_id)
             if settled is not None:
                 pending, sock = settled
+                sock.app.counts.auth_timeouts += 1
                 self.failed(sock, pending.kind, pending.channel, 408, "The app did not answer in time")
 
     def __len__(self) -> int:

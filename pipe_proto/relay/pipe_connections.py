@@ -26,10 +26,11 @@ from .channels import Channels
 from .core import Core
 from .directory import Directory
 from .later import Later, gather
+from .observe import Observed, observe_pipe_call
 from .outputs import Close, Probe, Send
 from .pipe_auth import PipeAuthorizations
 from .sockets import Sockets
-from .state import Pipe
+from .state import Pipe, utf8_size
 from .users import Users
 
 __all__ = ["MAX_EARLY", "PipeConnections"]
@@ -134,6 +135,7 @@ class PipeConnections:
         conn = PipeServerConnection(accepted.app, accepted.version, now)
         core.pipes[pipe_id] = Pipe(pipe_id, state, conn, session)
         core.counters["pipes_opened"] += 1
+        state.counts.pipes_opened += 1
         established = pipe_events.Established(
             socket_id=pipe_id,
             session=session.id,
@@ -145,11 +147,20 @@ class PipeConnections:
         core.send(pipe_id, encode_notification(pipe_events.Notification(notice=established), accepted.version))
         core.deadlines.push(conn.liveness.deadline(), pipe_id)
         state.hub.start(session, now)
+        if state.observer is not None:
+            details = {"group": accepted.group, "protocol": accepted.version, "session": session.id, "resumed": resumed}
+            state.observer(Observed("pipe_connected", pipe_id, details=details))
 
     def message(self, pipe: Pipe, text: str, now: float) -> None:
         """A request from ``pipe``: executed, answered unless its id is null (answered later if it must wait)."""
+        counts = pipe.app.counts
+        counts.pipe_messages_in += 1
+        counts.pipe_bytes_in += utf8_size(text)
         try:
             request = pipe.conn.receive(text, now)
+            if pipe.app.observer is not None:
+                for seen in observe_pipe_call(pipe.id, request.call):
+                    pipe.app.observer(seen)
             try:
                 result = self._execute(pipe, request.call, now, answered=request.id is not None)
             except PipeFrameError as exc:
@@ -263,12 +274,23 @@ class PipeConnections:
         """``pipe`` sent a WebSocket ping or pong."""
         pipe.conn.liveness.heard(now)
 
-    def drop(self, pipe_id: str, now: float, close: tuple[int, str] | None = None) -> None:
-        """Forget a pipe (its session enters its grace); ``close``: close it with this code and reason."""
+    def drop(
+        self, pipe_id: str, now: float, close: tuple[int, str] | None = None, code: int | None = None
+    ) -> None:
+        """Forget a pipe (its session enters its grace).
+
+        ``close``: close it with this code and reason; ``code``: the code it
+        closed with (None: it went without a close frame).
+        """
         self._early.pop(pipe_id, None)
         pipe = self.core.pipes.pop(pipe_id, None)
         if pipe is not None:
-            pipe.app.hub.leave(pipe_id, now)
+            state = pipe.app
+            state.hub.leave(pipe_id, now)
+            state.counts.count_close("pipe", close[0] if close is not None else code)
+            if state.observer is not None:
+                details = {"code": close[0], "reason": close[1]} if close is not None else {"code": code}
+                state.observer(Observed("pipe_disconnected", pipe_id, details=details))
         elif not any(state.hub.abandoned(pipe_id, now) for state in self.core.states.values()):
             return  # not a pipe, or one already forgotten
         if close is not None:

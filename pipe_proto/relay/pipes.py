@@ -269,6 +269,8 @@ class Hub(Protocol):
     :class:`pipe_proto.cluster.ClusterHub` on a cluster node. Sessions are opaque
     to the rules (they have an ``id``)."""
 
+    #: The app's settings (replaced when the configuration is reloaded).
+    app: App
     unrouted: int
 
     def wants(self, type: str) -> bool: ...

@@ -47,17 +47,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..apps import App, AppRegistry
+from ..apps import App, AppRegistry, app_changes
 from ..errors import CloseCode, PusherCode
 from ..pipe.handshake import PipeAccepted, PipeRefused
 from .channels import Channels
 from .core import Core
 from .directory import Answer, ChannelFacts, Directory, LocalDirectory
+from .observe import Observed, Observer
 from .outputs import Close, Failure, Output, Send
 from .pipe_auth import PipeAuthorizations
 from .pipe_connections import PipeConnections
 from .sockets import SUPPORTED_PROTOCOLS, Sockets
-from .state import AppState, Cached, SocketDetails
+from .state import AppState, Cached, SocketDetails, utf8_size
 from .users import Users
 
 __all__ = ["SUPPORTED_PROTOCOLS", "Relay"]
@@ -177,6 +178,9 @@ class Relay:
         sock = self._core.sockets.get(socket_id)
         if sock is None:
             return []
+        counts = sock.app.counts
+        counts.socket_messages_in += 1
+        counts.socket_bytes_in += utf8_size(text)
         return self._guarded(socket_id, now, lambda: self._sockets.message(sock, text, now))
 
     def socket_oversized(self, socket_id: str, size: int) -> list[Output]:
@@ -224,10 +228,15 @@ class Relay:
         queued for it, so the error frame and the close can go out.
         """
         reason = "Client too slow: outbound buffer full"
-        sock = self._core.sockets.get(conn_id)
+        core = self._core
+        sock = core.sockets.get(conn_id)
         if sock is not None:
+            sock.app.counts.slow_sockets += 1
             self._sockets.kick(sock, PusherCode.SLOW_CONSUMER, reason, now)
         else:
+            pipe = core.pipes.get(conn_id)
+            if pipe is not None:
+                pipe.app.counts.slow_pipes += 1
             self._pipes.drop(conn_id, now, (PusherCode.SLOW_CONSUMER, reason))
         return self._core.take()
 
@@ -261,9 +270,9 @@ class Relay:
         if pipe is not None:
             self._pipes.heard(pipe, now)
 
-    def pipe_closed(self, pipe_id: str, now: float) -> list[Output]:
-        """A pipe's connection ended."""
-        self._pipes.drop(pipe_id, now)
+    def pipe_closed(self, pipe_id: str, now: float, code: int | None = None) -> list[Output]:
+        """A pipe's connection ended (``code``: its close frame's; None or 1006: lost without one)."""
+        self._pipes.drop(pipe_id, now, code=None if code == CloseCode.ABNORMAL else code)
         return self._core.take()
 
     def pipe_oversized(self, pipe_id: str, now: float) -> list[Output]:
@@ -290,7 +299,12 @@ class Relay:
     ) -> list[Output]:
         """Publish a channel event (the REST API's trigger); names must be valid."""
         state = self._core.states[app_id]
+        state.counts.rest_messages_in += 1
+        state.counts.rest_bytes_in += utf8_size(data)
         for channel in channels:
+            if state.observer is not None:
+                details = {"exclude": exclude} if exclude else None
+                state.observer(Observed("api_message", None, channel, event, data, details))
             self._channels.publish(state, channel, event, data, exclude, now)
         return self._core.take()
 
@@ -344,6 +358,106 @@ class Relay:
         if handle is None:
             return []
         return self._guarded(None, now, lambda: handle(now))
+
+    # ============================================================ operators
+
+    @property
+    def refused_unknown(self) -> dict[int, int]:
+        """Close code -> sockets refused before an app was known (unknown key, unknown path)."""
+        return self._core.refused_unknown
+
+    def app_states(self) -> list[AppState]:
+        """This relay's records of every app (read-only use: metrics, the console)."""
+        return list(self._core.states.values())
+
+    def sent(self, send: Send) -> None:
+        """The adapter wrote ``send``: count its messages and bytes for the app of its targets.
+
+        Called once per :class:`~.outputs.Send`, however many its targets
+        (a broadcast is one call). Frames to connections the relay has
+        already forgotten (the error before a close) are not counted.
+        """
+        targets = send.targets
+        if not targets:
+            return
+        core = self._core
+        sock = core.sockets.get(targets[0])
+        if sock is not None:
+            counts = sock.app.counts
+            counts.socket_messages_out += len(targets)
+            counts.socket_bytes_out += utf8_size(send.text) * len(targets)
+            return
+        pipe = core.pipes.get(targets[0])
+        if pipe is not None:
+            counts = pipe.app.counts
+            counts.pipe_messages_out += len(targets)
+            counts.pipe_bytes_out += utf8_size(send.text) * len(targets)
+
+    def observe(self, app_id: str, observer: Observer | None) -> None:
+        """Tell ``observer`` what happens to the app from now on (None: stop); see :mod:`.observe`.
+
+        Raises:
+            KeyError: no such app.
+        """
+        self._core.states[app_id].observer = observer
+
+    def reconfigure(self, apps: Iterable[App], now: float) -> list[Output]:
+        """Serve ``apps`` from now on (the configuration was reloaded); connections of other apps stay.
+
+        * an app no longer listed: its sockets and pipes are closed with 4200
+          (pusher-js reconnects at once: to a relay that serves the app, or
+          to be refused with 4001), then its records are forgotten;
+        * an app whose key or secret changed: the same, so that nothing
+          authorized with the old credentials stays;
+        * an app now disabled: its sockets and pipes are closed with 4003
+          (pusher-js does not retry);
+        * any other change (limits, features, pipe settings, webhooks)
+          applies from now on, to the connections open too, except what a
+          connection was given when it opened: its ``activity_timeout``,
+          ``max_socket_message_bytes``, and a pipe's heartbeat and
+          ``max_frame_bytes`` (docs/relay.md, "Reloading");
+        * a new app is served at once.
+
+        Raises:
+            ConfigError: two apps have the same id or key (nothing changed).
+        """
+        new = list(apps)
+        AppRegistry(new)  # refuses duplicates before anything changes
+        changes = app_changes(self.apps, new)
+        core = self._core
+        closing: list[tuple[AppState, int, str]] = [
+            (core.states[app.id], PusherCode.RECONNECT, "Application removed from this relay")
+            for app in changes.removed
+        ]
+        closing += [
+            (core.states[app.id], PusherCode.RECONNECT, "Application credentials changed")
+            for app in changes.credentials
+        ]
+        closing += [
+            (core.states[app.id], PusherCode.APP_DISABLED, "Application is disabled")
+            for app in changes.changed
+            if not app.enabled and app not in changes.credentials
+        ]
+        for state, code, reason in closing:
+            self._guard(None, now, lambda: self._close_app(state, code, reason, now))  # noqa: B023
+        for app in changes.removed:
+            del core.states[app.id]
+        for app in changes.changed:
+            state = core.states[app.id]
+            state.app = app
+            state.hub.app = app
+            state.webhooks.retarget(app)
+        self.apps.replace(new)
+        for app in changes.added:
+            core.add_app(app, self._new_state(app))
+        return core.take()
+
+    def _close_app(self, state: AppState, code: int, reason: str, now: float) -> None:
+        core = self._core
+        for sock in [s for s in core.sockets.values() if s.app is state]:
+            self._sockets.kick(sock, code, reason, now)
+        for pipe_id in [p.id for p in core.pipes.values() if p.app is state]:
+            self._pipes.drop(pipe_id, now, (code, reason))
 
     # ================================================================ time
 

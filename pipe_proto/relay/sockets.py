@@ -25,8 +25,9 @@ from .channels import Channels
 from .core import Core, frame
 from .directory import Directory
 from .messages import Messages
+from .observe import Observed
 from .outputs import Close
-from .state import Socket, SocketDetails
+from .state import AppState, Socket, SocketDetails
 
 if TYPE_CHECKING:
     from .pipe_auth import PipeAuthorizations
@@ -71,22 +72,28 @@ class Sockets:
             refusal: tuple[int, str] | None = (PusherCode.PATH_NOT_FOUND, "Path not found")
         else:
             refusal = self._refusal(app, query, secure)
-        if refusal is not None or app is None:
-            self._refuse(socket_id, *(refusal or (PusherCode.APP_NOT_FOUND, "")))
+        state = None if app is None else core.states[app.id]
+        if refusal is not None or state is None:
+            self._refuse(socket_id, *(refusal or (PusherCode.APP_NOT_FOUND, "")), state)
             return
 
         def answer(fits: bool, now: float) -> None:
             if fits:
-                self.admitted(socket_id, app, now, details)
+                self.admitted(socket_id, state.app, now, details)
             else:
-                self._refuse(socket_id, PusherCode.OVER_CONNECTION_QUOTA, "Application is over connection quota")
+                message = "Application is over connection quota"
+                self._refuse(socket_id, PusherCode.OVER_CONNECTION_QUOTA, message, state)
 
-        self.directory.admit(core.states[app.id], socket_id, now, answer)
+        self.directory.admit(state, socket_id, now, answer)
 
-    def _refuse(self, socket_id: str, code: int, message: str) -> None:
+    def _refuse(self, socket_id: str, code: int, message: str, state: AppState | None) -> None:
         self.core.error(socket_id, message, code)
         self.core.out.append(Close(socket_id, code, message))
         self.core.counters["sockets_refused"] += 1
+        refused = self.core.refused_unknown if state is None else state.counts.refused
+        refused[code] = refused.get(code, 0) + 1
+        if state is not None and state.observer is not None:
+            state.observer(Observed("refused", socket_id, details={"code": code, "message": message}))
 
     def admitted(self, socket_id: str, app: App, now: float, details: SocketDetails | None) -> None:
         """The socket may stay: record it and send ``connection_established``."""
@@ -96,6 +103,7 @@ class Sockets:
         sock = Socket(socket_id, state, conn, self._socket_details(app, details))
         core.sockets[socket_id] = sock
         state.socket_count += 1
+        state.counts.sockets_opened += 1
         core.counters["sockets_opened"] += 1
         core.send(socket_id, conn.establish(socket_id))
         core.deadlines.push(conn.deadline(), socket_id)
@@ -103,6 +111,10 @@ class Sockets:
             notice = pipe_events.SocketOpened(socket_id=socket_id, **sock.describe())
             state.hub.publish("socket_existence", socket_id, notice, now)
             self.directory.socket_known(state, socket_id)
+        if state.observer is not None:
+            seen = details or SocketDetails()
+            where = {"remote_addr": seen.remote_addr, "origin": seen.origin, "user_agent": seen.user_agent}
+            state.observer(Observed("connection", socket_id, details=where))
 
     def _refusal(self, app: App | None, query: Mapping[str, str], secure: bool) -> tuple[int, str] | None:
         if app is None:
@@ -174,6 +186,7 @@ class Sockets:
         del core.sockets[sock.id]
         state = sock.app
         state.socket_count -= 1
+        state.counts.count_close("socket", code)
         self.directory.released(state, sock.id)
         sock.conn.close()
         for name in list(sock.channels):
@@ -186,6 +199,8 @@ class Sockets:
         if state.hub.wants("socket_existence"):
             notice = pipe_events.SocketClosed(socket_id=sock.id, code=code, reason=reason)
             state.hub.publish("socket_existence", sock.id, notice, now)
+        if state.observer is not None:
+            state.observer(Observed("disconnection", sock.id, details={"code": code, "reason": reason}))
 
     def fail(self, sock: Socket, now: float) -> None:
         """Handling ``sock``'s input hit a bug: close it with 1011, keep everyone else."""

@@ -20,9 +20,22 @@ if TYPE_CHECKING:
     from ..pusher.connection import PusherConnection
     from ..webhooks import WebhookScheduler
     from .authorization import Member, SignedInUser
+    from .observe import Observer
     from .pipes import Hub
 
-__all__ = ["AppState", "Cached", "Channel", "PendingAuth", "Pipe", "PresenceMember", "Socket", "SocketDetails"]
+__all__ = [
+    "AppCounts",
+    "AppState",
+    "Cached",
+    "Channel",
+    "PendingAuth",
+    "Pipe",
+    "PresenceMember",
+    "Socket",
+    "SocketDetails",
+    "close_class",
+    "utf8_size",
+]
 
 
 class SocketDetails(NamedTuple):
@@ -152,10 +165,103 @@ class PendingAuth(NamedTuple):
     deadline: float
 
 
+def utf8_size(text: str) -> int:
+    """The size of ``text`` in UTF-8, in bytes (``isascii`` is O(1) in CPython: the usual case costs nothing)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def close_class(code: int | None) -> str:
+    """The class of a WebSocket close code, as metrics label it.
+
+    ``"1xxx"`` the WebSocket's own codes (a client's 1000 or 1001), ``"40xx"``
+    refusals pusher-js does not retry, ``"41xx"`` closes it retries after a
+    pause (4101 slow consumer), ``"42xx"`` closes it retries at once (4200
+    reconnect, 4201 pong timeout), ``"43xx"`` other Pusher codes, ``"none"``
+    a connection lost without a close frame, ``"other"`` anything else.
+    """
+    if code is None or code == 1006:
+        return "none"
+    if 1000 <= code < 2000:
+        return "1xxx"
+    if 4000 <= code < 4400:
+        return f"{code // 100}xx"
+    return "other"
+
+
+class AppCounts:
+    """What happened to one app since it was added: plain integers, read by metrics.
+
+    Incremented where each thing happens (per connection, per message in, per
+    frame written), never per delivery of a broadcast: a channel event to a
+    thousand sockets adds to ``socket_messages_out`` once.
+    """
+
+    __slots__ = (
+        "auth_denied",
+        "auth_requests",
+        "auth_timeouts",
+        "closed",
+        "pipe_bytes_in",
+        "pipe_bytes_out",
+        "pipe_messages_in",
+        "pipe_messages_out",
+        "pipes_opened",
+        "refused",
+        "rest_bytes_in",
+        "rest_messages_in",
+        "slow_pipes",
+        "slow_sockets",
+        "socket_bytes_in",
+        "socket_bytes_out",
+        "socket_messages_in",
+        "socket_messages_out",
+        "sockets_opened",
+    )
+
+    def __init__(self) -> None:
+        self.sockets_opened = 0
+        self.pipes_opened = 0
+        #: (``"socket"`` or ``"pipe"``, :func:`close_class`) -> connections closed.
+        self.closed: dict[tuple[str, str], int] = {}
+        #: Close code -> sockets refused at the handshake.
+        self.refused: dict[int, int] = {}
+        self.socket_messages_in = 0
+        self.socket_bytes_in = 0
+        self.pipe_messages_in = 0
+        self.pipe_bytes_in = 0
+        self.rest_messages_in = 0
+        self.rest_bytes_in = 0
+        self.socket_messages_out = 0
+        self.socket_bytes_out = 0
+        self.pipe_messages_out = 0
+        self.pipe_bytes_out = 0
+        self.auth_requests = 0
+        self.auth_denied = 0
+        self.auth_timeouts = 0
+        self.slow_sockets = 0
+        self.slow_pipes = 0
+
+    def count_close(self, kind: str, code: int | None) -> None:
+        """A socket or pipe (``kind``) closed with ``code`` (None: without a close frame)."""
+        key = (kind, close_class(code))
+        self.closed[key] = self.closed.get(key, 0) + 1
+
+
 class AppState:
     """Everything the relay holds for one app."""
 
-    __slots__ = ("app", "cache", "channels", "hub", "socket_count", "users", "watchers", "webhooks")
+    __slots__ = (
+        "app",
+        "cache",
+        "channels",
+        "counts",
+        "hub",
+        "observer",
+        "socket_count",
+        "users",
+        "watchers",
+        "webhooks",
+    )
 
     def __init__(self, app: App, hub: Hub, webhooks: WebhookScheduler) -> None:
         self.app = app
@@ -168,3 +274,7 @@ class AppState:
         self.socket_count = 0
         self.hub = hub
         self.webhooks = webhooks
+        self.counts = AppCounts()
+        #: Called with what happens to the app while someone watches it
+        #: (:mod:`.observe`); None, the usual case, costs one test per event.
+        self.observer: Observer | None = None

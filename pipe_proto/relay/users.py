@@ -19,6 +19,7 @@ from .authorization import AskPipe, Refuse, SignedInUser, authorize_signin
 from .core import Core, frame
 from .directory import Directory
 from .later import Later, gather
+from .observe import Observed
 from .outputs import Send
 from .state import AppState, Socket
 
@@ -69,6 +70,8 @@ class Users:
         state.users.setdefault(user.id, set()).add(sock.id)
         self.core.send(sock.id, frame(SignInSuccess(user_data=user.user_data)))
         self.directory.sign_in(state, sock, user, now)
+        if state.observer is not None:
+            state.observer(Observed("signin", sock.id, details={"user_id": user.id}))
 
     def watching(self, sock: Socket, user: SignedInUser, online: list[str]) -> None:
         """The directory's answer to a sign-in: which watched users are online now."""

@@ -1,6 +1,6 @@
 """The Pusher HTTP REST API: request authentication and the endpoints' logic."""
 
-from .api import MAX_BODY_BYTES, RestResponse, handle
+from .api import MAX_BODY_BYTES, RestResponse, describe_request, handle
 from .auth import authenticate
 
-__all__ = ["MAX_BODY_BYTES", "RestResponse", "authenticate", "handle"]
+__all__ = ["MAX_BODY_BYTES", "RestResponse", "authenticate", "describe_request", "handle"]

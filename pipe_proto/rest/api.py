@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import attrs
 
 from .. import jsontext
+from ..apps import AppRegistry
 from ..names import (
     ChannelKind,
     channel_name_error,
@@ -41,7 +42,7 @@ from ..relay.relay import Relay
 from ..routes import USERS_TERMINATE
 from .auth import authenticate
 
-__all__ = ["MAX_BODY_BYTES", "RestResponse", "handle", "then"]
+__all__ = ["MAX_BODY_BYTES", "RestResponse", "describe_request", "handle", "then"]
 
 #: Bodies larger than this are refused (413) before they are read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -100,6 +101,36 @@ def _gather(answers: list[Answer[_T]]) -> Answer[list[_T]]:
         return values
 
     return step(0)
+
+
+def describe_request(apps: AppRegistry, path: str, query: Mapping[str, str]) -> tuple[str | None, str]:
+    """Which app and endpoint a REST request is for, as metrics label it.
+
+    Returns:
+        The app's id (None: no such app, so that unknown ids add no label
+        values) and the endpoint: ``events``, ``batch_events``, ``channels``,
+        ``channel``, ``channel_users``, ``status``, ``terminate_user``, or
+        ``other``.
+    """
+    if USERS_TERMINATE.fullmatch(path):
+        app = apps.by_key({k.lower(): v for k, v in query.items()}.get("auth_key", ""))
+        return (None if app is None else app.id), "terminate_user"
+    match = _APP_PATH.fullmatch(path)
+    if match is None:
+        return None, "other"
+    app = apps.by_id(match.group(1))
+    sub = match.group(2) or ""
+    if sub in ("/events", "/batch_events", "/channels", "/status"):
+        endpoint = sub[1:]
+    elif _CHANNEL_USERS.fullmatch(sub):
+        endpoint = "channel_users"
+    elif _CHANNEL.fullmatch(sub):
+        endpoint = "channel"
+    elif USERS_TERMINATE.fullmatch(sub):
+        endpoint = "terminate_user"
+    else:
+        endpoint = "other"
+    return (None if app is None else app.id), endpoint
 
 
 def handle(

@@ -4,10 +4,12 @@
  * playwright-core for the browser tests; same JSON-lines protocol as driver.js.
  *
  * Commands:
- *   open      {url, block_pusher}    a new page at url (block_pusher: the CDN's pusher-js fails to load)
+ *   open      {url, block_pusher, viewport}  a new page at url (block_pusher: the CDN's pusher-js
+ *                                    fails to load; viewport: {width, height} of the page)
  *   eval      {expression}           result = page.evaluate(expression)
  *   wait_for  {expression, ms}       page.waitForFunction(expression) for up to ms (10000); result = its value
  *   text      {selector}             result = the element's textContent
+ *   screenshot {path}                a PNG of the page as shown, written to path
  * Reports: {"type":"console", text} for every console message of the page,
  *   {"type":"page_error", message} for uncaught errors.
  *
@@ -42,7 +44,7 @@ async function start() {
 
 const commands = {
   open: async (c) => {
-    page = await browser.newPage();
+    page = await browser.newPage(c.viewport ? { viewport: c.viewport } : {});
     page.on('console', (message) => report({ type: 'console', text: message.text() }));
     page.on('pageerror', (error) => report({ type: 'page_error', message: String(error && error.message) }));
     await page.route(/^https:\/\/js\.pusher\.com\/.*pusher(\.min)?\.js$/, (route) =>
@@ -58,6 +60,10 @@ const commands = {
     return handle.jsonValue();
   },
   text: (c) => page.textContent(c.selector),
+  screenshot: async (c) => {
+    await page.screenshot({ path: c.path });
+    return c.path;
+  },
 };
 
 async function run(command) {
