@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pipe_proto import App, PipeSettings, Relay, Send
 from pipe_proto.cluster import ClusterDirectory
+from pipe_proto.pipe.events import SocketMessage
 from pipe_proto.pipe.handshake import PipeAccepted, pipe_url
 from pipe_proto.relay.outputs import ClusterCall, Output
 
@@ -140,3 +141,33 @@ def test_a_send_nobody_waits_for_asks_no_count_of_the_other_node() -> None:
     assert tell.args[4].startswith("q - 7 1 ss\n")
     # The other side: a request with no token gets no answer.
     assert calls(relay.cluster_message(b'q - 8 1 ss\n{"ids": ["1.2"], "text": "{}"}', 0.2), "tell") == []
+
+
+def test_after_an_outage_the_session_goes_back_to_the_last_seq_written_and_keeps_its_window() -> None:
+    """A read answered while the link broke never arrived: prestore names the last seq written (2), not 3."""
+    relay = node()
+    state = relay.state_of("1")
+    assert state is not None
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    (read,) = calls(answer(relay, attach, {"session": "s1", "resumed": False, "gap": 0, "types": ""}), "pread")
+    assert read.token is not None
+    entries = [[1, "socket_message", '{"socket_id":"1.2","event":"e","data":1}', 1000, "0"],
+               [2, "socket_message", '{"socket_id":"1.2","event":"e","data":2}', 1001, "0"]]
+    relay.cluster_result(read.token, [entries, 1], 0.1)
+    # The ack makes room: the next read goes out, and the link breaks before its answer.
+    (_reread,) = calls(relay.pipe_message(pipe_id, json.dumps({"id": None, "method": "ack", "params": {"seq": 1}}), 0.2),
+                      "pread")
+    relay.cluster_down(0.3)
+    # Meanwhile a socket's message for the pipes cannot reach Redis: counted as lost.
+    member = {"g": "default", "v": "1.0", "t": "socket_message", "n": "8", "p": "8000.1"}
+    relay.cluster_message(f"pm 1 s9\n{json.dumps(member)}".encode(), 0.0)
+    before = relay.stats()["cluster"]["lost_while_down"]
+    state.hub.publish("socket_message", "1.2", SocketMessage(socket_id="1.2", name="e"), 0.35)
+    assert relay.stats()["cluster"]["lost_while_down"] == before + 1
+    out = relay.cluster_up(0.4)
+    (restore,) = calls(out, "prestore")
+    assert restore.args[3:] == ("1", "s1", pipe_id, "1.0", "default", "", "2")
+    # Seq 2 is still in flight (not acked): the window (2) has room for one.
+    (again,) = calls(out, "pread")
+    assert again.args[6] == "1"

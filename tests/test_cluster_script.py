@@ -123,3 +123,23 @@ async def test_every_key_carries_the_prefix(script: Script) -> None:
     assert keys
     others = [k for k in await script.client.keys("*") if not k.startswith(b"t")]
     assert others == []
+
+
+async def test_prestore_rewinds_a_session_to_the_last_seq_its_node_wrote(script: Script) -> None:
+    """A read whose answer was lost: prestore with the last seq written sends the rest again, with the same seqs."""
+    await script("pattach", "n1", "1", "p1", "1.0", "default", "s1", "", "-1", "10", "7")
+    await script("psub", "n1", "1", "s1", "socket_message")
+    for i in range(3):
+        await script("pp", "n1", "1", "socket_message", "k", "socket_message", str(i), "", "1000", "100", "100000")
+    entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000")
+    assert [(e[0], e[2]) for e in entries] == [(1, b"0"), (2, b"1"), (3, b"2")] and more == 0
+    # Another pipe (or another node) restoring does not move this session.
+    assert await script("prestore", "n1", "1", "s1", "p2", "1.0", "default", "socket_message", "1") == 0
+    assert await script("prestore", "n2", "1", "s1", "p1", "1.0", "default", "socket_message", "1") == 0
+    assert await script("pread", "n1", "1", "s1", "p1", "10", "100000") == [[], 0]
+    # Its own node, which wrote up to seq 1 only.
+    assert await script("prestore", "n1", "1", "s1", "p1", "1.0", "default", "socket_message", "1") == 0
+    entries, _ = await script("pread", "n1", "1", "s1", "p1", "10", "100000")
+    assert [(e[0], e[2]) for e in entries] == [(2, b"1"), (3, b"2")]
+    # An ack after the rewind still removes exactly what it names.
+    assert await script("pack", "n1", "1", "s1", "3") == 3

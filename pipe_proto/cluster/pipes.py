@@ -78,7 +78,7 @@ class Attached:
         self.group = group
         #: Its types as this node last set them (to put it back after Redis lost it).
         self.types = ""
-        #: The last seq sent to its pipe.
+        #: The last seq written to its pipe.
         self.last_seq = 0
         #: Sent and not acked: (seq, size).
         self.inflight: deque[tuple[int, int]] = deque()
@@ -269,6 +269,9 @@ class ClusterHub:
         """Give an event to every group of the cluster taking ``type`` (the script picks the members)."""
         if not self.wants(type):
             return 0
+        if not self.directory.connected:
+            self.directory.counters["lost_while_down"] += 1
+            return 0
         data = jsontext.dumps(notice_data(notice, "1.0"))
         legacy = ""
         if any(m.version == "0.2" and type in m.types for m in self.members.values()):
@@ -352,15 +355,16 @@ class ClusterHub:
         """Redis is back: this node's sessions are put back if Redis lost them, then read again.
 
         A Redis that lost its data lost their queues too: a restored session
-        goes on from the last seq this node sent, with nothing in flight.
+        goes on from the last seq this node wrote. One Redis kept is rewound
+        to that seq, since a read it answered while the link went down never
+        reached the pipe. Either way the pipe still holds, and will ack, what
+        was written to it: its in-flight window stays as it is.
         """
         for session in self._by_session.values():
             self.directory.call(
                 "prestore", self.app.id, session.id, session.pipe, session.version, session.group, session.types,
                 str(session.last_seq),
             )
-            session.inflight.clear()
-            session.inflight_bytes = 0
             session.more = True
             self._read(session)
 

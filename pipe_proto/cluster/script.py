@@ -957,12 +957,35 @@ function ops.pexpire()
   return 1
 end
 
--- ARGV: app, session, pipe, version, group, types, last seq sent: a session
--- of this node that Redis lost (it restarted empty) is put back, with
--- nothing in flight, its seqs going on after the last one sent.
+-- What Redis counts as sent to session sid goes back to seq last, the last
+-- one its node wrote: a read answered while the node's link went down never
+-- reached the pipe, so those entries go out again (with the same seqs).
+local function rewind(app, sid, last)
+  local sk = skey(app, sid)
+  local s = fields_of(redis.call('HGETALL', sk))
+  if not s.sent_seq or tonumber(s.sent_seq) <= last then return 0 end
+  local acked = tonumber(s.acked_seq)
+  local id, seq = s.acked_id, acked
+  if last > acked then
+    local entries = redis.call('XRANGE', qkey(app, sid), '(' .. s.acked_id, '+', 'COUNT', last - acked)
+    if #entries > 0 then id, seq = entries[#entries][1], acked + #entries end
+  end
+  redis.call('HSET', sk, 'sent_id', id, 'sent_seq', seq)
+  return 1
+end
+
+-- ARGV: app, session, pipe, version, group, types, last seq written. A
+-- session of this node that Redis lost (it restarted empty) is put back,
+-- with nothing in flight, its seqs going on after the last one written; one
+-- Redis still has is rewound to that seq (see rewind). 1 when put back.
 function ops.prestore()
   local app, sid, pipe, version, group, types, last = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-  if redis.call('HEXISTS', akey(app, 'pg'), sid) == 1 then return 0 end
+  local known = redis.call('HGET', akey(app, 'pg'), sid)
+  if known then
+    local m = cjson.decode(known)
+    if m.n == node and m.p == pipe and m.v ~= '0.2' then rewind(app, sid, tonumber(last)) end
+    return 0
+  end
   local m = {g = group, v = version, t = types, n = node, p = pipe}
   redis.call('HSET', akey(app, 'pg'), sid, cjson.encode(m))
   if version ~= '0.2' then
