@@ -63,5 +63,10 @@ def test_quick_benchmark_runs_every_scenario_on_every_server(tmp_path: Path) -> 
         today = results["S4 today's path: client event, webhook, REST"]
         assert today["soketi"]["round_trips"] > 0
         assert today["relay"]["round_trips"] > 0
+    for name, by_server in results.items():
+        if name.startswith("S4"):
+            for server, result in by_server.items():
+                # A closed loop that gets an error (a rate limit, say) or no answer stalls its socket.
+                assert (result["errors"], result["unanswered"]) == (0, 0), (name, server)
     assert f"relay/{other}" in completed.stdout
     assert "relay --workers 2/relay" in completed.stdout
