@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1, ClusterDirectory
+from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged
 from pipe_proto.relay.outputs import ClusterCall, Output
 
 if TYPE_CHECKING:
@@ -104,7 +104,13 @@ class ClusterLink:
     def submit(self, call: ClusterCall) -> None:
         """Queue a call of the core (sent in order, soon)."""
         if self.connected:
-            self._queue.append((call, None))
+            queue = self._queue
+            if queue and queue[-1][1] is None:
+                together = merged(queue[-1][0], call)
+                if together is not None:
+                    queue[-1] = (together, None)
+                    return
+            queue.append((call, None))
             self._wake.set()
 
     async def call(self, call: ClusterCall) -> Any:

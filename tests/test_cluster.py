@@ -330,3 +330,15 @@ async def test_messages_of_one_node_stay_on_the_nodes_that_want_them(nursery: tr
         for _ in range(20):
             await next_of(a, Message)
         assert found.nodes[2].relay.stats()["cluster"]["messages_in"] == before
+
+
+async def test_a_batch_to_one_channel_reaches_another_node_as_one_message(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A REST batch of 10 events to one channel: one inbox message at the subscriber's node, 10 events in order."""
+    async with cluster(nursery, redis, nodes=2) as found, client(found, 0) as a:
+        await a.subscribe("news")
+        before = found.nodes[0].relay.stats()["cluster"]["messages_in"]
+        batch = [{"channel": "news", "name": "tick", "data": str(n)} for n in range(10)]
+        await sdk(lambda: found.rest(1).trigger_batch(batch))
+        got = [(await next_of(a, "tick")).data for _ in range(10)]
+        assert got == [str(n) for n in range(10)]
+        assert found.nodes[0].relay.stats()["cluster"]["messages_in"] == before + 1

@@ -11,7 +11,8 @@ from functools import partial
 from typing import Any
 
 from pipe_proto import App, Close, Features, Relay, Send, WebhookEvent, WebhookTarget
-from pipe_proto.cluster import ClusterDirectory
+from pipe_proto.cluster import ClusterDirectory, merged
+from pipe_proto.cluster.directory import MERGE_LIMIT
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.signatures import channel_auth
 
@@ -188,3 +189,28 @@ def test_a_node_reaped_while_paused_closes_its_connections_and_starts_afresh() -
     assert [(c.target, c.code) for c in closes] == [(sid, 4200)]
     assert [c[0] for c in calls(out)][:2] == ["rs_begin", "rs_end"], "no leave for the closed socket: a fresh start"
     assert relay.stats()["cluster"]["fenced"] == 1
+
+
+def test_publishes_to_one_channel_merge_into_one_call_and_arrive_as_one_message() -> None:
+    """merged(): consecutive plain publishes to one channel become one call; an 'e' message of two lines is two frames."""
+    relay = node()
+    connected(relay)
+    first, second, other, cached = (
+        next(o for o in relay.publish("1", [channel], name, "{}", None, 5.0) if isinstance(o, ClusterCall))
+        for channel, name in (("news", "a"), ("news", "b"), ("sport", "c"), ("cache-x", "d"))
+    )
+    both = merged(first, second)
+    assert both is not None
+    assert both.args[6].split("\n") == [first.args[6], second.args[6]] and both.args[:6] == first.args[:6]
+    assert merged(first, other) is None  # another channel
+    assert merged(cached, cached) is None  # a cache channel's publish stores its event
+    counted = ClusterCall((*first.args[:9], "12"), 3)
+    assert merged(first, counted) is None and merged(counted, first) is None
+    big = ClusterCall((*first.args[:6], "x" * MERGE_LIMIT, *first.args[7:]))
+    assert merged(first, big) is None
+    # The node receiving it writes both frames.
+    a = open_socket(relay, 1)
+    (join,) = calls(subscribe(relay, a, "news"))
+    relay.cluster_message(f"r {join[3]}\n".encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[]}', 0.0)
+    out = relay.cluster_message(f"e 1 news -\n{first.args[6]}\n{second.args[6]}".encode(), 0.0)
+    assert [f["event"] for f in frames(out, a)] == ["a", "b"]

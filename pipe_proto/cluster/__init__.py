@@ -6,11 +6,12 @@ The relay then emits :class:`~pipe_proto.relay.outputs.ClusterCall` outputs
 (calls of :data:`SCRIPT`, to send to Redis in order) and takes back the
 messages of its :func:`inbox`, the results of its calls, and word of Redis
 coming and going (``Relay.cluster_message``, ``cluster_result``,
-``cluster_up``, ``cluster_down``). ``docs/cluster.md`` describes what goes
+``cluster_up``, ``cluster_down``); :func:`merged` says which queued calls
+may travel as one. ``docs/cluster.md`` describes what goes
 through Redis and what clients can rely on.
 """
 
-from .directory import BEAT, DEAD_AFTER, ClusterDirectory, inbox
+from .directory import BEAT, DEAD_AFTER, ClusterDirectory, inbox, merged
 from .script import SCRIPT, SCRIPT_SHA1
 
-__all__ = ["BEAT", "DEAD_AFTER", "SCRIPT", "SCRIPT_SHA1", "ClusterDirectory", "inbox"]
+__all__ = ["BEAT", "DEAD_AFTER", "SCRIPT", "SCRIPT_SHA1", "ClusterDirectory", "inbox", "merged"]
