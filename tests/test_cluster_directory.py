@@ -12,7 +12,7 @@ from typing import Any
 
 from pipe_proto import App, Close, Features, Relay, Send, WebhookEvent, WebhookTarget
 from pipe_proto.cluster import ClusterDirectory, merged
-from pipe_proto.cluster.directory import MERGE_LIMIT
+from pipe_proto.cluster.directory import MERGE_EVENTS, MERGE_LIMIT
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.signatures import channel_auth
 
@@ -214,3 +214,37 @@ def test_publishes_to_one_channel_merge_into_one_call_and_arrive_as_one_message(
     relay.cluster_message(f"r {join[3]}\n".encode() + b'{"count":1,"members":null,"cache":null,"miss":false,"transitions":[]}', 0.0)
     out = relay.cluster_message(f"e 1 news -\n{first.args[6]}\n{second.args[6]}".encode(), 0.0)
     assert [f["event"] for f in frames(out, a)] == ["a", "b"]
+
+
+def test_pipe_events_tells_and_acks_merge_as_the_script_takes_them() -> None:
+    """merged(): pp calls concatenate their events (up to MERGE_EVENTS), tells to one node bundle, acks keep the last."""
+    head = ("pp", "p", "7", "1", "100", "1000")
+    one = ClusterCall((*head, "socket_message", "1.2", "socket_message", "{}", "", "1000"))
+    two = ClusterCall((*head, "socket_opened", "1.3", "socket_opened", "{}", "", "1001"))
+    both = merged(one, two)
+    assert both is not None and both.args == (*one.args, *two.args[6:])
+    assert merged(one, ClusterCall(("pp", "p", "7", "2", *head[4:], *one.args[6:]))) is None  # another app
+    full = ClusterCall((*head, *one.args[6:] * MERGE_EVENTS))
+    assert merged(full, one) is None
+    tell = ClusterCall(("tell", "p", "7", "8", 'q - 7 1 ss\n{"ids":["8000000000001.1"],"text":"a"}'))
+    answer = ClusterCall(("tell", "p", "7", "8", "r 12\n1"))
+    bundle = merged(tell, answer)
+    assert bundle is not None and bundle.args[4] == "b\n" + tell.args[4] + "\nr 12\n1"
+    again = merged(bundle, tell)
+    assert again is not None and again.args[4] == bundle.args[4] + "\n" + tell.args[4]
+    assert merged(tell, ClusterCall(("tell", "p", "7", "9", "r 12\n1"))) is None  # another node
+    assert merged(tell, ClusterCall(("tell", "p", "7", "8", "t 1 u"))) is None  # not one head and one body
+    acks = [ClusterCall(("pack", "p", "7", "1", "s1", seq)) for seq in ("4", "9")]
+    assert merged(*acks) == acks[1] and merged(acks[1], acks[0]) == acks[1]
+    assert merged(acks[0], ClusterCall(("pack", "p", "7", "1", "s2", "9"))) is None
+
+
+def test_a_bundle_is_each_of_its_messages_in_order() -> None:
+    """A 'b' message: each head and body pair handled as its own message (two sends to local sockets here)."""
+    relay = node()
+    connected(relay)
+    a, b = open_socket(relay, 1), open_socket(relay, 2)
+    parts = [f'q - 8 1 ss\n{{"ids":["{sid}"],"text":"{{\\"event\\":\\"{sid}\\"}}"}}' for sid in (a, b, a)]
+    out = relay.cluster_message(("b\n" + "\n".join(parts)).encode(), 0.0)
+    assert [o.targets for o in out if isinstance(o, Send)] == [(a,), (b,), (a,)]
+    assert relay.stats()["cluster"]["messages_in"] == 1

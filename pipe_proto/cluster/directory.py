@@ -64,7 +64,10 @@ if TYPE_CHECKING:
     from ..relay.sockets import Sockets
     from ..relay.users import Users
 
-__all__ = ["BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_LIMIT", "RESYNC_CHUNK", "ClusterDirectory", "inbox", "merged"]
+__all__ = [
+    "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
+    "ClusterDirectory", "inbox", "merged",
+]
 
 #: Seconds between a node's heartbeats (and its look for dead nodes).
 BEAT = 2.0
@@ -72,31 +75,52 @@ BEAT = 2.0
 DEAD_AFTER = 10.0
 #: Fields of a node's share sent per resynchronising call.
 RESYNC_CHUNK = 200
-#: Most characters of channel frames one "e" message carries (see :func:`merged`).
+#: Most characters of frames or messages one merged call carries (see :func:`merged`).
 MERGE_LIMIT = 64 * 1024
+#: Most pipe events one merged ``pp`` call carries.
+MERGE_EVENTS = 32
 #: Connection numbers per node (ids are ``{node * ID_SPAN + n}.{nonce}``).
 ID_SPAN = 10**12
 
 
 def merged(last: ClusterCall, call: ClusterCall) -> ClusterCall | None:
-    """``last`` and ``call`` as one call, if they are publishes that can travel together.
+    """``last`` and ``call`` as one call, if they can travel together.
 
     An adapter queueing calls while Redis answers earlier ones merges each
     new call into the last queued one when this says so (neither waiting
-    for a result): events published one after the other to one channel,
-    uncounted and uncached (a REST batch, a pipe's stream of
-    ``send_to_channel``, triggers arriving together), then reach each other
-    node as one inbox message of several frames, which it writes to each
-    subscriber at once: one write per connection for them all, not one per
-    event. Only the last call is merged into, so calls keep their order.
+    for a result). Only the last call is merged into, so calls keep their
+    order. What merges:
+
+    * publishes to one channel, uncounted and uncached (a REST batch, a
+      pipe's stream of ``send_to_channel``, triggers arriving together):
+      they reach each other node as one inbox message of several frames,
+      written to each subscriber at once (one write per connection, not one
+      per event);
+    * events for the pipes (``pp``): one script run routes them all, and
+      tells each member's node once;
+    * messages for one node (``tell``): one inbox message, a bundle (``b``);
+    * acks of one session (``pack``): the later one, acks being cumulative.
     """
     a, b = last.args, call.args
-    if (
-        a[0] == "pub" and b[0] == "pub" and last.token is None and call.token is None
-        and a[1:6] == b[1:6] and a[7] == b[7] == "0" and a[9] == b[9] == "-"
-        and len(a[6]) + len(b[6]) < MERGE_LIMIT
-    ):
-        return ClusterCall((*a[:6], a[6] + "\n" + b[6], *a[7:]))
+    op = a[0]
+    if op != b[0] or last.token is not None or call.token is not None or a[1:4] != b[1:4]:
+        return None
+    if op == "pub":
+        if a[4:6] == b[4:6] and a[7] == b[7] == "0" and a[9] == b[9] == "-" and len(a[6]) + len(b[6]) < MERGE_LIMIT:
+            return ClusterCall((*a[:6], a[6] + "\n" + b[6], *a[7:]))
+    elif op == "pp":
+        if a[4:6] == b[4:6] and len(a) < 6 * MERGE_EVENTS:
+            return ClusterCall((*a, *b[6:]))
+    elif op == "tell":
+        message = b[4]
+        if message.count("\n") == 1 and len(a[4]) + len(message) < MERGE_LIMIT:
+            first = a[4] if a[4].startswith("b\n") else None
+            if first is None and a[4].count("\n") == 1:
+                first = "b\n" + a[4]
+            if first is not None:
+                return ClusterCall((*a[:4], first + "\n" + message))
+    elif op == "pack" and a[4] == b[4]:
+        return call if int(b[5]) >= int(a[5]) else last
     return None
 
 
@@ -589,7 +613,16 @@ class ClusterDirectory:
         """A message from this node's inbox (docs/cluster.md lists them)."""
         self.counters["messages_in"] += 1
         text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
+        if text.startswith("b\n"):
+            # A bundle: messages of one line of head and one of body each.
+            lines = text.split("\n")
+            for index in range(1, len(lines) - 1, 2):
+                self._handle(lines[index], lines[index + 1], now)
+            return
         head, _, body = text.partition("\n")
+        self._handle(head, body, now)
+
+    def _handle(self, head: str, body: str, now: float) -> None:
         kind, _, rest = head.partition(" ")
         if kind == "r":
             if self.remote_requests.answered(rest, body):

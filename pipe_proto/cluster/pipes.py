@@ -278,8 +278,8 @@ class ClusterHub:
             legacy = notification_frame(notice.event, jsontext.dumps(notice_data(notice, "0.2")))
         settings = self.app.pipe
         self.directory.call(
-            "pp", self.app.id, type, key, notice.event, data, legacy, str(int(now * 1000)),
-            str(settings.buffer_events), str(settings.buffer_bytes),
+            "pp", self.app.id, str(settings.buffer_events), str(settings.buffer_bytes),
+            type, key, notice.event, data, legacy, str(int(now * 1000)),
         )
         return 1
 

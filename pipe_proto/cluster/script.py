@@ -290,7 +290,8 @@ local function qkey(app, sid) return akey(app, 'pq:' .. sid) end
 local function skey(app, sid) return akey(app, 'ps:' .. sid) end
 
 -- Add an entry (fields f) to session sid's queue, or the group's buffer.
-local function enqueue(app, all, group, sid, f)
+-- With told, the session's node is told later (told[sid] set), not now.
+local function enqueue(app, all, group, sid, f, told)
   local flat = {}
   for _, name in ipairs({'t', 'k', 'n', 'd', 'b', 'r'}) do
     flat[#flat + 1] = name
@@ -299,7 +300,13 @@ local function enqueue(app, all, group, sid, f)
   redis.call('XADD', sid and qkey(app, sid) or akey(app, 'pb:' .. group), '*', unpack(flat))
   redis.call('HINCRBY', gkey(app, group), 'pending', 1)
   redis.call('HINCRBY', gkey(app, group), 'pending_bytes', entry_size(f))
-  if sid then notify(app, sid, all[sid]) else redis.call('SADD', akey(app, 'pgroups'), group) end
+  if not sid then
+    redis.call('SADD', akey(app, 'pgroups'), group)
+  elseif told then
+    told[sid] = true
+  else
+    notify(app, sid, all[sid])
+  end
 end
 
 -- Tell count drops (of events of type t) to a connected member: the session
@@ -869,34 +876,37 @@ function ops.punsub()
   return 1
 end
 
--- ARGV: app, type, key, notification name, 1.0 data (JSON), 0.2 frame,
--- born (ms), buffer events, buffer bytes. Every group taking the type gets
--- the event, its member chosen by rendezvous on key; returns how many groups.
+-- ARGV: app, buffer events, buffer bytes, then for each event (several may
+-- come in one call): type, key, notification name, 1.0 data (JSON), 0.2
+-- frame, born (ms). Every group taking the type gets the event, its member
+-- chosen by rendezvous on key; a member's node is told once per call.
 function ops.pp()
-  local app, t, key, name, data, legacy, born = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-  local max_events, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12])
+  local app, max_events, max_bytes = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
   local all = pipe_members(app)
-  local groups = {}
-  for _, m in pairs(all) do
-    if has_type(m, t) then groups[m.g] = true end
-  end
-  local taken = 0
-  for group in pairs(groups) do
-    local sid = owner(all, group, t, key)
-    local m = all[sid]
-    taken = taken + 1
-    if m.v == '0.2' then
-      -- No acks, nothing kept: written now, or never.
-      if m.n ~= '' then
-        redis.call('PUBLISH', inbox(m.n), 'pl ' .. app .. ' ' .. sid .. '\n' .. legacy)
-        redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
+  local told = {}
+  for i = 7, #ARGV, 6 do
+    local t, key, name, data, legacy, born = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local groups = {}
+    for _, m in pairs(all) do
+      if has_type(m, t) then groups[m.g] = true end
+    end
+    for group in pairs(groups) do
+      local sid = owner(all, group, t, key)
+      local m = all[sid]
+      if m.v == '0.2' then
+        -- No acks, nothing kept: written now, or never.
+        if m.n ~= '' then
+          redis.call('PUBLISH', inbox(m.n), 'pl ' .. app .. ' ' .. sid .. '\n' .. legacy)
+          redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
+        end
+      else
+        enqueue(app, all, group, sid, {t = t, k = key, n = name, d = data, b = born, r = '0'}, told)
+        bound(app, all, group, max_events, max_bytes)
       end
-    else
-      enqueue(app, all, group, sid, {t = t, k = key, n = name, d = data, b = born, r = '0'})
-      bound(app, all, group, max_events, max_bytes)
     end
   end
-  return taken
+  for sid in pairs(told) do notify(app, sid, all[sid]) end
+  return 1
 end
 
 -- ARGV: app, session, pipe, most events, most bytes. The next events for the
