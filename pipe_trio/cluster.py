@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged
+from pipe_proto.cluster import MERGE_CALLS, SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged, multi
 from pipe_proto.relay.outputs import ClusterCall, Output
 
 if TYPE_CHECKING:
@@ -40,6 +40,25 @@ RETRY_FIRST, RETRY_MAX = 0.1, 5.0
 MAX_BATCH = 1000
 #: Seconds a call may take before the link counts Redis as unreachable.
 CALL_TIMEOUT = 5.0
+
+
+def _grouped(batch: list[tuple[ClusterCall, _Waiter | None]]) -> list[tuple[ClusterCall, _Waiter | None]]:
+    """The batch as sent: each run of calls whose results nobody reads as one ``multi`` call."""
+    sent: list[tuple[ClusterCall, _Waiter | None]] = []
+    run: list[ClusterCall] = []
+    for call, waiter in batch:
+        if waiter is None and call.token is None:
+            run.append(call)
+            if len(run) < MERGE_CALLS:
+                continue
+        if run:
+            sent.append((multi(run), None))
+            run = []
+        if waiter is not None or call.token is not None:
+            sent.append((call, waiter))
+    if run:
+        sent.append((multi(run), None))
+    return sent
 
 
 def _link_errors() -> tuple[type[BaseException], ...]:
@@ -232,14 +251,15 @@ class ClusterLink:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 started = trio.current_time()
+                sent = _grouped(batch)
                 with trio.fail_after(CALL_TIMEOUT):
                     async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
-                        for call, _ in batch:
+                        for call, _ in sent:
                             pipe.evalsha(SCRIPT_SHA1, keys=[], args=list(call.args))
                 self.last_round_trip = trio.current_time() - started
                 self.round_trip_seconds += self.last_round_trip
                 self.round_trips += 1
-                self._deliver(batch, pipe.results or ())
+                self._deliver(sent, pipe.results or ())
                 if self._resync_left > 0:
                     self._resync_left -= len(batch)
                     if self._resync_left <= 0:

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from pipe_proto import App, Close, Features, Relay, Send, WebhookEvent, WebhookTarget
-from pipe_proto.cluster import ClusterDirectory, merged
+from pipe_proto.cluster import ClusterDirectory, merged, multi
 from pipe_proto.cluster.directory import MERGE_EVENTS, MERGE_LIMIT
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.signatures import channel_auth
@@ -248,3 +248,11 @@ def test_a_bundle_is_each_of_its_messages_in_order() -> None:
     out = relay.cluster_message(("b\n" + "\n".join(parts)).encode(), 0.0)
     assert [o.targets for o in out if isinstance(o, Send)] == [(a,), (b,), (a,)]
     assert relay.stats()["cluster"]["messages_in"] == 1
+
+
+def test_multi_is_each_call_with_its_argument_count() -> None:
+    """multi(): one call stays itself; several become [count, op, args...] each, after one prefix and node."""
+    one = ClusterCall(("pack", "p", "7", "1", "s1", "4"))
+    two = ClusterCall(("tell", "p", "7", "8", "r 1\n1"))
+    assert multi([one]) is one
+    assert multi([one, two]).args == ("multi", "p", "7", "4", "pack", "1", "s1", "4", "3", "tell", "8", "r 1\n1")

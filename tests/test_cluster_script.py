@@ -9,8 +9,10 @@ from typing import Any
 
 import coredis
 import pytest
+import trio
 
-from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1
+from pipe_proto.cluster import SCRIPT, SCRIPT_SHA1, multi
+from pipe_proto.relay.outputs import ClusterCall
 from tests.redis_server import RedisServer
 
 _prefixes = count(1)
@@ -144,3 +146,23 @@ async def test_prestore_rewinds_a_session_to_the_last_seq_its_node_wrote(script:
     assert [(e[0], e[2]) for e in entries] == [(2, b"1"), (3, b"2")]
     # An ack after the rewind still removes exactly what it names.
     assert await script("pack", "n1", "1", "s1", "3") == 3
+
+
+async def test_multi_runs_each_call_as_if_alone(script: Script) -> None:
+    """One multi call of two joins: both counted, each reply with its own transitions only; an unknown op refused."""
+    calls = [ClusterCall(("join", script.prefix, "a", "1", channel, token, "0", "0")) for channel, token in
+             (("news", "1"), ("sport", "2"))]
+    async with script.client.pubsub(channels=[script.key("n:a")]) as inbox:
+        assert await script.client.evalsha(SCRIPT_SHA1, keys=[], args=list(multi(calls).args)) == 2
+        replies = []
+        with trio.fail_after(5):
+            while len(replies) < 2:
+                message = await inbox.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    head, _, body = message["data"].decode().partition("\n")
+                    replies.append((head, json.loads(body)["transitions"]))
+    assert replies == [("r 1", [["occupied", "1", "news"]]), ("r 2", [["occupied", "1", "sport"]])]
+    assert await script.client.hget(script.key("a:1:ch"), "sport") == b"1"
+    bad = multi([calls[0], ClusterCall(("nope", script.prefix, "a"))])
+    with pytest.raises(coredis.exceptions.ResponseError, match="unknown operation nope"):
+        await script.client.evalsha(SCRIPT_SHA1, keys=[], args=list(bad.args))

@@ -7,11 +7,12 @@ The relay then emits :class:`~pipe_proto.relay.outputs.ClusterCall` outputs
 messages of its :func:`inbox`, the results of its calls, and word of Redis
 coming and going (``Relay.cluster_message``, ``cluster_result``,
 ``cluster_up``, ``cluster_down``); :func:`merged` says which queued calls
-may travel as one. ``docs/cluster.md`` describes what goes
-through Redis and what clients can rely on.
+may travel as one, and :func:`multi` runs several in one script call.
+``docs/cluster.md`` describes what goes through Redis and what clients can
+rely on.
 """
 
-from .directory import BEAT, DEAD_AFTER, ClusterDirectory, inbox, merged
+from .directory import BEAT, DEAD_AFTER, MERGE_CALLS, ClusterDirectory, inbox, merged, multi
 from .script import SCRIPT, SCRIPT_SHA1
 
-__all__ = ["BEAT", "DEAD_AFTER", "SCRIPT", "SCRIPT_SHA1", "ClusterDirectory", "inbox", "merged"]
+__all__ = ["BEAT", "DEAD_AFTER", "MERGE_CALLS", "SCRIPT", "SCRIPT_SHA1", "ClusterDirectory", "inbox", "merged", "multi"]

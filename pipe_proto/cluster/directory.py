@@ -36,7 +36,7 @@ move by the difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import jsontext
@@ -65,8 +65,8 @@ if TYPE_CHECKING:
     from ..relay.users import Users
 
 __all__ = [
-    "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
-    "ClusterDirectory", "inbox", "merged",
+    "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_CALLS", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
+    "ClusterDirectory", "inbox", "merged", "multi",
 ]
 
 #: Seconds between a node's heartbeats (and its look for dead nodes).
@@ -79,6 +79,8 @@ RESYNC_CHUNK = 200
 MERGE_LIMIT = 64 * 1024
 #: Most pipe events one merged ``pp`` call carries.
 MERGE_EVENTS = 32
+#: Most calls one ``multi`` call runs (see :func:`multi`).
+MERGE_CALLS = 64
 #: Connection numbers per node (ids are ``{node * ID_SPAN + n}.{nonce}``).
 ID_SPAN = 10**12
 
@@ -122,6 +124,25 @@ def merged(last: ClusterCall, call: ClusterCall) -> ClusterCall | None:
     elif op == "pack" and a[4] == b[4]:
         return call if int(b[5]) >= int(a[5]) else last
     return None
+
+
+def multi(calls: Sequence[ClusterCall]) -> ClusterCall:
+    """Calls whose results nobody reads, as one call of the script (its ``multi`` operation).
+
+    They run in one go, in their order, each as if called alone; an
+    adapter sends runs of such calls (up to :data:`MERGE_CALLS`) this way
+    to spare Redis and itself the cost of a call for each.
+    """
+    if len(calls) == 1:
+        return calls[0]
+    prefix, node = calls[0].args[1:3]
+    args: list[str] = ["multi", prefix, node]
+    for call in calls:
+        own = call.args
+        args.append(str(len(own) - 2))
+        args.append(own[0])
+        args.extend(own[3:])
+    return ClusterCall(tuple(args))
 
 
 def inbox(prefix: str, node: str) -> str:

@@ -32,6 +32,8 @@ SCRIPT = r"""
 -- "r TOKEN\nJSON", after those events.
 if redis.replicate_commands then redis.replicate_commands() end
 
+-- (A local, so that "multi" can give each of its calls its own arguments.)
+local ARGV = ARGV
 local op, P, node = ARGV[1], ARGV[2], ARGV[3]
 local transitions = {}
 local ops = {}
@@ -1021,6 +1023,25 @@ function ops.pstats()
     found[#found + 1] = redis.call('HGETALL', gkey(app, group))
   end
   return found
+end
+
+-- ARGV: for each call, how many arguments it has (counting its operation),
+-- then its operation and arguments (as ARGV[4] on). Several calls whose
+-- results nobody reads, run in one go; returns how many ran.
+function ops.multi()
+  local calls, i, done = ARGV, 4, 0
+  while i <= #calls do
+    local n = tonumber(calls[i])
+    local args = {calls[i + 1], P, node}
+    for j = i + 2, i + n do args[#args + 1] = calls[j] end
+    local run = ops[args[1]]
+    if not run or args[1] == 'multi' then return redis.error_reply('unknown operation ' .. tostring(args[1])) end
+    ARGV, transitions = args, {}
+    run()
+    done = done + 1
+    i = i + 1 + n
+  end
+  return done
 end
 
 local run = ops[op]
