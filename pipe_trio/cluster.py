@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pipe_proto.cluster import MERGE_CALLS, SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged, multi
+from pipe_proto.cluster import MERGE_ARGS, MERGE_CALLS, SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged, multi
 from pipe_proto.relay.outputs import ClusterCall, Output
 
 if TYPE_CHECKING:
@@ -46,14 +46,17 @@ def _grouped(batch: list[tuple[ClusterCall, _Waiter | None]]) -> list[tuple[Clus
     """The batch as sent: each run of calls whose results nobody reads as one ``multi`` call."""
     sent: list[tuple[ClusterCall, _Waiter | None]] = []
     run: list[ClusterCall] = []
+    size = 0
     for call, waiter in batch:
         if waiter is None and call.token is None:
             run.append(call)
-            if len(run) < MERGE_CALLS:
+            size += len(call.args)
+            # Bounded in arguments too: one script run holds Redis up for every other node.
+            if len(run) < MERGE_CALLS and size < MERGE_ARGS:
                 continue
         if run:
             sent.append((multi(run), None))
-            run = []
+            run, size = [], 0
         if waiter is not None or call.token is not None:
             sent.append((call, waiter))
     if run:

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from ..relay.users import Users
 
 __all__ = [
-    "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_CALLS", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
+    "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_ARGS", "MERGE_CALLS", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
     "ClusterDirectory", "inbox", "merged", "multi",
 ]
 
@@ -79,8 +79,10 @@ RESYNC_CHUNK = 200
 MERGE_LIMIT = 64 * 1024
 #: Most pipe events one merged ``pp`` call carries.
 MERGE_EVENTS = 32
-#: Most calls one ``multi`` call runs (see :func:`multi`).
+#: Most calls one ``multi`` call runs (see :func:`multi`), and about how many
+#: arguments they have in all (a ``pp`` call of many events counts for many).
 MERGE_CALLS = 64
+MERGE_ARGS = 512
 #: Connection numbers per node (ids are ``{node * ID_SPAN + n}.{nonce}``).
 ID_SPAN = 10**12
 
