@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import trio
 
@@ -49,13 +50,39 @@ async def settled(found: Cluster) -> None:
             await barrier.subscribe("settled")
 
 
+class _Recorder:
+    """A pipe's socket notices since the first next_notice, kept until a test takes them.
+
+    Handlers, not an ``async for``: a notice that comes while the test awaits
+    something else (a reply that comes after it, say) is kept, not missed.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.notices: list[Any] = []
+        self.changed = trio.Event()
+        for name in ("socket_opened", "socket_closed", "socket_message"):
+            pipe.on(name, self.add)
+
+    def add(self, notice: Any) -> None:
+        self.notices.append(notice)
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+_recorders: WeakKeyDictionary[Any, _Recorder] = WeakKeyDictionary()
+
+
 async def next_notice(pipe: Any, kind: type, **fields: Any) -> Any:
+    """The first notice of ``kind`` with ``fields`` not taken yet (others stay for later calls)."""
+    recorder = _recorders.get(pipe)
+    if recorder is None:
+        recorder = _recorders[pipe] = _Recorder(pipe)
     with trio.fail_after(TIMEOUT):
-        async with aclosing(pipe.events()) as notices:
-            async for notice in notices:
+        while True:
+            for index, notice in enumerate(recorder.notices):
                 if isinstance(notice, kind) and all(getattr(notice, k) == v for k, v in fields.items()):
-                    return notice
-    raise AssertionError("the pipe ended")
+                    return recorder.notices.pop(index)
+            await recorder.changed.wait()
 
 
 async def test_a_pipe_sees_and_reaches_sockets_on_every_node(nursery: trio.Nursery, redis: RedisServer) -> None:
