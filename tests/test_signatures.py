@@ -446,7 +446,8 @@ def sdk_requests(draw: st.DrawFn) -> tuple[pusher.Pusher, Any]:
     key, secret = draw(tokens), draw(tokens)
     sdk = pusher.Pusher(app_id=draw(st.from_regex(r"\A[0-9]{1,6}\Z")), key=key, secret=secret)
     client = sdk._pusher_client
-    plain = st.text(NAME_CHARS, min_size=1, max_size=30)
+    # The SDK refuses to trigger to encrypted channels without a master key: not what this checks.
+    plain = st.text(NAME_CHARS, min_size=1, max_size=30).filter(lambda name: not name.startswith("private-encrypted-"))
     kind = draw(st.sampled_from(["trigger", "batch", "channels", "channel", "users", "terminate"]))
     if kind == "trigger":
         request = client.trigger.make_request(
