@@ -234,6 +234,7 @@ def test_pipe_events_tells_and_acks_merge_as_the_script_takes_them() -> None:
     assert again is not None and again.args[4] == bundle.args[4] + "\n" + tell.args[4]
     assert merged(tell, ClusterCall(("tell", "p", "7", "9", "r 12\n1"))) is None  # another node
     assert merged(tell, ClusterCall(("tell", "p", "7", "8", "t 1 u"))) is None  # not one head and one body
+    assert merged(ClusterCall(("tell", "p", "7", "8", "x\ny\nz")), tell) is None
     acks = [ClusterCall(("pack", "p", "7", "1", "s1", seq)) for seq in ("4", "9")]
     assert merged(*acks) == acks[1] and merged(acks[1], acks[0]) == acks[1]
     assert merged(acks[0], ClusterCall(("pack", "p", "7", "1", "s2", "9"))) is None
