@@ -224,7 +224,9 @@ def test_pipe_events_tells_and_acks_merge_as_the_script_takes_them() -> None:
     both = merged(one, two)
     assert both is not None and both.args == (*one.args, *two.args[6:])
     assert merged(one, ClusterCall(("pp", "p", "7", "2", *head[4:], *one.args[6:]))) is None  # another app
-    full = ClusterCall((*head, *one.args[6:] * MERGE_EVENTS))
+    almost = ClusterCall((*head, *one.args[6:] * (MERGE_EVENTS - 1)))
+    full = merged(almost, one)
+    assert full is not None and len(full.args) == 6 + 6 * MERGE_EVENTS
     assert merged(full, one) is None
     tell = ClusterCall(("tell", "p", "7", "8", 'q - 7 1 ss\n{"ids":["8000000000001.1"],"text":"a"}'))
     answer = ClusterCall(("tell", "p", "7", "8", "r 12\n1"))

@@ -113,7 +113,7 @@ def merged(last: ClusterCall, call: ClusterCall) -> ClusterCall | None:
         if a[4:6] == b[4:6] and a[7] == b[7] == "0" and a[9] == b[9] == "-" and len(a[6]) + len(b[6]) < MERGE_LIMIT:
             return ClusterCall((*a[:6], a[6] + "\n" + b[6], *a[7:]))
     elif op == "pp":
-        if a[4:6] == b[4:6] and len(a) < 6 * MERGE_EVENTS:
+        if a[4:6] == b[4:6] and (len(a) - 6) // 6 < MERGE_EVENTS:
             return ClusterCall((*a, *b[6:]))
     elif op == "tell":
         message = b[4]
