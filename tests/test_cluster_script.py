@@ -149,20 +149,36 @@ async def test_prestore_rewinds_a_session_to_the_last_seq_its_node_wrote(script:
 
 
 async def test_multi_runs_each_call_as_if_alone(script: Script) -> None:
-    """One multi call of two joins: both counted, each reply with its own transitions only; an unknown op refused."""
+    """One multi call of two joins: both counted, their answers in one bundle, each with its own transitions."""
     calls = [ClusterCall(("join", script.prefix, "a", "1", channel, token, "0", "0")) for channel, token in
              (("news", "1"), ("sport", "2"))]
     async with script.client.pubsub(channels=[script.key("n:a")]) as inbox:
         assert await script.client.evalsha(SCRIPT_SHA1, keys=[], args=list(multi(calls).args)) == 2
-        replies = []
         with trio.fail_after(5):
-            while len(replies) < 2:
+            message = None
+            while message is None:
                 message = await inbox.get_message(ignore_subscribe_messages=True, timeout=1)
-                if message is not None:
-                    head, _, body = message["data"].decode().partition("\n")
-                    replies.append((head, json.loads(body)["transitions"]))
+    kind, *lines = message["data"].decode().split("\n")
+    assert kind == "b"
+    replies = [(head, json.loads(body)["transitions"]) for head, body in zip(lines[::2], lines[1::2], strict=True)]
     assert replies == [("r 1", [["occupied", "1", "news"]]), ("r 2", [["occupied", "1", "sport"]])]
     assert await script.client.hget(script.key("a:1:ch"), "sport") == b"1"
     bad = multi([calls[0], ClusterCall(("nope", script.prefix, "a"))])
     with pytest.raises(coredis.exceptions.ResponseError, match="unknown operation nope"):
         await script.client.evalsha(SCRIPT_SHA1, keys=[], args=list(bad.args))
+
+
+async def test_held_answers_go_before_any_other_message_to_their_node(script: Script) -> None:
+    """In a multi, a message for the calling node first sends the answers held back: its inbox keeps the order."""
+    join = [ClusterCall(("join", script.prefix, "a", "1", channel, token, "0", "0")) for channel, token in
+            (("news", "1"), ("sport", "2"))]
+    tell = ClusterCall(("tell", script.prefix, "a", "a", "q - b 1 ss\n{}"))
+    async with script.client.pubsub(channels=[script.key("n:a")]) as inbox:
+        await script.client.evalsha(SCRIPT_SHA1, keys=[], args=list(multi([join[0], tell, join[1]]).args))
+        got: list[str] = []
+        with trio.fail_after(5):
+            while len(got) < 3:
+                message = await inbox.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    got.append(message["data"].decode().partition("\n")[0])
+    assert got == ["r 1", "q - b 1 ss", "r 2"]

@@ -49,12 +49,30 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Answers to the calling node held back while "multi" runs, to go as one
+-- bundle ("b"); nil when not holding.
+local held = nil
+
+local function flush_held()
+  if held and #held > 0 then
+    redis.call('PUBLISH', inbox(node), #held == 1 and held[1] or 'b\n' .. table.concat(held, '\n'))
+    held = {}
+  end
+end
+
+-- Every message goes through here: one for the calling node first sends the
+-- answers held back, so that its inbox gets everything in order.
+local function publish(n, msg)
+  if n == node then flush_held() end
+  redis.call('PUBLISH', inbox(n), msg)
+end
+
 -- Publish msg to the inbox of every node in set, except skip.
 local function send(set, msg, skip)
   local sent = 0
   for _, n in ipairs(redis.call('SMEMBERS', set)) do
     if n ~= skip then
-      redis.call('PUBLISH', inbox(n), msg)
+      publish(n, msg)
       sent = sent + 1
     end
   end
@@ -64,12 +82,17 @@ end
 -- Publish msg to every live node.
 local function broadcast(msg)
   for _, n in ipairs(redis.call('ZRANGE', P .. ':nodes', 0, -1)) do
-    redis.call('PUBLISH', inbox(n), msg)
+    publish(n, msg)
   end
 end
 
 local function reply(token, json)
-  redis.call('PUBLISH', inbox(node), 'r ' .. token .. '\n' .. json)
+  local msg = 'r ' .. token .. '\n' .. json
+  if held and not string.find(json, '\n', 1, true) then
+    held[#held + 1] = msg
+  else
+    publish(node, msg)
+  end
 end
 
 local function transitions_json()
@@ -283,7 +306,7 @@ end
 
 local function notify(app, sid, m)
   if m and m.n ~= '' then
-    redis.call('PUBLISH', inbox(m.n), 'pn ' .. app .. ' ' .. sid)
+    publish(m.n, 'pn ' .. app .. ' ' .. sid)
   end
 end
 
@@ -619,7 +642,7 @@ end
 
 -- A message for one node's inbox (requests between nodes and their answers).
 function ops.tell()
-  redis.call('PUBLISH', inbox(ARGV[4]), ARGV[5])
+  publish(ARGV[4], ARGV[5])
   return 1
 end
 
@@ -776,7 +799,7 @@ function ops.pattach()
   if m and m.v ~= '0.2' and version ~= '0.2' and m.g == group then
     if m.n ~= '' and not (m.n == node and m.p == pipe) then
       -- The process came back before its old connection was seen to die.
-      redis.call('PUBLISH', inbox(m.n), 'px ' .. app .. ' ' .. wanted .. ' ' .. m.p)
+      publish(m.n, 'px ' .. app .. ' ' .. wanted .. ' ' .. m.p)
     end
     m.n, m.p = node, pipe
     redis.call('HSET', akey(app, 'pg'), wanted, cjson.encode(m))
@@ -898,7 +921,7 @@ function ops.pp()
       if m.v == '0.2' then
         -- No acks, nothing kept: written now, or never.
         if m.n ~= '' then
-          redis.call('PUBLISH', inbox(m.n), 'pl ' .. app .. ' ' .. sid .. '\n' .. legacy)
+          publish(m.n, 'pl ' .. app .. ' ' .. sid .. '\n' .. legacy)
           redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
         end
       else
@@ -1030,17 +1053,24 @@ end
 -- results nobody reads, run in one go; returns how many ran.
 function ops.multi()
   local calls, i, done = ARGV, 4, 0
+  held = {}
   while i <= #calls do
     local n = tonumber(calls[i])
     local args = {calls[i + 1], P, node}
     for j = i + 2, i + n do args[#args + 1] = calls[j] end
     local run = ops[args[1]]
-    if not run or args[1] == 'multi' then return redis.error_reply('unknown operation ' .. tostring(args[1])) end
+    if not run or args[1] == 'multi' then
+      flush_held()
+      held = nil
+      return redis.error_reply('unknown operation ' .. tostring(args[1]))
+    end
     ARGV, transitions = args, {}
     run()
     done = done + 1
     i = i + 1 + n
   end
+  flush_held()
+  held = nil
   return done
 end
 
