@@ -50,6 +50,8 @@ class TrustedProxies:
 
     def trusts(self, address: str | None) -> bool:
         """Whether ``address`` is a trusted proxy."""
+        if not self.networks:
+            return False  # the usual case, asked for every connection: no address to parse
         found = None if address is None else _address(address)
         return found is not None and self._trusted(found)
 

@@ -244,15 +244,19 @@ def upgrade(
     if stopping:
         return Refused(503, "Server is shutting down", route=found)
     key = None if found.kind is RouteKind.WEBSOCKET_NOT_FOUND else found.name
+    app = None if key is None else relay.apps.by_key(key)
+    # Only the headers the app exposes to pipes are kept: most apps expose none.
+    exposed = app.pipe.expose_headers if app is not None else ()
     details = SocketDetails(
         remote_addr=remote_addr,
         origin=_value(headers, b"origin"),
         user_agent=_value(headers, b"user-agent"),
         query=text.partition("?")[2],
-        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers},
+        headers={
+            name: v.decode("latin-1") for k, v in headers if (name := k.decode("latin-1")) in exposed
+        } if exposed else None,
     )
     socket_id, outputs = relay.open_socket(key, found.query, now, nonce=nonce, details=details, secure=secure)
-    app = None if key is None else relay.apps.by_key(key)
     if app is None or _closes(outputs, socket_id):
         return Upgraded(socket_id, ConnectionKind.REFUSED, response, outputs, 0, found)
     return Upgraded(socket_id, ConnectionKind.SOCKET, response, outputs, app.limits.max_socket_message_bytes, found)

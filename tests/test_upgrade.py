@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipe_proto import App, Close, Features, Relay, Send
+from pipe_proto import App, Close, Features, PipeSettings, Relay, Send
 from pipe_proto.pipe.handshake import pipe_url
 from pipe_proto.upgrade import (
     ConnectionKind,
@@ -107,6 +107,18 @@ def test_the_socket_keeps_where_it_came_from() -> None:
     details = relay._core.sockets[decision.conn_id].details
     assert (details.remote_addr, details.origin, details.user_agent) == ("10.0.0.1", "https://example.com", "tests")
 
+
+
+@pytest.mark.parametrize(("exposed", "kept"), [((), None), (("Cookie", "X-Missing"), {"cookie": "sid=1"})])
+def test_the_socket_keeps_only_the_headers_its_app_exposes_to_pipes(
+    exposed: tuple[str, ...], kept: dict[str, str] | None
+) -> None:
+    app = App(id=APP_ID, key=APP_KEY, secret=APP_SECRET, pipe=PipeSettings(expose_headers=list(exposed)))
+    relay = Relay([app])
+    headers = [*HEADERS, (b"cookie", b"sid=1"), (b"authorization", b"secret")]
+    decision = upgrade(relay, b"GET", SOCKET_TARGET, headers, NOW, nonce=1)
+    assert isinstance(decision, Upgraded)
+    assert relay._core.sockets[decision.conn_id].details.headers == kept
 
 def pipe_target(secret: str = APP_SECRET, app_id: str = APP_ID) -> bytes:
     url = pipe_url("ws://relay", app_id=app_id, key=APP_KEY, secret=secret, now=NOW, group="workers")

@@ -137,9 +137,9 @@ class Sockets:
     @staticmethod
     def _socket_details(app: App, details: SocketDetails | None) -> SocketDetails | None:
         # Kept small: a socket keeps only the headers its app exposes to pipes.
-        if details is None:
-            return None
-        headers = details.headers or {}
+        if details is None or not details.headers:
+            return details
+        headers = details.headers
         exposed = {name: headers[name] for name in app.pipe.expose_headers if name in headers}
         return details._replace(headers=exposed or None)
 
