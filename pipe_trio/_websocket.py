@@ -688,6 +688,12 @@ class FastTransport:
         self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
     ) -> None:
         """Hand ``ws`` to the poller and return: an open connection costs no task."""
+        self.adopt(ws, side, max_message, finished)
+
+    def adopt(
+        self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
+    ) -> None:
+        """:meth:`serve` without a task: ``finished`` runs in a task of its own."""
         assert isinstance(ws, PolledWebSocket)
         handed_over = False
         try:
@@ -697,7 +703,7 @@ class FastTransport:
                 try:
                     ws.report_closed()
                 finally:
-                    await finished(ws)
+                    self.writer.spawn(lambda: finished(ws))
 
     async def run(self) -> None:
         """Run the poller."""

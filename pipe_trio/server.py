@@ -50,9 +50,10 @@ from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
+from ._accept import BatchAcceptor
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
-from ._websocket import PortableTransport, Side, Transport, WebSocket, Writer, open_transport
+from ._websocket import FastTransport, PortableTransport, Side, Transport, WebSocket, Writer, open_transport
 from .cluster import ClusterLink, ClusterUnavailable
 from .console import Console
 from .logs import fields
@@ -96,6 +97,32 @@ def _peer_address(stream: trio.abc.Stream) -> str | None:
         return str(inner.socket.getpeername()[0])
     except (AttributeError, OSError, IndexError, TypeError):
         return None
+
+
+def _log_upgrade(relay: Relay, decision: Upgraded | Refused, address: str | None) -> None:
+    """Log an upgrade's outcome (socket or pipe connected, pipe refused)."""
+    if isinstance(decision, Refused):
+        found = decision.route
+        if found is not None and found.kind is RouteKind.PIPE:
+            log.info(
+                "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message),
+                extra=fields("pipe_refused", status=decision.status, reason=escaped(decision.message)),
+            )
+    elif decision.kind is ConnectionKind.SOCKET:
+        app = relay.apps.by_key(decision.route.name)
+        log.info(
+            "socket %s connected (app key %s, from %s)", decision.conn_id, escaped(decision.route.name), address,
+            extra=fields("socket_connected", app=app.id if app else None, socket=decision.conn_id,
+                         remote_addr=address),
+        )
+    elif decision.kind is ConnectionKind.PIPE and decision.pipe is not None:
+        accepted = decision.pipe
+        log.info(
+            "pipe %s connected (app %s, protocol %s, group %s)",
+            decision.conn_id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
+            extra=fields("pipe_connected", app=accepted.app.id, pipe=decision.conn_id, protocol=accepted.version,
+                         group=escaped(accepted.group), remote_addr=address),
+        )
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -246,36 +273,75 @@ class RelayServer:
 
     async def _accept_from(self, listener: trio.abc.Listener[Any]) -> None:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
-        # handed to the fast transport outlives its handler task.
+        # handed to the fast transport outlives its handler task. Plain TCP
+        # under the fast transport is accepted in batches and its usual
+        # upgrade requests answered here, with no task per connection.
         assert self._nursery is not None
+        batch = None
+        if type(listener) is trio.SocketListener and isinstance(self.transport, FastTransport):
+            batch = BatchAcceptor(listener)
         retry = 0.0  # the wait before the next accept; 0: accepting normally
         failing_since = 0.0
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    # Out of descriptors or memory: every accept fails until
-                    # some close. One line per episode, and back off.
-                    if not retry:
-                        failing_since = trio.current_time()
-                        log.error(
-                            "accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
-                            exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX,
-                        )
-                    retry = min(ACCEPT_RETRY_MAX, retry * 2) if retry else ACCEPT_RETRY
-                    await trio.sleep(retry)
-                    continue
-                if retry:
-                    log.warning("accepting connections again after %.1f s", trio.current_time() - failing_since)
-                    retry = 0.0
-                self._connections += 1
-                if self.max_connections_per_ip is not None and not self._admit(stream):
-                    self._nursery.start_soon(self._refuse, stream)
-                else:
-                    self._nursery.start_soon(self._handle_tcp, stream)
+        try:
+            async with listener:
+                while True:
+                    try:
+                        streams = await batch.accept_some() if batch is not None else [await listener.accept()]
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        # Out of descriptors or memory: every accept fails until
+                        # some close. One line per episode, and back off.
+                        if not retry:
+                            failing_since = trio.current_time()
+                            log.error(
+                                "accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
+                                exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX,
+                            )
+                        retry = min(ACCEPT_RETRY_MAX, retry * 2) if retry else ACCEPT_RETRY
+                        await trio.sleep(retry)
+                        continue
+                    if retry:
+                        log.warning("accepting connections again after %.1f s", trio.current_time() - failing_since)
+                        retry = 0.0
+                    for stream in streams:
+                        self._connections += 1
+                        if self.max_connections_per_ip is not None and not self._admit(stream):
+                            self._nursery.start_soon(self._refuse, stream)
+                        elif batch is not None:
+                            self._take(stream)
+                        else:
+                            self._nursery.start_soon(self._handle_tcp, stream)
+                    if batch is not None:
+                        self.writer.flush()
+        finally:
+            if batch is not None:
+                batch.close()
+
+    def _take(self, stream: trio.SocketStream) -> None:
+        """A new plain-TCP connection under the fast transport: upgrade it now if its request is here and usual.
+
+        Anything else (no request yet, a REST request, an unusual head, a
+        refusal to answer) goes to a handler task with the bytes read.
+        """
+        assert self._nursery is not None
+        data = read_now(stream)
+        try:
+            decided = self._decide_fast(stream, data) if data else None
+            if decided is None or isinstance(decided, Refused):
+                self._nursery.start_soon(self._handle_tcp, stream, data, decided)
+                return
+            ws, side, limit = self._open_websocket(stream, *decided)
+        except Exception:  # pragma: no cover - a bug; keep serving everyone else
+            log.exception("connection handler failed")
+            self._nursery.start_soon(self._close_unserved, stream)
+            return
+        assert isinstance(self.transport, FastTransport)  # the only one accepting in batches
+        self.transport.adopt(ws, side, limit, self._finish)
+
+    async def _close_unserved(self, stream: trio.abc.Stream) -> None:
+        await trio.aclose_forcefully(stream)
+        self._closed_one(stream)
 
     def _admit(self, stream: trio.abc.Stream, address: str | None = None) -> bool:
         """Count a connection against its address's limit (the peer's by default); False if over it.
@@ -424,10 +490,16 @@ class RelayServer:
 
     # ---------------------------------------------------------------- HTTP
 
-    async def _handle_tcp(self, stream: trio.abc.Stream) -> None:
+    async def _handle_tcp(
+        self, stream: trio.abc.Stream, first: bytes = b"", decided: Refused | None = None
+    ) -> None:
+        """Serve a connection from its first bytes (``first``, if already read) to its end.
+
+        ``decided``: the refusal its upgrade request already got (to answer).
+        """
         handed_over = False
         try:
-            upgraded = await self._http(stream)
+            upgraded = await self._http(stream, first, decided)
             if upgraded is not None:
                 ws, side, limit = self._open_websocket(stream, *upgraded)
                 del upgraded
@@ -441,8 +513,7 @@ class RelayServer:
             log.exception("connection handler failed")
         finally:
             if not handed_over:
-                await trio.aclose_forcefully(stream)
-                self._closed_one(stream)
+                await self._close_unserved(stream)
 
     async def _finish(self, ws: WebSocket) -> None:
         """A WebSocket ended and the relay was told: close it once its last frames are out."""
@@ -465,28 +536,28 @@ class RelayServer:
         if self._connections == 0 and self._all_closed is not None:
             self._all_closed.set()
 
-    async def _http(self, stream: trio.abc.Stream) -> tuple[Upgraded, bytes] | None:
+    async def _http(
+        self, stream: trio.abc.Stream, first: bytes = b"", decided: Refused | None = None
+    ) -> tuple[Upgraded, bytes] | None:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends.
 
-        Returns the accepted upgrade and the bytes that came after its request.
+        ``first``: the connection's first bytes if already read; ``decided``:
+        the refusal their upgrade request already got. Returns the accepted
+        upgrade and the bytes that came after its request.
         """
-        data = await self._first_bytes(stream)
+        data = first or await self._first_bytes(stream)
         if data is None:
             return None
-        # The usual upgrade request comes whole in the first read: taken
-        # without h11 when it is plain enough.
-        fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
-        if fast is not None and wants_websocket(fast.headers):
-            decision = self._upgrade(stream, b"GET", fast.target, fast.headers, b"1.1")
-            if isinstance(decision, Upgraded):
-                return decision, fast.trailing
-            # A refusal is answered through h11, which reads the same request
-            # (the parser's promise).
+        fast = decided if decided is not None else self._decide_fast(stream, data)
+        if isinstance(fast, Refused):
+            # Answered through h11, which reads the same request (the parser's promise).
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
             conn.receive_data(data)
             conn.next_event()
-            await self._refuse_upgrade(stream, conn, decision)
+            await self._refuse_upgrade(stream, conn, fast)
             return None
+        if fast is not None:
+            return fast
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         conn.receive_data(data)
         while True:
@@ -720,6 +791,20 @@ class RelayServer:
                 self._idle_http.discard(waiting)
         return None
 
+    def _decide_fast(self, stream: trio.abc.Stream, data: bytes) -> tuple[Upgraded, bytes] | Refused | None:
+        """The core's answer to the usual upgrade request, read without h11 (None: h11 must read ``data``).
+
+        The usual request comes whole in the first read; accepted, the
+        connection is open in the relay (with the bytes after the request).
+        """
+        fast = parse_upgrade_request(data, MAX_HEAD_BYTES)
+        if fast is None or not wants_websocket(fast.headers):
+            return None
+        decision = self._upgrade(stream, b"GET", fast.target, fast.headers, b"1.1")
+        if isinstance(decision, Upgraded):
+            return decision, fast.trailing
+        return decision
+
     def _upgrade(
         self,
         stream: trio.abc.Stream,
@@ -751,28 +836,8 @@ class RelayServer:
             http_version=http_version,
             console=self.console is not None,
         )
-        if isinstance(decision, Refused):
-            found = decision.route
-            if found is not None and found.kind is RouteKind.PIPE:
-                log.info(
-                    "pipe refused for app %s: %d %s", escaped(found.name), decision.status, escaped(decision.message),
-                    extra=fields("pipe_refused", status=decision.status, reason=escaped(decision.message)),
-                )
-        elif decision.kind is ConnectionKind.SOCKET:
-            app = self.relay.apps.by_key(decision.route.name)
-            log.info(
-                "socket %s connected (app key %s, from %s)", decision.conn_id, escaped(decision.route.name), address,
-                extra=fields("socket_connected", app=app.id if app else None, socket=decision.conn_id,
-                             remote_addr=address),
-            )
-        elif decision.kind is ConnectionKind.PIPE and decision.pipe is not None:
-            accepted = decision.pipe
-            log.info(
-                "pipe %s connected (app %s, protocol %s, group %s)",
-                decision.conn_id, accepted.app.id, escaped(accepted.version), escaped(accepted.group),
-                extra=fields("pipe_connected", app=accepted.app.id, pipe=decision.conn_id, protocol=accepted.version,
-                             group=escaped(accepted.group), remote_addr=address),
-            )
+        if log.isEnabledFor(logging.INFO):  # its fields cost something per connection: not built for nothing
+            _log_upgrade(self.relay, decision, address)
         return decision
 
     async def _refuse_upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, refused: Refused) -> None:

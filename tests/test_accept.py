@@ -1,0 +1,109 @@
+"""New connections: accepted in batches (the fast transport), whenever and however their request comes.
+
+The fast transport upgrades a connection whose request is there when it is
+accepted without a task; any other goes to a handler task with what was
+read. Each test here drives one of those paths with real loopback sockets
+and checks the client's view, on both transports.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+
+from pipe_trio import RelayServer
+from pipe_trio._accept import ACCEPT_BATCH, BatchAcceptor
+from tests.support import APP_KEY
+
+pytestmark = pytest.mark.both_transports
+
+UPGRADE_HEAD = (
+    f"GET /app/{APP_KEY}?protocol=7 HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: websocket\r\n"
+    "connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+).encode()
+
+
+async def read_until(stream: trio.abc.Stream, marker: bytes) -> bytes:
+    """What the server sends until ``marker`` appears (fails if it closes first)."""
+    data = b""
+    while marker not in data:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"closed before {marker!r}: {data!r}"
+        data += chunk
+    return data
+
+
+async def test_a_batch_takes_every_connection_the_kernel_has_ready() -> None:
+    with trio.fail_after(10):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        acceptor = BatchAcceptor(listener)
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(ACCEPT_BATCH + 3)]
+        first = await acceptor.accept_some()
+        second = await acceptor.accept_some()
+        assert (len(first), len(second)) == (ACCEPT_BATCH, 3)
+        # Each is a stream of its own, connected to one of the clients.
+        await first[0].send_all(b"hello")
+        assert [await c.receive_some(5) for c in clients[:1]] == [b"hello"]
+        for stream in [*first, *second, *clients]:
+            await stream.aclose()
+        acceptor.close()
+        await listener.aclose()
+
+
+async def test_a_closed_acceptor_says_so() -> None:
+    with trio.fail_after(10):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        acceptor = BatchAcceptor(listener)
+        acceptor.close()
+        with pytest.raises(trio.ClosedResourceError):
+            await acceptor.accept_some()
+        await listener.aclose()
+
+
+async def test_a_request_sent_after_the_connection_was_accepted_and_in_pieces_is_upgraded(
+    relay_server: RelayServer,
+) -> None:
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await trio.testing.wait_all_tasks_blocked(0.01)  # accepted, with nothing to read yet
+            half = len(UPGRADE_HEAD) // 2
+            await stream.send_all(UPGRADE_HEAD[:half])
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            await stream.send_all(UPGRADE_HEAD[half:])
+            answer = await read_until(stream, b"connection_established")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_many_connections_at_once_are_all_established(relay_server: RelayServer) -> None:
+    n = 3 * ACCEPT_BATCH
+
+    async def one(results: list[str]) -> None:
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await stream.send_all(UPGRADE_HEAD)
+            answer = await read_until(stream, b'}"}')
+            frame = answer[answer.index(b"\r\n\r\n") + 4 :]
+            message = json.loads(frame[frame.index(b"{") :])  # after the 2-byte frame header
+            results.append(json.loads(message["data"])["socket_id"])
+
+    results: list[str] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(one, results)
+    assert len(set(results)) == n
+
+
+async def test_a_refused_upgrade_and_a_plain_request_sent_at_once_are_answered(relay_server: RelayServer) -> None:
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await stream.send_all(UPGRADE_HEAD.replace(b"version: 13", b"version: 8"))
+            refused = await read_until(stream, b"}")
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            status = await read_until(stream, b"}")
+    assert refused.startswith(b"HTTP/1.1 426 ") and b"sec-websocket-version: 13" in refused.lower()
+    assert status.startswith(b"HTTP/1.1 200 ")
