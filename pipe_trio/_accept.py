@@ -4,9 +4,8 @@
 call is a checkpoint: in a reconnect storm (thousands of clients at once)
 the accepting task goes through Trio's scheduler once per connection, and
 so does the task spawned for each. :class:`BatchAcceptor` takes every
-connection the kernel has ready (up to ``ACCEPT_BATCH``) in one go, and the
-server handles the usual upgrade request of each on the spot (see
-``RelayServer._take``).
+connection the kernel has ready in one go, and the server handles the usual
+upgrade request of each on the spot (``RelayServer._accept_batches``).
 
 The errors are Trio's: the ones a peer causes by going away before it was
 accepted are skipped, a closed listener raises ``trio.ClosedResourceError``,
@@ -22,10 +21,12 @@ import socket
 
 import trio
 
-__all__ = ["ACCEPT_BATCH", "BatchAcceptor"]
+__all__ = ["ACCEPT_BATCH", "ACCEPT_PENDING", "BatchAcceptor"]
 
-#: Most connections taken from the kernel per wake-up.
+#: Most new connections handled in one go (between two turns of the other tasks).
 ACCEPT_BATCH = 64
+#: Most connections accepted and waiting to be handled.
+ACCEPT_PENDING = 4096
 
 # What a connection that went away before accept() returns causes (as Trio skips them).
 _SKIPPED = frozenset(
@@ -52,31 +53,28 @@ class BatchAcceptor:
         self._socket = socket.socket(fileno=os.dup(listener.socket.fileno()))
         self._socket.setblocking(False)
 
-    async def accept_some(self) -> list[trio.SocketStream]:
-        """Every connection ready now (at least one: waits for one when none is)."""
-        while True:
-            accepted: list[trio.SocketStream] = []
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    sock, _ = self._socket.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno in _SKIPPED:
-                        continue
-                    if accepted:
-                        break  # these first; the error will come again
-                    if exc.errno in _CLOSED:
-                        raise trio.ClosedResourceError from None
-                    raise
-                accepted.append(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
-            if accepted:
-                # A turn for the other tasks per batch (a flood of connections
-                # must not starve them), but no cancellation here: these
-                # connections are the caller's to close.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return accepted
-            await trio.lowlevel.wait_readable(self._waiter)
+    def accept_now(self, limit: int) -> list[trio.SocketStream]:
+        """The connections ready now, at most ``limit`` (never waits)."""
+        accepted: list[trio.SocketStream] = []
+        while len(accepted) < limit:
+            try:
+                sock, _ = self._socket.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _SKIPPED:
+                    continue
+                if accepted:
+                    break  # these first; the error will come again
+                if exc.errno in _CLOSED:
+                    raise trio.ClosedResourceError from None
+                raise
+            accepted.append(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        return accepted
+
+    async def wait(self) -> None:
+        """Until a connection is ready (or the listener is closed)."""
+        await trio.lowlevel.wait_readable(self._waiter)
 
     def close(self) -> None:
         """Release the duplicate descriptor (the listener itself is its owner's to close)."""

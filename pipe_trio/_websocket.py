@@ -72,6 +72,7 @@ __all__ = [
     "BURST_ALLOWANCE",
     "CLOSE_TIMEOUT",
     "FAST_FRAMING",
+    "POLL_BATCH",
     "REFERENCE_FRAMING",
     "SLOW_CLOSE_TIMEOUT",
     "SLOW_GRACE",
@@ -104,6 +105,11 @@ SLOW_GRACE = 5.0
 #: While within ``SLOW_GRACE``, the queue may hold this many times
 #: ``max_buffer`` (a burst being drained); past it the connection is slow at once.
 BURST_ALLOWANCE = 4
+
+#: Most connections the poller reads before the other tasks get a turn (the
+#: rest are read next time round): thousands of new connections sending
+#: their first messages at once must not keep new ones from being accepted.
+POLL_BATCH = 256
 
 # Bytes handed to the stream at a time by a flush task.
 _FLUSH_SLICE = 65536
@@ -820,7 +826,7 @@ class Poller:
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for fd, _ in poll(0, 4096):
+                for fd, _ in poll(0, POLL_BATCH):
                     ws = conns.get(fd)
                     if ws is None:
                         continue

@@ -29,6 +29,7 @@ plus a fixed offset taken at start, so a ``MockClock`` drives the core too.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -50,7 +51,7 @@ from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
-from ._accept import BatchAcceptor
+from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
 from ._websocket import FastTransport, PortableTransport, Side, Transport, WebSocket, Writer, open_transport
@@ -130,6 +131,36 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+class _AcceptFailures:
+    """What accepting does when the system is out of descriptors or memory.
+
+    Every accept then fails until some connection closes: one log line per
+    episode, and a wait that doubles with each failure in a row (from
+    ``ACCEPT_RETRY`` to ``ACCEPT_RETRY_MAX``). Any other error is raised.
+    """
+
+    def __init__(self) -> None:
+        self.retry = 0.0  # the wait before the next accept; 0: accepting normally
+        self.since = 0.0
+
+    async def wait(self, exc: OSError) -> None:
+        """After a failed accept: raise ``exc`` unless it is about capacity, else wait before the next."""
+        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+            raise exc
+        if not self.retry:
+            self.since = trio.current_time()
+            log.error("accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
+                      exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX)
+        self.retry = min(ACCEPT_RETRY_MAX, self.retry * 2) if self.retry else ACCEPT_RETRY
+        await trio.sleep(self.retry)
+
+    def over(self) -> None:
+        """An accept succeeded."""
+        if self.retry:
+            log.warning("accepting connections again after %.1f s", trio.current_time() - self.since)
+            self.retry = 0.0
 
 
 class RelayServer:
@@ -273,50 +304,68 @@ class RelayServer:
 
     async def _accept_from(self, listener: trio.abc.Listener[Any]) -> None:
         # trio.serve_listeners, but the handler owns the stream: a WebSocket
-        # handed to the fast transport outlives its handler task. Plain TCP
-        # under the fast transport is accepted in batches and its usual
-        # upgrade requests answered here, with no task per connection.
-        assert self._nursery is not None
-        batch = None
+        # handed to the fast transport outlives its handler task.
+        failing = _AcceptFailures()
         if type(listener) is trio.SocketListener and isinstance(self.transport, FastTransport):
-            batch = BatchAcceptor(listener)
-        retry = 0.0  # the wait before the next accept; 0: accepting normally
-        failing_since = 0.0
+            await self._accept_batches(listener, failing)
+            return
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    await failing.wait(exc)
+                    continue
+                failing.over()
+                self._accepted(stream, None)
+
+    async def _accept_batches(self, listener: trio.SocketListener, failing: _AcceptFailures) -> None:
+        """Plain TCP under the fast transport: every connection the kernel has is taken at once, and
+        the usual upgrade requests answered here, with no task per connection.
+
+        Taking them all first empties the kernel's accept queue (``somaxconn``
+        long) as fast as the connections come: in a reconnect storm a full
+        queue drops new connections, whose clients try again only after a
+        second. At most ``ACCEPT_PENDING`` wait here to be handled,
+        ``ACCEPT_BATCH`` at a time, with a turn for every other task between.
+        """
+        acceptor = BatchAcceptor(listener)
+        pending: collections.deque[trio.SocketStream] = collections.deque()
         try:
             async with listener:
                 while True:
                     try:
-                        streams = await batch.accept_some() if batch is not None else [await listener.accept()]
+                        pending.extend(acceptor.accept_now(ACCEPT_PENDING - len(pending)))
                     except OSError as exc:
-                        if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                            raise
-                        # Out of descriptors or memory: every accept fails until
-                        # some close. One line per episode, and back off.
-                        if not retry:
-                            failing_since = trio.current_time()
-                            log.error(
-                                "accept failed (%s); retrying every %.1f to %.1f s until it succeeds",
-                                exc, ACCEPT_RETRY, ACCEPT_RETRY_MAX,
-                            )
-                        retry = min(ACCEPT_RETRY_MAX, retry * 2) if retry else ACCEPT_RETRY
-                        await trio.sleep(retry)
+                        if not pending:
+                            await failing.wait(exc)
+                            continue
+                        # Those accepted before go first; the failure will come again.
+                    else:
+                        failing.over()
+                    if not pending:
+                        await acceptor.wait()
                         continue
-                    if retry:
-                        log.warning("accepting connections again after %.1f s", trio.current_time() - failing_since)
-                        retry = 0.0
-                    for stream in streams:
-                        self._connections += 1
-                        if self.max_connections_per_ip is not None and not self._admit(stream):
-                            self._nursery.start_soon(self._refuse, stream)
-                        elif batch is not None:
-                            self._take(stream)
-                        else:
-                            self._nursery.start_soon(self._handle_tcp, stream)
-                    if batch is not None:
-                        self.writer.flush()
+                    for _ in range(min(ACCEPT_BATCH, len(pending))):
+                        self._accepted(pending.popleft(), acceptor)
+                    self.writer.flush()
+                    await trio.lowlevel.checkpoint()
         finally:
-            if batch is not None:
-                batch.close()
+            acceptor.close()
+            for stream in pending:  # cancelled (shutting down): never handled, so never counted
+                stream.socket.close()
+
+    def _accepted(self, stream: trio.SocketStream, inline: BatchAcceptor | None) -> None:
+        """A new connection: counted, checked against the per-address limit, then served
+        (upgraded now when ``inline`` and its usual request is here, else by a task)."""
+        assert self._nursery is not None
+        self._connections += 1
+        if self.max_connections_per_ip is not None and not self._admit(stream):
+            self._nursery.start_soon(self._refuse, stream)
+        elif inline is not None:
+            self._take(stream)
+        else:
+            self._nursery.start_soon(self._handle_tcp, stream)
 
     def _take(self, stream: trio.SocketStream) -> None:
         """A new plain-TCP connection under the fast transport: upgrade it now if its request is here and usual.
