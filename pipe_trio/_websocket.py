@@ -72,6 +72,7 @@ __all__ = [
     "BURST_ALLOWANCE",
     "CLOSE_TIMEOUT",
     "FAST_FRAMING",
+    "FLUSH_TURN",
     "POLL_BATCH",
     "REFERENCE_FRAMING",
     "SLOW_CLOSE_TIMEOUT",
@@ -110,6 +111,9 @@ BURST_ALLOWANCE = 4
 #: rest are read next time round): thousands of new connections sending
 #: their first messages at once must not keep new ones from being accepted.
 POLL_BATCH = 256
+
+#: Most connections a deferred flush writes before the other tasks get a turn.
+FLUSH_TURN = 128
 
 # Bytes handed to the stream at a time by a flush task.
 _FLUSH_SLICE = 65536
@@ -201,7 +205,16 @@ class Writer:
     async def _flush_later(self) -> None:
         # A new task runs in Trio's next batch, after the current one.
         self._scheduled = False
-        self.flush()
+        dirty, self.dirty = self.dirty, []
+        for start in range(0, len(dirty), FLUSH_TURN):
+            if start:
+                # A large fan-out's writes take a while: other tasks get a
+                # turn between slices, and what they queue for other
+                # connections (a small channel's event) goes out then, not
+                # after all of these. Not cancellable: these are queued.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            for conn in dirty[start : start + FLUSH_TURN]:
+                conn._write_now()
 
     def broadcast(
         self, frame: bytes, targets: tuple[str, ...], conns: dict[str, WebSocket], full: list[WebSocket]
@@ -231,6 +244,14 @@ class Writer:
             if not conn._dirty and not conn._flushing:
                 conn._dirty = True
                 dirty.append(conn)
+
+    def write_these(self, targets: tuple[str, ...], conns: dict[str, WebSocket]) -> None:
+        """Write out what these connections queued now, ahead of the others'."""
+        get = conns.get
+        for target in targets:
+            conn = get(target)
+            if conn is not None and conn._dirty:
+                conn._write_now()  # still listed as dirty: written again, it finds nothing to write
 
     def flush(self) -> None:
         """Write out every connection that queued something since the last flush."""

@@ -54,7 +54,7 @@ from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants
 from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
 from ._io import RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
-from ._websocket import FastTransport, PortableTransport, Side, Transport, WebSocket, Writer, open_transport
+from ._websocket import FLUSH_TURN, FastTransport, PortableTransport, Side, Transport, WebSocket, Writer, open_transport
 from .cluster import ClusterLink, ClusterUnavailable
 from .console import Console
 from .logs import fields
@@ -67,6 +67,8 @@ log = logging.getLogger("pipe_trio")
 
 #: Seconds an HTTP connection may sit idle, or take to send its request head.
 HTTP_IDLE_TIMEOUT = 60.0
+#: Deliveries a REST request's outputs are carried out in before other tasks get a turn.
+EXECUTE_TURN = 8192
 #: Largest HTTP request head accepted.
 MAX_HEAD_BYTES = 16 * 1024
 #: Longest the timer loop sleeps: timers fire at most this late.
@@ -517,6 +519,27 @@ class RelayServer:
             # Everything queued by this batch goes out now, one write per connection.
             self.writer.flush()
 
+    async def execute_in_turns(self, outputs: list[Output]) -> int:
+        """:meth:`execute` without flushing, giving other tasks a turn after every ``EXECUTE_TURN`` deliveries.
+
+        A batch of events to a large channel (a REST ``batch_events``) is
+        long work: an event for another channel that arrives meanwhile is
+        handled between two slices instead of waiting for all of it.
+        Returns the number of deliveries.
+        """
+        start = 0
+        total = deliveries = 0
+        for end, output in enumerate(outputs, 1):
+            if type(output) is Send:
+                deliveries += len(output.targets)
+                if deliveries >= EXECUTE_TURN and end < len(outputs):
+                    self.execute(outputs[start:end], flush=False)
+                    start, total, deliveries = end, total + deliveries, 0
+                    # Not cancellable: the rest of the outputs must still be carried out.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+        self.execute(outputs[start:] if start else outputs, flush=False)
+        return total + deliveries
+
     def execute_soon(self, outputs: list[Output]) -> None:
         """Carry out outputs, written with whatever else this round of Trio's tasks produces.
 
@@ -763,9 +786,15 @@ class RelayServer:
             self._count_rest(found, 503)
             await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
             return
-        # Written with what other connections produce at the same moment
+        deliveries = await self.execute_in_turns(answer.outputs)
+        if deliveries <= FLUSH_TURN:
+            # A few connections: written now, ahead of a large fan-out's
+            # writes that may be waiting for their turn.
+            for output in answer.outputs:
+                if type(output) is Send:
+                    self.writer.write_these(output.targets, self.conns)
+        # The rest with what other connections produce at the same moment
         # (concurrent publishers' events share one write per subscriber).
-        self.execute(answer.outputs, flush=False)
         self.writer.flush_soon()
         self._count_rest(found, answer.status)
         await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)

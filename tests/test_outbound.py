@@ -134,6 +134,27 @@ async def test_one_rest_call_to_thirty_channels_reaches_a_fast_reader(nursery: t
             await client.aclose()
 
 
+async def test_a_rest_batch_carried_out_in_turns_arrives_whole_and_in_order(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch_events call whose deliveries exceed EXECUTE_TURN (here 3) is carried out in
+    several turns: every event still reaches both subscribers once, in the batch's order."""
+    monkeypatch.setattr("pipe_trio.server.EXECUTE_TURN", 3)
+    server = await start_relay(nursery)
+    with trio.fail_after(20):
+        clients = [(await subscribed_client(server, ["news"]))[0] for _ in range(2)]
+        try:
+            batch = [{"name": "tick", "channel": "news", "data": str(n)} for n in range(10)]
+            body = json.dumps({"batch": batch}).encode()
+            status, answer = await rest_post(server.port, f"/apps/{APP_ID}/batch_events", body)
+            assert status == 200, answer
+            for client in clients:
+                assert [frame["data"] for frame in await read_events(client, 10)] == [str(n) for n in range(10)]
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
 async def test_one_pipe_batch_of_a_hundred_events_reaches_a_fast_reader(nursery: trio.Nursery) -> None:
     """A Pipe batch of 100 send_to_channel calls of 4 KB each reaches a reader of that channel, which is not closed."""
     server = await start_relay(nursery)
