@@ -80,6 +80,7 @@ __all__ = [
     "TRANSPORT_VARIABLE",
     "FastTransport",
     "Framing",
+    "Polled",
     "PolledWebSocket",
     "Poller",
     "PortableTransport",
@@ -564,9 +565,9 @@ class WebSocket:
             side.closed(self.id, code, reason)
 
     def _detach(self) -> None:
-        # Before the descriptor is closed: its number may soon name another socket.
-        if self.poller is not None:
-            self.poller.remove(self)
+        # Before the descriptor is closed: its number may soon name another
+        # socket. Only a polled connection has anything to undo.
+        pass
 
     def _consume(self, data: bytes) -> tuple[int, str] | None:
         """Handle the messages ``data`` completes; the close code and reason if the connection ended.
@@ -649,6 +650,21 @@ class PolledWebSocket(WebSocket):
         result = self._consume(data) if data else (1006, "")
         if result is not None:
             self._end(result)
+
+    def _detach(self) -> None:
+        if self.poller is not None:
+            self.poller.remove(self)
+
+    def _broken(self) -> None:
+        log.exception("reading %s failed", self.id)
+        self._send_close(1011, "Internal error")
+        self._end((1011, "Internal error"))
+
+    def _abandon(self) -> None:
+        stream = self.stream
+        self._forget_socket()
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()
 
 
 class PortableWebSocket(WebSocket):
@@ -805,6 +821,23 @@ def open_transport(writer: Writer, listeners: Sequence[trio.abc.Listener[Any]], 
     return PortableTransport(writer)
 
 
+class Polled(Protocol):
+    """What a :class:`Poller` reads: a polled WebSocket, or a connection waiting for its request."""
+
+    #: Its socket's descriptor (registered while it is polled).
+    _fd: int
+    poller: Poller | None
+
+    def _readable(self) -> None:
+        """Its socket has data (or the end): take one read's worth."""
+
+    def _broken(self) -> None:
+        """``_readable`` raised (a bug): end this connection and no other."""
+
+    def _abandon(self) -> None:
+        """The poller is going away (the server is): close the socket, telling nobody."""
+
+
 class Poller:
     """Reads every plain-TCP connection from one task, through an epoll set of its own.
 
@@ -815,30 +848,31 @@ class Poller:
     connection is registered once (level-triggered), one task waits for the
     set to become readable, reads one chunk from each ready connection,
     hands the messages on, and flushes what they produced together. A
-    connection read here has no task of its own while it is open.
+    connection read here has no task of its own while it is open, nor
+    while it is waiting for its upgrade request.
     """
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self._epoll = select.epoll()
-        self._conns: dict[int, PolledWebSocket] = {}
+        self._conns: dict[int, Polled] = {}
 
     def __len__(self) -> int:
         return len(self._conns)
 
-    def add(self, ws: PolledWebSocket) -> None:
-        """Start reading ``ws`` (its reader task then waits for the end)."""
-        self._conns[ws._fd] = ws
-        ws.poller = self
-        self._epoll.register(ws._fd, select.EPOLLIN | select.EPOLLRDHUP)
+    def add(self, polled: Polled) -> None:
+        """Start reading ``polled``."""
+        self._conns[polled._fd] = polled
+        polled.poller = self
+        self._epoll.register(polled._fd, select.EPOLLIN | select.EPOLLRDHUP)
 
-    def remove(self, ws: WebSocket) -> None:
-        """Stop reading ``ws``."""
-        ws.poller = None
-        if self._conns.get(ws._fd) is ws:
-            del self._conns[ws._fd]
+    def remove(self, polled: Polled) -> None:
+        """Stop reading ``polled``."""
+        polled.poller = None
+        if self._conns.get(polled._fd) is polled:
+            del self._conns[polled._fd]
             with contextlib.suppress(OSError):
-                self._epoll.unregister(ws._fd)
+                self._epoll.unregister(polled._fd)
 
     async def run(self) -> None:
         """Read until cancelled."""
@@ -848,22 +882,17 @@ class Poller:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
                 for fd, _ in poll(0, POLL_BATCH):
-                    ws = conns.get(fd)
-                    if ws is None:
+                    polled = conns.get(fd)
+                    if polled is None:
                         continue
                     try:
-                        ws._readable()
+                        polled._readable()
                     except Exception:  # a bug past _consume's guard: this connection goes, the others stay
-                        log.exception("reading %s failed", ws.id)
-                        ws._send_close(1011, "Internal error")
-                        ws._end((1011, "Internal error"))
+                        polled._broken()
                 self.writer.flush()
         finally:
             # Cancelled (the server is going away): nobody waits on these
             # connections, so their sockets are closed here.
-            for ws in list(conns.values()):
-                stream = ws.stream
-                ws._forget_socket()
-                if isinstance(stream, trio.SocketStream):
-                    stream.socket.close()
+            for polled in list(conns.values()):
+                polled._abandon()
             self._epoll.close()

@@ -33,9 +33,11 @@ import collections
 import errno
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -52,9 +54,19 @@ from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
 from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
-from ._io import RandomBytes, escaped, raw_fd, read_now
+from ._io import RECEIVE_SIZE, RandomBytes, escaped, raw_fd, read_now
 from ._upgrade import parse_upgrade_request
-from ._websocket import FLUSH_TURN, FastTransport, PortableTransport, Side, Transport, WebSocket, Writer, open_transport
+from ._websocket import (
+    FLUSH_TURN,
+    FastTransport,
+    Poller,
+    PortableTransport,
+    Side,
+    Transport,
+    WebSocket,
+    Writer,
+    open_transport,
+)
 from .cluster import ClusterLink, ClusterUnavailable
 from .console import Console
 from .logs import fields
@@ -133,6 +145,41 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+class _Greeting:
+    """A plain-TCP connection accepted before its first bytes came: the poller waits for them.
+
+    No task waits for it: when its bytes come, the server serves it from
+    them (``RelayServer._greeted``); one that sends nothing is closed after
+    ``HTTP_IDLE_TIMEOUT`` by the timer loop, or when the server stops.
+    """
+
+    __slots__ = ("_fd", "deadline", "poller", "server", "stream")
+
+    def __init__(self, server: RelayServer, stream: trio.SocketStream, deadline: float) -> None:
+        self.server = server
+        self.stream = stream
+        self._fd = stream.socket.fileno()
+        self.deadline = deadline
+        self.poller: Poller | None = None
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.server._greeted(self, data)
+
+    def _broken(self) -> None:
+        log.exception("reading a new connection failed")
+        self.server._greeted(self, b"")
+
+    def _abandon(self) -> None:
+        self.poller = None
+        self.stream.socket.close()
 
 
 class _AcceptFailures:
@@ -243,6 +290,8 @@ class RelayServer:
             ConnectionKind.REFUSED: _Side(self),
         }
         self._idle_http: set[trio.CancelScope] = set()
+        # Connections waiting (in the poller) for their first bytes, oldest first.
+        self._greetings: dict[_Greeting, None] = {}
         self.listeners: list[trio.abc.Listener[Any]] = []
         self._pipes: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -370,15 +419,48 @@ class RelayServer:
             self._nursery.start_soon(self._handle_tcp, stream)
 
     def _take(self, stream: trio.SocketStream) -> None:
-        """A new plain-TCP connection under the fast transport: upgrade it now if its request is here and usual.
+        """A new plain-TCP connection under the fast transport: served from its first bytes,
+        or, before they come, waited on by the poller (:class:`_Greeting`)."""
+        data = read_now(stream)
+        if data:
+            self._serve_first(stream, data)
+            return
+        greeting = _Greeting(self, stream, trio.current_time() + HTTP_IDLE_TIMEOUT)
+        self._greetings[greeting] = None
+        assert isinstance(self.transport, FastTransport)  # the only one accepting in batches
+        self.transport.poller.add(greeting)
 
-        Anything else (no request yet, a REST request, an unusual head, a
+    def _greeted(self, greeting: _Greeting, data: bytes) -> None:
+        """A waiting connection sent its first bytes (``b""``: it went away)."""
+        self._forget_greeting(greeting)
+        if data:
+            self._serve_first(greeting.stream, data)
+        else:
+            self._spawn(partial(self._close_unserved, greeting.stream))
+
+    def _forget_greeting(self, greeting: _Greeting) -> None:
+        if greeting.poller is not None:
+            greeting.poller.remove(greeting)
+        self._greetings.pop(greeting, None)
+
+    def _close_greetings(self, now: float | None = None) -> None:
+        """Close the connections that have waited past their deadline for their request (all: ``now`` None)."""
+        while self._greetings:
+            greeting = next(iter(self._greetings))
+            if now is not None and greeting.deadline > now:
+                break  # deadlines come in the order the connections did
+            self._forget_greeting(greeting)
+            self._spawn(partial(self._close_unserved, greeting.stream))
+
+    def _serve_first(self, stream: trio.SocketStream, data: bytes) -> None:
+        """Upgrade a connection now if ``data`` (its first bytes) is the usual upgrade request.
+
+        Anything else (a partial head, a REST request, an unusual head, a
         refusal to answer) goes to a handler task with the bytes read.
         """
         assert self._nursery is not None
-        data = read_now(stream)
         try:
-            decided = self._decide_fast(stream, data) if data else None
+            decided = self._decide_fast(stream, data)
             if decided is None or isinstance(decided, Refused):
                 self._nursery.start_soon(self._handle_tcp, stream, data, decided)
                 return
@@ -453,6 +535,7 @@ class RelayServer:
         self._listen_scope.cancel()
         for waiting in list(self._idle_http):
             waiting.cancel()
+        self._close_greetings()
         self.execute(self.relay.shutdown(self.now()))
         if self.console is not None:
             self.console.close_all()
@@ -477,6 +560,8 @@ class RelayServer:
                     self._wake_timers = trio.Event()
             if self.relay.next_deadline() <= self.now():
                 self.execute(self.relay.tick(self.now()))
+            if self._greetings:
+                self._close_greetings(trio.current_time())
 
     # ------------------------------------------------------------- outputs
 

@@ -108,3 +108,22 @@ async def test_a_refused_upgrade_and_a_plain_request_sent_at_once_are_answered(r
             status = await read_until(stream, b"}")
     assert refused.startswith(b"HTTP/1.1 426 ") and b"sec-websocket-version: 13" in refused.lower()
     assert status.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_connection_that_leaves_before_sending_anything_is_forgotten(relay_server: RelayServer) -> None:
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        await trio.testing.wait_all_tasks_blocked(0.01)  # accepted, waiting for its request
+        assert relay_server.open_connections == 1
+        await stream.aclose()
+        while relay_server.open_connections:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+
+
+async def test_a_connection_waiting_for_its_request_is_closed_at_shutdown(relay_server: RelayServer) -> None:
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+            await relay_server.shutdown(timeout=5)
+            assert await stream.receive_some(1024) == b""
+    assert relay_server.open_connections == 0
