@@ -254,13 +254,15 @@ class Group:
 
     def owner(self, type: str, key: str) -> Session | None:
         """The session that receives events of ``type`` for ``key``."""
+        holders = [session for session in self.sessions.values() if type in session.types]
+        if len(holders) <= 1:
+            return holders[0] if holders else None  # the usual group of one: nothing to weigh
         best: Session | None = None
         best_score = -1
-        for session in self.sessions.values():
-            if type in session.types:
-                score = rendezvous_score(key, session.id)
-                if score > best_score:
-                    best, best_score = session, score
+        for session in holders:
+            score = rendezvous_score(key, session.id)
+            if score > best_score:
+                best, best_score = session, score
         return best
 
 
