@@ -26,7 +26,9 @@ Writing is the same on both: a list of ready-made frames. A broadcast frame
 is built once by the server (:attr:`Framing.text` of its transport) and the
 same bytes object is appended to every subscriber's list. Pushing only
 marks the connection dirty in the shared :class:`Writer`; when the server
-has carried out a batch of outputs it calls :meth:`Writer.flush`, and each
+has carried out a batch of outputs it calls :meth:`Writer.flush` (or
+:meth:`Writer.flush_soon`, which writes ``FLUSH_TURN`` connections per turn
+of Trio's scheduler), and each
 dirty connection writes everything it has in one system call, straight to
 its (non-blocking) socket (through the stream under TLS or without a file
 descriptor). Only what the kernel does not take at once is left to a flush
