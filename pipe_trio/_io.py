@@ -6,7 +6,7 @@ import os
 
 import trio
 
-__all__ = ["RECEIVE_SIZE", "RandomBytes", "escaped", "raw_fd", "read_now", "receive"]
+__all__ = ["RECEIVE_SIZE", "RandomBytes", "escaped", "raw_fd", "read_now", "read_ready", "receive"]
 
 #: Most bytes taken from a socket in one read.
 RECEIVE_SIZE = 65536
@@ -44,6 +44,16 @@ def read_now(stream: trio.abc.Stream) -> bytes:
     try:
         return os.read(fd, RECEIVE_SIZE)
     except OSError:  # nothing yet (EAGAIN), or trouble the next read will meet again
+        return b""
+
+
+def read_ready(fd: int) -> bytes | None:
+    """One read from a descriptor epoll said is readable: None if nothing after all, ``b""`` if it ended."""
+    try:
+        return os.read(fd, RECEIVE_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:  # reset, or another error the connection will not survive
         return b""
 
 

@@ -67,7 +67,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import trio
 
 from . import _wsreference
-from ._io import RECEIVE_SIZE, raw_fd, receive
+from ._io import raw_fd, read_ready, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
 __all__ = [
@@ -643,12 +643,9 @@ class PolledWebSocket(WebSocket):
 
     def _readable(self) -> None:
         """The poller saw data (or the end) on this connection: take one read's worth."""
-        try:
-            data = os.read(self._fd, RECEIVE_SIZE)
-        except BlockingIOError:
+        data = read_ready(self._fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         result = self._consume(data) if data else (1006, "")
         if result is not None:
             self._end(result)

@@ -33,7 +33,6 @@ import collections
 import errno
 import json
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,7 +53,7 @@ from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
 from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
-from ._io import RECEIVE_SIZE, RandomBytes, escaped, raw_fd, read_now
+from ._io import RandomBytes, escaped, raw_fd, read_now, read_ready
 from ._upgrade import parse_upgrade_request
 from ._websocket import (
     FLUSH_TURN,
@@ -165,13 +164,9 @@ class _Greeting:
         self.poller: Poller | None = None
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self._fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        self.server._greeted(self, data)
+        data = read_ready(self._fd)
+        if data is not None:
+            self.server._greeted(self, data)
 
     def _broken(self) -> None:
         log.exception("reading a new connection failed")

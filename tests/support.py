@@ -32,3 +32,13 @@ async def start_relay(nursery: trio.Nursery, apps: Sequence[App] | None = None, 
 def url_of(server: RelayServer, scheme: str = "ws") -> str:
     """The base URL of a server started by :func:`start_relay`."""
     return f"{scheme}://127.0.0.1:{server.port}"
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
+    """Read ``stream`` until ``marker`` has appeared (fails if it ends first)."""
+    seen = b""
+    while marker not in seen:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"ended before {marker!r}: {seen!r}"
+        seen += chunk
+    return seen

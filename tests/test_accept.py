@@ -16,7 +16,7 @@ import trio.testing
 
 from pipe_trio import RelayServer
 from pipe_trio._accept import ACCEPT_BATCH, BatchAcceptor
-from tests.support import APP_KEY
+from tests.support import APP_KEY, read_until
 
 pytestmark = pytest.mark.both_transports
 
@@ -24,16 +24,6 @@ UPGRADE_HEAD = (
     f"GET /app/{APP_KEY}?protocol=7 HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: websocket\r\n"
     "connection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
 ).encode()
-
-
-async def read_until(stream: trio.abc.Stream, marker: bytes) -> bytes:
-    """What the server sends until ``marker`` appears (fails if it closes first)."""
-    data = b""
-    while marker not in data:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"closed before {marker!r}: {data!r}"
-        data += chunk
-    return data
 
 
 async def test_a_batch_takes_every_connection_the_kernel_has_ready() -> None:

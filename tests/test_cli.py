@@ -17,6 +17,7 @@ import trio
 from pipe_proto import App, ConfigError, Features, Limits, WebhookTarget
 from pipe_trio.cli import DEMO_APP, _is_loopback, build_parser, load_apps, main
 from tests.processes import background
+from tests.support import read_until
 
 PIPE_RELAY = Path(sys.executable).with_name("pipe-relay")
 
@@ -212,16 +213,6 @@ async def get_status(port: int) -> dict[str, object]:
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return dict(json.loads(body))
-
-
-async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
-    """Read ``stream`` until ``marker`` has appeared (fails on EOF)."""
-    seen = b""
-    while marker not in seen:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"output ended before {marker!r}: {seen!r}"
-        seen += chunk
-    return seen
 
 
 async def run_relay(*argv: str) -> tuple[bytes, trio.Process]:
