@@ -34,10 +34,11 @@ from hypothesis import strategies as st
 from fuzz._support import corpus_params, fuzz_property, record
 from pipe_proto import App, Relay
 from pipe_proto.upgrade import Refused, Upgraded, upgrade, wants_websocket
-from pipe_trio._upgrade import parse_upgrade_request
+from pipe_trio._upgrade import parse_request, parse_upgrade_request
 
 TARGET = "upgrade"
 MAX_HEAD = 16 * 1024  # the relay's limit (pipe_trio.server.MAX_HEAD_BYTES)
+MAX_BODY = 64  # small, so that bodies over the limit come up
 
 REAL_HEADS = [
     # pusher-js 8 under Node (ws)
@@ -60,6 +61,18 @@ REAL_HEADS = [
 ]
 
 
+REAL_CALLS = [
+    # the official Node SDK's trigger, and the Python SDK's channel query
+    b"POST /apps/1/events?auth_key=key&auth_timestamp=1700000000&auth_version=1.0&body_md5=abc&auth_signature=def "
+    b"HTTP/1.1\r\ncontent-type: application/json\r\nx-pusher-library: pusher-http-node 5.2.0\r\n"
+    b"Content-Length: 40\r\nHost: 127.0.0.1:6001\r\nConnection: keep-alive\r\n\r\n"
+    b'{"name":"e","channels":["c"],"data":"x"}',
+    b"GET /apps/1/channels?auth_key=key&auth_timestamp=1700000000&auth_version=1.0&auth_signature=def HTTP/1.1\r\n"
+    b"Host: 127.0.0.1:6001\r\nUser-Agent: python-requests/2.32\r\nAccept-Encoding: gzip, deflate\r\n"
+    b"Accept: */*\r\nConnection: keep-alive\r\n\r\n",
+]
+
+
 def h11_view(data: bytes) -> tuple[Any, ...] | None:
     """What h11 reads from ``data`` as the relay drives it (None: no complete request)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -77,9 +90,50 @@ def h11_view(data: bytes) -> tuple[Any, ...] | None:
     )
 
 
+def h11_whole(data: bytes) -> tuple[Any, ...] | None:
+    """What h11 reads from ``data``: one whole request, its body and what follows (None: anything else)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    conn.receive_data(data)
+    body = b""
+    try:
+        request = conn.next_event()
+        if not isinstance(request, h11.Request):
+            return None
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return None
+    except h11.RemoteProtocolError:
+        return None
+    keep_alive = b"close" not in b",".join(v for k, v in request.headers if k == b"connection").lower()
+    return (
+        request.method, request.target, list(request.headers), request.http_version, body, conn.trailing_data[0],
+        keep_alive,
+    )
+
+
+def check_plain(data: bytes, max_head: int) -> bool:
+    """Whenever :func:`parse_request` takes ``data``, h11 reads the same whole request, body
+    included, keeps the connection, and nothing follows; returns whether it took it."""
+    plain = parse_request(data, max_head, MAX_BODY)
+    if plain is None:
+        return False
+    expected = h11_whole(data)
+    assert expected is not None, "h11 refuses (or cannot finish) what the fast path took"
+    assert len(plain.body) <= MAX_BODY
+    got = (plain.method, plain.target, plain.headers, b"1.1", plain.body, b"", True)
+    assert got == expected, f"fast {got!r} != h11 {expected!r}"
+    return True
+
+
 def check_head(data: bytes, max_head: int = MAX_HEAD) -> bool:
-    """The whole check for one input; returns whether the fast path took it."""
+    """The whole check for one input; returns whether the fast upgrade path took it."""
     record(TARGET, {"bytes_b64": base64.b64encode(data).decode(), "max_head": max_head})
+    check_plain(data, max_head)
     expected = h11_view(data)
     if expected is not None and wants_websocket(expected[2]):
         check_decision(*expected[:4])
@@ -159,7 +213,36 @@ def heads(draw: st.DrawFn) -> tuple[bytes, int]:
     return data, draw(st.sampled_from([MAX_HEAD, MAX_HEAD, 64, 200]))
 
 
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[bytes, int]:
+    """REST calls: real ones mutated, or made up with bodies of the declared length, or not."""
+    if draw(st.booleans()):
+        base = draw(st.sampled_from(REAL_CALLS))
+        cut = draw(st.integers(0, len(base)))
+        mutated = base[:cut] + draw(_ODD) + base[cut + draw(st.integers(0, 2)):]
+        return draw(st.sampled_from([base, mutated, base + b"GET / HTTP/1.1\r\n", base[:-1]])), MAX_HEAD
+    method = draw(st.sampled_from([b"POST", b"POST", b"GET", b"HEAD", b"PUT", b"post"]))
+    body = draw(st.binary(max_size=MAX_BODY + 8))
+    declared = draw(st.sampled_from([str(len(body)).encode()] * 4 + [
+        b"", b"0", b"+1", b"0x10", b" 3", str(len(body) + 1).encode(), b"1, 1", b"9" * 20,
+    ]))
+    fields = [(b"Host", b"relay"), (b"Content-Length", declared)] if draw(st.integers(0, 4)) else [(b"Host", b"relay")]
+    extra = draw(st.lists(st.tuples(st.sampled_from(
+        [b"Connection", b"Content-Length", b"Transfer-Encoding", b"Expect", b"X-Pusher-Library", b"Host"]),
+        st.sampled_from([b"close", b"keep-alive", b"Close, keep-alive", b"chunked", b"100-continue", b"1", b""])),
+        max_size=2))
+    for at, field in enumerate(extra):
+        fields.insert(draw(st.integers(0, len(fields))) if at else len(fields), field)
+    head = method + b" /apps/1/events?auth_key=key HTTP/1.1\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in fields)
+    return head + b"\r\n" + body, draw(st.sampled_from([MAX_HEAD, MAX_HEAD, 40]))
+
+
 # --------------------------------------------------------------- properties
+
+
+@fuzz_property(TARGET, 600, call=calls())
+def test_rest_fast_path_reads_only_what_h11_reads_the_same(call: tuple[bytes, int]) -> None:
+    check_head(*call)
 
 
 @fuzz_property(TARGET, 600, head=heads())
@@ -170,6 +253,11 @@ def test_fast_path_reads_only_what_h11_reads_the_same(head: tuple[bytes, int]) -
 @pytest.mark.parametrize("data", REAL_HEADS)
 def test_real_clients_take_the_fast_path(data: bytes) -> None:
     assert check_head(data + b"\x81\x80abcd")
+
+
+@pytest.mark.parametrize("data", REAL_CALLS)
+def test_real_rest_calls_take_the_fast_path(data: bytes) -> None:
+    assert check_plain(data, MAX_HEAD)
 
 
 @pytest.mark.parametrize("entry", corpus_params(TARGET))

@@ -54,7 +54,7 @@ from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants
 
 from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
 from ._io import RandomBytes, escaped, raw_fd, read_now, read_ready
-from ._upgrade import parse_upgrade_request
+from ._upgrade import parse_request, parse_upgrade_request
 from ._websocket import (
     FLUSH_TURN,
     FastTransport,
@@ -137,6 +137,15 @@ def _log_upgrade(relay: Relay, decision: Upgraded | Refused, address: str | None
             extra=fields("pipe_connected", app=accepted.app.id, pipe=decision.conn_id, protocol=accepted.version,
                          group=escaped(accepted.group), remote_addr=address),
         )
+
+
+def _response(status: int, body: Any, *, head: bool = False) -> bytes:
+    """A JSON response, byte for byte what ``RelayServer._respond`` has h11 write on a kept connection."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 %d \r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"access-control-allow-origin: *\r\n\r\n%s" % (status, len(data), b"" if head else data)
+    )
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -710,6 +719,19 @@ class RelayServer:
             return None
         if fast is not None:
             return fast
+        # REST calls on a keep-alive connection, each read and answered
+        # without h11 while they come one whole request per read; h11 takes
+        # the connection over at the first that does not.
+        while (plain := parse_request(data, MAX_HEAD_BYTES, self.max_body)) is not None and not self._stopping:
+            method = plain.method.decode("ascii")
+            found = route(method, plain.target.decode("latin-1"), upgrade=False)
+            if found.kind is not RouteKind.REST or wants_websocket(plain.headers):
+                break
+            status, answer = await self._rest_answer(method, found, plain.body)
+            await stream.send_all(_response(status, answer, head=method == "HEAD"))
+            data = await self._first_bytes(stream)
+            if not data:
+                return None
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         conn.receive_data(data)
         while True:
@@ -853,19 +875,21 @@ class RelayServer:
                 break
             else:
                 return
+        status, answer = await self._rest_answer(method, found, b"".join(chunks))
+        await self._respond(stream, conn, status, answer, head=method == "HEAD", close=self._stopping)
+
+    async def _rest_answer(self, method: str, found: Route, body: bytes) -> tuple[int, Any]:
+        """The status and body answering a REST call (or a console token request) whose body is read."""
         if found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None:
-            status, signed = self.console.token(b"".join(chunks))
-            await self._respond(stream, conn, status, signed, close=self._stopping)
-            return
+            return self.console.token(body)
         path, _, _ = found.path.partition("?")
-        answer = handle_rest(self.relay, method, path, found.query, b"".join(chunks), self.now())
+        answer = handle_rest(self.relay, method, path, found.query, body, self.now())
         try:
             while isinstance(answer, Pending):
                 answer = answer.resume(await self.cluster_call(answer.call))
         except ClusterUnavailable:
             self._count_rest(found, 503)
-            await self._respond(stream, conn, 503, {"error": "The cluster's Redis is unreachable; try again"})
-            return
+            return 503, {"error": "The cluster's Redis is unreachable; try again"}
         deliveries = await self.execute_in_turns(answer.outputs)
         if deliveries <= FLUSH_TURN:
             # A few connections: written now, ahead of a large fan-out's
@@ -877,7 +901,7 @@ class RelayServer:
         # (concurrent publishers' events share one write per subscriber).
         self.writer.flush_soon()
         self._count_rest(found, answer.status)
-        await self._respond(stream, conn, answer.status, answer.body, head=method == "HEAD", close=self._stopping)
+        return answer.status, answer.body
 
     def _count_rest(self, found: Route, status: int) -> None:
         if self.metrics is not None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
+import json
 import logging
+import time
+from urllib.parse import urlencode
 
 import h11
 import pytest
@@ -13,10 +17,11 @@ import trio.testing
 from wsproto.events import CloseConnection, Message
 
 from pipe_proto import Relay
+from pipe_proto.signatures import sign_query
 from pipe_trio import RelayServer
 from pipe_trio._io import escaped
-from pipe_trio.server import ACCEPT_RETRY, ACCEPT_RETRY_MAX
-from tests.support import default_apps, start_relay
+from pipe_trio.server import ACCEPT_RETRY, ACCEPT_RETRY_MAX, _response
+from tests.support import APP_ID, APP_KEY, APP_SECRET, default_apps, start_relay
 from tests.test_server import SOCKET_PATH, UPGRADE_HEAD, RawClient
 
 pytestmark = pytest.mark.both_transports
@@ -120,6 +125,49 @@ async def test_a_response_before_closing_says_connection_close(relay_server: Rel
     head = received.partition(b"\r\n\r\n")[0].lower()
     assert head.startswith(b"http/1.1 4"), received[:200]
     assert b"\r\nconnection: close" in head
+
+
+def signed_call(method: str, path: str, body: bytes = b"", extra: bytes = b"") -> bytes:
+    """A signed REST request, as bytes (``extra``: more header lines)."""
+    params = {"auth_key": APP_KEY, "auth_timestamp": str(int(time.time())), "auth_version": "1.0"}
+    if body:
+        params["body_md5"] = hashlib.md5(body).hexdigest()
+    params["auth_signature"] = sign_query(APP_SECRET, method, path, params)
+    length = f"content-length: {len(body)}\r\n".encode() if method == "POST" else b""
+    return f"{method} {path}?{urlencode(params)} HTTP/1.1\r\nhost: x\r\n".encode() + length + extra + b"\r\n" + body
+
+
+async def test_rest_calls_on_one_connection_are_answered_with_or_without_h11(relay_server: RelayServer) -> None:
+    """Plain calls (read without h11), one h11 must read (asking to close), in order on one connection."""
+    event = json.dumps({"name": "e", "channel": "c", "data": "x"}).encode()
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        async with stream:
+            for call in (signed_call("POST", f"/apps/{APP_ID}/events", event), signed_call("GET", f"/apps/{APP_ID}/channels")):
+                await stream.send_all(call)
+                ((response, body),) = await responses(stream, 1)
+                assert response.status_code == 200 and not says_close(response), body
+            await stream.send_all(signed_call("GET", f"/apps/{APP_ID}/channels", extra=b"connection: close\r\n"))
+            ((response, body),) = await responses(stream, 1)
+            assert response.status_code == 200 and says_close(response)
+            assert json.loads(body) == {"channels": {}}
+            assert await read_to_end(stream) == b""
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "head"), [(200, {}, False), (400, {"error": "Bad \u00e9"}, False), (200, b'{"a":1}', True)]
+)
+def test_a_response_written_without_h11_is_the_one_h11_writes(status: int, body: object, head: bool) -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"%s / HTTP/1.1\r\nhost: x\r\n\r\n" % (b"HEAD" if head else b"GET"))
+    conn.next_event()
+    conn.next_event()
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    expected = conn.send(h11.Response(status_code=status, headers=[
+        ("content-type", "application/json"), ("content-length", str(len(data))), ("access-control-allow-origin", "*"),
+    ])) or b""
+    expected += b"" if head else conn.send(h11.Data(data=data)) or b""
+    assert _response(status, body, head=head) == expected + (conn.send(h11.EndOfMessage()) or b"")
 
 
 # ---------------------------------------------------- what comes back out
