@@ -59,7 +59,7 @@ def parse_upgrade_request(data: bytes, max_head: int) -> UpgradeRequest | None:
     malformed; it does not mean the request is bad.
     """
     parsed = _parse_head(data, max_head, bodies=False)
-    if parsed is None or parsed[0] != b"GET":
+    if parsed is None:
         return None
     _, target, headers, _, end = parsed
     return UpgradeRequest(target, headers, data[end:])
@@ -101,6 +101,7 @@ def parse_request(data: bytes, max_head: int, max_body: int) -> PlainRequest | N
 
 
 _METHODS = frozenset((b"GET", b"HEAD", b"POST"))
+_UPGRADE_METHODS = frozenset((b"GET",))
 
 
 def _parse_head(
@@ -108,7 +109,8 @@ def _parse_head(
 ) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], int, int] | None:
     # The method, target, header fields, Content-Length (0 without one) and
     # where the head ends, when h11 would read the same; None otherwise.
-    # With ``bodies`` false, a Content-Length field is left to h11.
+    # With ``bodies`` false (an upgrade), only GET, and a Content-Length
+    # field is left to h11.
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 > max_head:
         return None
@@ -123,7 +125,7 @@ def _parse_head(
         return None
     lines = head.split(b"\r\n")
     method, _, rest = lines[0].partition(b" ")
-    if method not in _METHODS or not rest.endswith(b" HTTP/1.1"):
+    if method not in (_METHODS if bodies else _UPGRADE_METHODS) or not rest.endswith(b" HTTP/1.1"):
         return None
     target = rest[:-9]
     if _TARGET.fullmatch(target) is None:

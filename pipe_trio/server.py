@@ -656,7 +656,7 @@ class RelayServer:
     ) -> None:
         """Serve a connection from its first bytes (``first``, if already read) to its end.
 
-        ``decided``: the refusal its upgrade request already got (to answer).
+        ``decided``: the refusal its upgrade request already got (to answer); see :meth:`_http`.
         """
         handed_over = False
         try:
@@ -702,14 +702,15 @@ class RelayServer:
     ) -> tuple[Upgraded, bytes] | None:
         """Answer HTTP requests until one upgrades to a WebSocket or the connection ends.
 
-        ``first``: the connection's first bytes if already read; ``decided``:
-        the refusal their upgrade request already got. Returns the accepted
-        upgrade and the bytes that came after its request.
+        ``first``: the connection's first bytes if already read, and then
+        already offered to :meth:`_decide_fast`, whose refusal is ``decided``
+        (None: not the usual upgrade request). Returns the accepted upgrade
+        and the bytes that came after its request.
         """
         data = first or await self._first_bytes(stream)
         if data is None:
             return None
-        fast = decided if decided is not None else self._decide_fast(stream, data)
+        fast = decided if first else self._decide_fast(stream, data)
         if isinstance(fast, Refused):
             # Answered through h11, which reads the same request (the parser's promise).
             conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
