@@ -79,7 +79,34 @@ def test_events_are_read_while_the_window_has_room_and_acks_make_more() -> None:
     assert calls(out, "pread") == []  # the window (2) is full: more waits for acks
     out = relay.pipe_message(pipe_id, json.dumps({"id": None, "method": "ack", "params": {"seq": 2}}), 0.2)
     assert [c.args[0] for c in calls(out)] == ["pack", "pread"]
-    assert calls(out, "pack")[0].args[3:] == ("1", "s1", "2")
+    # The ack, the room the window has now (events, bytes) and the last seq this node has.
+    assert calls(out, "pack")[0].args[3:] == ("1", "s1", "2", "2", str(4 * 1024 * 1024), "2")
+
+
+def test_pushed_events_and_a_reads_answer_reach_the_pipe_in_seq_order_whichever_comes_first() -> None:
+    """'pe' lines and a read's answer, out of order and repeated: the pipe gets each seq once, in order, within its window."""
+    relay = node()
+    pipe_id, out = open_pipe(relay)
+    (attach,) = calls(out, "pattach")
+    # A resumed session acked up to 4: what comes next is seq 5.
+    out = answer(relay, attach, {"session": "s1", "resumed": True, "gap": 0, "types": "", "seq": 4})
+    (read,) = calls(out, "pread")
+    assert read.args[-1] == "4"  # the last seq this node has
+    data = '{"socket_id":"1.2","event":"e","data":%d}'
+    # A push made after the read ran in Redis, come before the read's answer.
+    out = relay.cluster_message(f"pe 1 s1\n7 1002 socket_message {data % 7}".encode(), 0.1)
+    assert frames(out, pipe_id) == []
+    entries = [[5, "socket_message", data % 5, 1000, "0"], [6, "socket_message", data % 6, 1001, "0"]]
+    out = relay.cluster_result(read.token, [entries, 0], 0.1)
+    assert [f["result"]["seq"] for f in frames(out, pipe_id)] == [5, 6]  # the window (2) is full
+    # The same event again (an outage's rewind reads it once more) is one event.
+    relay.cluster_message(f"pe 1 s1\n7 1002 socket_message {data % 7}".encode(), 0.1)
+    out = relay.pipe_message(pipe_id, json.dumps({"id": None, "method": "ack", "params": {"seq": 6}}), 0.2)
+    assert [(f["result"]["seq"], f["result"]["data"]["data"]) for f in frames(out, pipe_id)] == [(7, 7)]
+    # The room it reports counts what it wrote; the last seq it has is 7.
+    assert calls(out, "pack")[0].args[3:] == ("1", "s1", "6", "1", str(4 * 1024 * 1024 - len(data % 7) - 320), "7")
+    out = relay.pipe_message(pipe_id, json.dumps({"id": None, "method": "ack", "params": {"seq": 7}}), 0.3)
+    assert frames(out, pipe_id) == []
 
 
 def test_a_subscribe_is_answered_once_the_cluster_checked_auth_is_free() -> None:

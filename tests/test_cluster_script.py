@@ -134,18 +134,18 @@ async def test_prestore_rewinds_a_session_to_the_last_seq_its_node_wrote(script:
     # Three events in one call (as an adapter merges them), kept in their order.
     events = [field for i in range(3) for field in ("socket_message", "k", "socket_message", str(i), "", "1000")]
     assert await script("pp", "n1", "1", "100", "100000", *events) == 1
-    entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000")
+    entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "0")
     assert [(e[0], e[2]) for e in entries] == [(1, b"0"), (2, b"1"), (3, b"2")] and more == 0
     # Another pipe (or another node) restoring does not move this session.
     assert await script("prestore", "n1", "1", "s1", "p2", "1.0", "default", "socket_message", "1") == 0
     assert await script("prestore", "n2", "1", "s1", "p1", "1.0", "default", "socket_message", "1") == 0
-    assert await script("pread", "n1", "1", "s1", "p1", "10", "100000") == [[], 0]
+    assert await script("pread", "n1", "1", "s1", "p1", "10", "100000", "3") == [[], 0]
     # Its own node, which wrote up to seq 1 only.
     assert await script("prestore", "n1", "1", "s1", "p1", "1.0", "default", "socket_message", "1") == 0
-    entries, _ = await script("pread", "n1", "1", "s1", "p1", "10", "100000")
+    entries, _ = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "1")
     assert [(e[0], e[2]) for e in entries] == [(2, b"1"), (3, b"2")]
     # An ack after the rewind still removes exactly what it names.
-    assert await script("pack", "n1", "1", "s1", "3") == 3
+    assert await script("pack", "n1", "1", "s1", "3", "10", "100000", "3") == 3
 
 
 async def test_multi_runs_each_call_as_if_alone(script: Script) -> None:
@@ -182,3 +182,23 @@ async def test_held_answers_go_before_any_other_message_to_their_node(script: Sc
                 if message is not None:
                     got.append(message["data"].decode().partition("\n")[0])
     assert got == ["r 1", "q - b 1 ss", "r 2"]
+
+
+async def test_events_go_to_the_node_at_once_while_the_session_has_credit(script: Script) -> None:
+    """A read that finds nothing leaves credit: the next events are pushed ("pe") with their seqs, the rest wait."""
+    await script("pattach", "n1", "1", "p1", "1.0", "default", "s1", "", "-1", "10", "7")
+    await script("psub", "n1", "1", "s1", "socket_message")
+    async with script.client.pubsub(channels=[script.key("n:n1")]) as inbox:
+        assert await script("pread", "n1", "1", "s1", "p1", "2", "100000", "0") == [[], 0]
+        events = [field for i in range(3) for field in ("socket_message", "k", "socket_message", str(i), "", "1000")]
+        assert await script("pp", "n2", "1", "100", "100000", *events) == 1
+        got: list[bytes] = []
+        with trio.fail_after(5):
+            while b"pn 1 s1" not in got:
+                message = await inbox.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    got.append(message["data"])
+    # Two events pushed in one message (the credit the read left), then the third waits.
+    assert got == [b"pe 1 s1\n1 1000 socket_message 0\n2 1000 socket_message 1", b"pn 1 s1"]
+    entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "2")
+    assert [(e[0], e[2]) for e in entries] == [(3, b"2")] and more == 0

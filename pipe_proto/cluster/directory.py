@@ -707,6 +707,8 @@ class ClusterDirectory:
             return
         if kind == "pm":
             hub.learn(words[1], body)
+        elif kind == "pe":
+            hub.pushed(words[1], body)
         elif kind == "pn":
             hub.notified(words[1])
         elif kind == "pl":

@@ -16,7 +16,10 @@ operations, so that any node can take over a session whose node died:
   holding the member's pipe ("pn");
 * that node reads what is owed (``pread``: seqs are given in Redis, so a
   resume anywhere gives the same ones) while the member's window has room,
-  and passes acks on (``pack``);
+  and passes acks on (``pack``); both tell Redis how much room the window
+  has left (the session's credit), and while there is, the script sends new
+  events to the node with their seqs as it queues them ("pe"), saving the
+  read's round trip;
 * a pipe that goes away leaves its session in its resume grace (``pdetach``;
   a dead node's, when it is reaped); a resume on any node re-reads what was
   in flight, from the acked point, with the same seqs; ``leave`` and the end
@@ -69,7 +72,10 @@ class Member:
 class Attached:
     """A session whose pipe is connected to this node (``Pipe.session`` in the relay)."""
 
-    __slots__ = ("group", "id", "inflight", "inflight_bytes", "last_seq", "more", "pipe", "reading", "types", "version")
+    __slots__ = (
+        "group", "id", "inflight", "inflight_bytes", "last_seq", "more", "pipe", "reading", "types", "version",
+        "waiting",
+    )
 
     def __init__(self, session_id: str, pipe: str, version: str, group: str) -> None:
         self.id = session_id
@@ -86,6 +92,16 @@ class Attached:
         #: A read is on its way; ``more``: read again after it (something new came).
         self.reading = False
         self.more = True
+        #: Events come (read or pushed), not written yet, by seq: (size, frame).
+        self.waiting: dict[int, tuple[int, str]] = {}
+
+    @property
+    def seen(self) -> int:
+        """The last seq this node has with every one before it, written or waiting."""
+        seq = self.last_seq
+        while seq + 1 in self.waiting:
+            seq += 1
+        return seq
 
 
 class ClusterHub:
@@ -179,6 +195,8 @@ class ClusterHub:
                 return
             session = Attached(str(reply["session"]), pipe_id, version, group)
             session.types = str(reply.get("types") or "")
+            # Replays go on from the acked point: the seq before the first it gets.
+            session.last_seq = int(reply.get("seq") or 0)
             if gone:
                 # The pipe went away before its answer: its session waits for a resume.
                 self._call_detach(session)
@@ -296,12 +314,48 @@ class ClusterHub:
         if session is not None:
             self._send(session.pipe, text)
 
+    def pushed(self, session_id: str, body: str) -> None:
+        """New events for a session of this node, sent as Redis queued them ("pe")."""
+        session = self._by_session.get(session_id)
+        if session is None:
+            return  # Redis counts them as sent to a pipe that is gone: a resume sends them again
+        for line in body.split("\n"):
+            seq, born, name, data = line.split(" ", 3)
+            self._came(session, int(seq), data, notification_frame(name, data, f',"seq":{seq},"time_ms":{born}'))
+        self._write_waiting(session)
+
+    @staticmethod
+    def _came(session: Attached, seq: int, data: str, frame: str) -> None:
+        if seq > session.last_seq:
+            # (Seen again after an outage's rewind: the same seq is the same event.)
+            session.waiting[seq] = (len(data) + EVENT_OVERHEAD, frame)
+
+    def _write_waiting(self, session: Attached) -> None:
+        # A read's answer (a call's result) and pushes (inbox messages) may
+        # come in either order: the pipe gets seqs in order, each once. And
+        # the room given for pushes may have been given twice over while
+        # earlier pushes were on their way: the extra waits here until acks
+        # make room, so the window is never exceeded.
+        settings, waiting, inflight = self.app.pipe, session.waiting, session.inflight
+        while waiting and len(inflight) < settings.window:
+            entry = waiting.get(session.last_seq + 1)
+            if entry is None or (inflight and session.inflight_bytes + entry[0] > settings.window_bytes):
+                return
+            session.last_seq += 1
+            del waiting[session.last_seq]
+            inflight.append((session.last_seq, entry[0]))
+            session.inflight_bytes += entry[0]
+            self._send(session.pipe, entry[1])
+
+    def _room(self, session: Attached) -> tuple[int, int]:
+        settings, waiting = self.app.pipe, session.waiting
+        room_bytes = settings.window_bytes - session.inflight_bytes - sum(size for size, _ in waiting.values())
+        return settings.window - len(session.inflight) - len(waiting), room_bytes
+
     def _read(self, session: Attached) -> None:
         if session.reading or not session.more or session.version == "0.2":
             return
-        settings = self.app.pipe
-        room = settings.window - len(session.inflight)
-        room_bytes = settings.window_bytes - session.inflight_bytes
+        room, room_bytes = self._room(session)
         if room <= 0 or room_bytes <= 0:
             return  # acks make room, and read again
         session.reading = True
@@ -317,17 +371,15 @@ class ClusterHub:
                 extra = f',"seq":{seq},"time_ms":{int(born)}'
                 if _text(redelivered) == "1":
                     extra += ',"redelivered":true'
-                size = len(data) + EVENT_OVERHEAD
-                session.last_seq = max(session.last_seq, seq)
-                session.inflight.append((seq, size))
-                session.inflight_bytes += size
-                self._send(session.pipe, notification_frame(_text(name), data, extra))
+                self._came(session, seq, data, notification_frame(_text(name), data, extra))
+            self._write_waiting(session)
             if int(more):
                 session.more = True
             self._read(session)
 
         self.directory.call(
-            "pread", self.app.id, session.id, session.pipe, str(room), str(room_bytes), answer=answer
+            "pread", self.app.id, session.id, session.pipe, str(room), str(room_bytes), str(session.seen),
+            answer=answer,
         )
 
     def ack(self, session: Attached, seq: int, now: float) -> None:
@@ -335,8 +387,9 @@ class ClusterHub:
         inflight = session.inflight
         while inflight and inflight[0][0] <= seq:
             session.inflight_bytes -= inflight.popleft()[1]
-        self.directory.call("pack", self.app.id, session.id, str(seq))
-        session.more = True
+        self._write_waiting(session)
+        room, room_bytes = self._room(session)
+        self.directory.call("pack", self.app.id, session.id, str(seq), str(room), str(room_bytes), str(session.seen))
         self._read(session)
 
     # ------------------------------------------------------------- outages
@@ -350,6 +403,8 @@ class ClusterHub:
         for session in self._by_session.values():
             session.reading = False
             session.more = True
+            # Read again after the rewind to the last seq written (restore).
+            session.waiting.clear()
 
     def restore(self, now: float) -> None:
         """Redis is back: this node's sessions are put back if Redis lost them, then read again.

@@ -314,6 +314,30 @@ local function gkey(app, group) return akey(app, 'pgs:' .. group) end
 local function qkey(app, sid) return akey(app, 'pq:' .. sid) end
 local function skey(app, sid) return akey(app, 'ps:' .. sid) end
 
+-- A session's credit: how many events (and bytes) its node said its pipe
+-- has room for, less those in flight that the node had not seen when it
+-- asked (their seqs after "seen", the last the node had). While it lasts,
+-- new events go to the node at once ("pe") instead of waiting for a read.
+local function grant(sk, s, room, room_bytes, seen)
+  local transit = tonumber(s.sent_seq) - math.max(seen, tonumber(s.acked_seq))
+  if transit < 0 then transit = 0 end
+  redis.call('HSET', sk, 'credit', math.max(0, room - transit), 'credit_bytes', math.max(0, room_bytes))
+end
+
+-- The session's marks when an event for it may be pushed: it has credit,
+-- nothing waits to be replayed, read or reported.
+local function pushable(app, sid)
+  local s = fields_of(redis.call('HGETALL', skey(app, sid)))
+  if tonumber(s.credit or '0') <= 0 or s.sent_id ~= s.high_id or tonumber(s.unreported or '0') > 0 then
+    return false
+  end
+  local last = redis.call('XREVRANGE', qkey(app, sid), '+', '-', 'COUNT', 1)[1]
+  if last and last[1] ~= s.high_id then return false end
+  s.credit, s.credit_bytes = tonumber(s.credit), tonumber(s.credit_bytes)
+  s.high_seq, s.lines = tonumber(s.high_seq), {}
+  return s
+end
+
 -- Add an entry (fields f) to session sid's queue, or the group's buffer.
 -- With told, the session's node is told later (told[sid] set), not now.
 local function enqueue(app, all, group, sid, f, told)
@@ -526,6 +550,7 @@ local function detach(app, all, sid, grace)
   end
   m.n, m.p = '', ''
   redis.call('HSET', akey(app, 'pg'), sid, cjson.encode(m))
+  redis.call('HSET', skey(app, sid), 'credit', 0)
   redis.call('ZADD', akey(app, 'pgrace'), now_ms() + grace, sid)
   announce(app, sid, m)
 end
@@ -807,13 +832,14 @@ function ops.pattach()
     if last_seq >= 0 then acknowledge(app, wanted, last_seq) end
     -- Everything in flight goes out again, with its seq: re-read from the acked point.
     local s = fields_of(redis.call('HGETALL', skey(app, wanted)))
-    redis.call('HSET', skey(app, wanted), 'sent_id', s.acked_id, 'sent_seq', s.acked_seq)
+    redis.call('HSET', skey(app, wanted), 'sent_id', s.acked_id, 'sent_seq', s.acked_seq, 'credit', 0)
     local gs = gkey(app, group)
     local unreported = tonumber(s.unreported or '0') + tonumber(redis.call('HGET', gs, 'unreported') or '0')
     redis.call('HSET', gs, 'unreported', 0)
     redis.call('HSET', skey(app, wanted), 'unreported', unreported)
     announce(app, wanted, m)
-    reply(token, cjson.encode({session = wanted, resumed = true, gap = unreported, types = m.t}))
+    reply(token, cjson.encode({session = wanted, resumed = true, gap = unreported, types = m.t,
+      seq = tonumber(s.acked_seq)}))
     return 1
   end
   if version == '0.2' then group = '0.2:' .. pipe end
@@ -832,11 +858,11 @@ function ops.pattach()
   redis.call('HSET', gs, 'unreported', 0)
   if version ~= '0.2' then
     redis.call('HSET', skey(app, new_sid), 'group', group, 'acked_id', '0-0', 'acked_seq', 0, 'sent_id', '0-0',
-      'sent_seq', 0, 'high_id', '0-0', 'high_seq', 0, 'unreported', unreported)
+      'sent_seq', 0, 'high_id', '0-0', 'high_seq', 0, 'unreported', unreported, 'credit', 0)
   end
   redis.call('SADD', akey(app, 'pgroups'), group)
   announce(app, new_sid, m)
-  reply(token, cjson.encode({session = new_sid, resumed = false, gap = unreported, types = ''}))
+  reply(token, cjson.encode({session = new_sid, resumed = false, gap = unreported, types = '', seq = 0}))
   return 1
 end
 
@@ -908,7 +934,7 @@ end
 function ops.pp()
   local app, max_events, max_bytes = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
   local all = pipe_members(app)
-  local told = {}
+  local told, push = {}, {}
   for i = 7, #ARGV, 6 do
     local t, key, name, data, legacy, born = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
     local groups = {}
@@ -925,20 +951,47 @@ function ops.pp()
           redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
         end
       else
-        enqueue(app, all, group, sid, {t = t, k = key, n = name, d = data, b = born, r = '0'}, told)
-        bound(app, all, group, max_events, max_bytes)
+        local f = {t = t, k = key, n = name, d = data, b = born, r = '0'}
+        local s = push[sid]
+        if s == nil and m.n ~= '' then
+          s = pushable(app, sid)
+          push[sid] = s
+        end
+        local size = entry_size(f)
+        if s and s.credit > 0 and s.credit_bytes >= size then
+          -- Sent as it is queued: kept until acked, as if read at once.
+          local id = redis.call('XADD', qkey(app, sid), '*', 't', t, 'k', key, 'n', name, 'd', data, 'b', born,
+            'r', '0')
+          s.high_seq, s.credit, s.credit_bytes = s.high_seq + 1, s.credit - 1, s.credit_bytes - size
+          redis.call('HSET', skey(app, sid), 'sent_id', id, 'sent_seq', s.high_seq, 'high_id', id, 'high_seq',
+            s.high_seq, 'credit', s.credit, 'credit_bytes', s.credit_bytes)
+          redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
+          s.lines[#s.lines + 1] = s.high_seq .. ' ' .. born .. ' ' .. name .. ' ' .. data
+        else
+          -- Once one waits unsent, the ones after it wait behind it.
+          if s then s.credit = 0 end
+          enqueue(app, all, group, sid, f, told)
+          bound(app, all, group, max_events, max_bytes)
+        end
       end
+    end
+  end
+  for sid, s in pairs(push) do
+    if s and #s.lines > 0 then
+      publish(all[sid].n, 'pe ' .. app .. ' ' .. sid .. '\n' .. table.concat(s.lines, '\n'))
     end
   end
   for sid in pairs(told) do notify(app, sid, all[sid]) end
   return 1
 end
 
--- ARGV: app, session, pipe, most events, most bytes. The next events for the
--- pipe (replays first, with their seqs; then a gap report; then new ones),
--- as [seq, name, data, born, redelivered] lists, and 1 when more wait.
+-- ARGV: app, session, pipe, most events, most bytes, the last seq the node
+-- has. The next events for the pipe (replays first, with their seqs; then a
+-- gap report; then new ones), as [seq, name, data, born, redelivered] lists,
+-- and 1 when more wait; when none do, the room left is the session's credit.
 function ops.pread()
   local app, sid, pipe, most, most_bytes = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+  local seen = tonumber(ARGV[9])
   local all = pipe_members(app)
   local m = all[sid]
   if not m or m.n ~= node or m.p ~= pipe then return {} end
@@ -972,6 +1025,12 @@ function ops.pread()
     end
   end
   redis.call('HSET', sk, 'sent_id', last, 'sent_seq', seq, 'high_id', high, 'high_seq', high_seq)
+  if #entries <= #out and last == high then
+    -- (What this read returns is counted as the node's: it is on its way.)
+    grant(sk, s, most - #out, most_bytes - bytes, seen)
+  else
+    redis.call('HSET', sk, 'credit', 0)
+  end
   local gs = gkey(app, m.g)
   -- (0 - n, not -n: Lua writes minus zero as "-0", which Redis refuses.)
   redis.call('HINCRBY', gs, 'pending', 0 - new)
@@ -980,9 +1039,15 @@ function ops.pread()
   return {out, #entries > #out and 1 or 0}
 end
 
--- ARGV: app, session, seq: cumulative ack.
+-- ARGV: app, session, seq: cumulative ack; then the room its pipe has now
+-- (events, bytes) and the last seq its node has, the session's credit.
 function ops.pack()
-  return acknowledge(ARGV[4], ARGV[5], tonumber(ARGV[6]))
+  local app, sid = ARGV[4], ARGV[5]
+  local done = acknowledge(app, sid, tonumber(ARGV[6]))
+  local sk = skey(app, sid)
+  local s = fields_of(redis.call('HGETALL', sk))
+  if s.sent_seq then grant(sk, s, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])) end
+  return done
 end
 
 -- ARGV: app, buffer events, buffer bytes, buffer ttl (ms): sessions whose
@@ -1018,14 +1083,18 @@ function ops.prestore()
   local known = redis.call('HGET', akey(app, 'pg'), sid)
   if known then
     local m = cjson.decode(known)
-    if m.n == node and m.p == pipe and m.v ~= '0.2' then rewind(app, sid, tonumber(last)) end
+    if m.n == node and m.p == pipe and m.v ~= '0.2' then
+      -- No pushes until the node reads again: it dropped what it held.
+      redis.call('HSET', skey(app, sid), 'credit', 0)
+      rewind(app, sid, tonumber(last))
+    end
     return 0
   end
   local m = {g = group, v = version, t = types, n = node, p = pipe}
   redis.call('HSET', akey(app, 'pg'), sid, cjson.encode(m))
   if version ~= '0.2' then
     redis.call('HSET', skey(app, sid), 'group', group, 'acked_id', '0-0', 'acked_seq', last, 'sent_id', '0-0',
-      'sent_seq', last, 'high_id', '0-0', 'high_seq', last, 'unreported', 0)
+      'sent_seq', last, 'high_id', '0-0', 'high_seq', last, 'unreported', 0, 'credit', 0)
   end
   redis.call('SADD', akey(app, 'pgroups'), group)
   announce(app, sid, m)
