@@ -3,10 +3,10 @@
 The core (:class:`pipe_proto.cluster.ClusterDirectory`) decides everything;
 this module only moves its :class:`~pipe_proto.relay.outputs.ClusterCall`
 outputs to Redis and what Redis says back to the core, through coredis on
-Trio. Calls go out in the order they were made, in pipelines: one batch at a
-time, everything queued meanwhile in the next, so a busy node makes few
-round trips and Redis runs its calls in order. The node's inbox is read on a
-pub/sub connection of its own.
+Trio. Calls go out in the order they were made, pipelined on one connection
+held for the link's life: one batch at a time, everything queued meanwhile in
+the next, so a busy node makes few round trips and Redis runs its calls in
+order. The node's inbox is read on a pub/sub connection of its own.
 
 When Redis cannot be reached (at start, or later), the core is told
 (``cluster_down``) and keeps serving this node's sockets from its own
@@ -198,7 +198,10 @@ class ClusterLink:
         }
         async with coredis.Redis.from_url(self.url, decode_responses=False, **options) as client:
             await client.script_load(SCRIPT)
-            async with client.pubsub(channels=[self.directory.inbox], retry_policy=NoRetryPolicy()) as inbox:
+            async with (
+                client.connection_pool.acquire() as connection,
+                client.pubsub(channels=[self.directory.inbox], retry_policy=NoRetryPolicy()) as inbox,
+            ):
                 self._went_up()
                 if self._outage_logged:
                     log.warning("Redis at %s is reachable again; this node resynchronised", self._where)
@@ -206,7 +209,7 @@ class ClusterLink:
                 started()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, inbox)
-                    nursery.start_soon(self._send, client)
+                    nursery.start_soon(self._send, connection)
 
     @property
     def _where(self) -> str:
@@ -247,7 +250,10 @@ class ClusterLink:
         if was or not self.ready.is_set():
             self.execute(self.relay.cluster_down(self.now()))
 
-    async def _send(self, client: Any) -> None:
+    async def _send(self, connection: Any) -> None:
+        import coredis
+
+        lost = (OSError, coredis.exceptions.ConnectionError)
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -255,14 +261,21 @@ class ClusterLink:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 started = trio.current_time()
                 sent = _grouped(batch)
+                # The connection's own requests rather than a pipeline object:
+                # the same one write and in-order answers, at half the cost.
                 with trio.fail_after(CALL_TIMEOUT):
-                    async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
-                        for call, _ in sent:
-                            pipe.evalsha(SCRIPT_SHA1, keys=[], args=list(call.args))
+                    requests = [
+                        connection.create_request(b"EVALSHA", SCRIPT_SHA1, 0, *call.args, raise_exceptions=False)
+                        for call, _ in sent
+                    ]
+                    results = [await request for request in requests]
+                for result in results:
+                    if isinstance(result, lost):
+                        raise result
                 self.last_round_trip = trio.current_time() - started
                 self.round_trip_seconds += self.last_round_trip
                 self.round_trips += 1
-                self._deliver(sent, pipe.results or ())
+                self._deliver(sent, tuple(results))
                 if self._resync_left > 0:
                     self._resync_left -= len(batch)
                     if self._resync_left <= 0:
