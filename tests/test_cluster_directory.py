@@ -247,7 +247,7 @@ def test_a_bundle_is_each_of_its_messages_in_order() -> None:
     relay = node()
     connected(relay)
     a, b = open_socket(relay, 1), open_socket(relay, 2)
-    parts = [f'q - 8 1 ss\n{{"ids":["{sid}"],"text":"{{\\"event\\":\\"{sid}\\"}}"}}' for sid in (a, b, a)]
+    parts = [f'q - 8 1 ss {sid}\n{{"event":"{sid}"}}' for sid in (a, b, a)]
     out = relay.cluster_message(("b\n" + "\n".join(parts)).encode(), 0.0)
     assert [o.targets for o in out if isinstance(o, Send)] == [(a,), (b,), (a,)]
     assert relay.stats()["cluster"]["messages_in"] == 1

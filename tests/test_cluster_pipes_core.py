@@ -150,8 +150,10 @@ def test_a_send_to_a_socket_of_another_node_waits_for_its_answer() -> None:
     (tell,) = calls(out, "tell")
     assert tell.args[3] == "8"
     head, _, body = tell.args[4].partition("\n")
-    kind, token, asker, app, what = head.split(" ")
-    assert (kind, asker, app, what) == ("q", "7", "1", "ss") and json.loads(body)["ids"] == [remote]
+    kind, token, asker, app, what, ids = head.split(" ")
+    # The socket ids in the head, the frame as the socket gets it.
+    assert (kind, asker, app, what, ids) == ("q", "7", "1", "ss", remote)
+    assert json.loads(body) == {"event": "e", "data": "x"}
     out = relay.cluster_message(f"r {token}\n1".encode(), 0.2)
     assert frames(out, pipe_id) == [{"id": 3, "error": None, "result": {"delivered": 1}}]
 
@@ -165,9 +167,9 @@ def test_a_send_nobody_waits_for_asks_no_count_of_the_other_node() -> None:
     remote = f"{8 * 10**12 + 5}.123"
     request = {"id": None, "method": "send_to_socket", "params": {"socket_id": remote, "event": "e", "data": "x"}}
     (tell,) = calls(relay.pipe_message(pipe_id, json.dumps(request), 0.1), "tell")
-    assert tell.args[4].startswith("q - 7 1 ss\n")
+    assert tell.args[4].startswith(f"q - 7 1 ss {remote}\n")
     # The other side: a request with no token gets no answer.
-    assert calls(relay.cluster_message(b'q - 8 1 ss\n{"ids": ["1.2"], "text": "{}"}', 0.2), "tell") == []
+    assert calls(relay.cluster_message(b"q - 8 1 ss 1.2\n{}", 0.2), "tell") == []
 
 
 def test_after_an_outage_the_session_goes_back_to_the_last_seq_written_and_keeps_its_window() -> None:

@@ -43,7 +43,7 @@ def test_the_next_deadline_is_the_oldest_request_still_waiting() -> None:
     remote = _requests()
     assert remote.next_deadline() == math.inf
     first, count = remote.count(0.0)
-    asked = remote.ask("node-b", STATE, "ss", {"ids": []}, 1.0, 0)
+    asked = remote.ask("node-b", STATE, "ss", ([], "{}"), 1.0, 0)
     _, later_count = remote.count(2.0)
     assert remote.next_deadline() == REMOTE_TIMEOUT
     # The oldest is answered: the next one's deadline comes first.

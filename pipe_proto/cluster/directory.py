@@ -542,10 +542,10 @@ class ClusterDirectory:
             return 0
         if not counted:
             for node, ids in by_node.items():
-                self.remote_requests.tell(node, state, "ss", {"ids": ids, "text": text})
+                self.remote_requests.tell(node, state, "ss", (ids, text))
             return 0
         asks = [
-            self.remote_requests.ask(node, state, "ss", {"ids": ids, "text": text}, now, 0)
+            self.remote_requests.ask(node, state, "ss", (ids, text), now, 0)
             for node, ids in by_node.items()
         ]
         def total(counts: list[Any]) -> int:

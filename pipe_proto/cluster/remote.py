@@ -98,13 +98,20 @@ class RemoteRequests:
         token = self.directory.expect_many()
         later = Later()
         self._single[token] = (later, self._deadline(token, now), default)
-        message = f"q {token} {self.directory.node} {state.app.id} {kind}\n{jsontext.dumps(body)}"
-        self.directory.call("tell", node, message)
+        self.directory.call("tell", node, self._message(token, state, kind, body))
         return later
 
     def tell(self, node: str, state: AppState, kind: str, body: Any) -> None:
         """Ask ``node`` to do ``kind`` for app ``state``, wanting no answer."""
-        self.directory.call("tell", node, f"q - {self.directory.node} {state.app.id} {kind}\n{jsontext.dumps(body)}")
+        self.directory.call("tell", node, self._message("-", state, kind, body))
+
+    def _message(self, token: str, state: AppState, kind: str, body: Any) -> str:
+        head = f"q {token} {self.directory.node} {state.app.id} {kind}"
+        if kind == "ss":
+            # (ids, frame): the ids in the head, the frame (one line of JSON) as it is, not encoded again.
+            ids, text = body
+            return f"{head} {','.join(ids)}\n{text}"
+        return f"{head}\n{jsontext.dumps(body)}"
 
     def answered(self, token: str, body: str) -> bool:
         """An answer from another node; False if it is not one of these."""
@@ -165,13 +172,13 @@ class RemoteRequests:
     # ---------------------------------------------------------- answering
 
     def handle(self, head: list[str], body: str, now: float) -> None:
-        """A request from another node: ``[token, node, app, kind]`` and its JSON."""
-        token, asker, app_id, kind = head
+        """A request from another node: ``[token, node, app, kind]`` (``ss``: and its ids) and its body."""
+        token, asker, app_id, kind = head[:4]
         directory = self.directory
         state = directory.core.states.get(app_id)
         answer: Any = None
         if state is not None:
-            request = jsontext.loads(body)
+            request = ((head[4].split(",") if len(head) > 4 else []), body) if kind == "ss" else jsontext.loads(body)
             answer = self._do(state, kind, request, now)
         if token != "-":
             directory.call("tell", asker, f"r {token}\n{jsontext.dumps(answer)}")
@@ -180,11 +187,12 @@ class RemoteRequests:
         directory = self.directory
         core = directory.core
         if kind == "ss":
-            targets = tuple(s for s in request["ids"] if s in core.sockets and core.sockets[s].app is state)
+            ids, text = request
+            targets = tuple(s for s in ids if s in core.sockets and core.sockets[s].app is state)
             if targets:
                 from ..relay.outputs import Send
 
-                core.out.append(Send(targets, request["text"]))
+                core.out.append(Send(targets, text))
             return len(targets)
         if kind == "sd":
             sock = core.sockets.get(request["id"])
