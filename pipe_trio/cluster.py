@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from pipe_proto.cluster import MERGE_ARGS, MERGE_CALLS, SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged, multi
+from pipe_proto.cluster import MERGE_ARGS, MERGE_CALLS, SCRIPT, SCRIPT_SHA1, ClusterDirectory, merged, multi, weight
 from pipe_proto.relay.outputs import ClusterCall, Output
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _grouped(batch: list[tuple[ClusterCall, _Waiter | None]]) -> list[tuple[Clus
     for call, waiter in batch:
         if waiter is None and call.token is None:
             run.append(call)
-            size += len(call.args)
+            size += weight(call)
             # Bounded in arguments too: one script run holds Redis up for every other node.
             if len(run) < MERGE_CALLS and size < MERGE_ARGS:
                 continue

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from pipe_proto import App, Close, Features, Relay, Send, WebhookEvent, WebhookTarget
-from pipe_proto.cluster import ClusterDirectory, merged, multi
+from pipe_proto.cluster import ClusterDirectory, merged, multi, weight
 from pipe_proto.cluster.directory import MERGE_EVENTS, MERGE_LIMIT
 from pipe_proto.relay.outputs import ClusterCall, Output
 from pipe_proto.signatures import channel_auth
@@ -219,14 +219,16 @@ def test_publishes_to_one_channel_merge_into_one_call_and_arrive_as_one_message(
 def test_pipe_events_tells_and_acks_merge_as_the_script_takes_them() -> None:
     """merged(): pp calls concatenate their events (up to MERGE_EVENTS), tells to one node bundle, acks keep the last."""
     head = ("pp", "p", "7", "1", "100", "1000")
-    one = ClusterCall((*head, "socket_message", "1.2", "socket_message", "{}", "", "1000"))
-    two = ClusterCall((*head, "socket_opened", "1.3", "socket_opened", "{}", "", "1001"))
+    one = ClusterCall((*head, "\x1f".join(("socket_message", "1.2", "socket_message", "{}", "", "1000"))))
+    two = ClusterCall((*head, "\x1f".join(("socket_opened", "1.3", "socket_opened", "{}", "", "1001"))))
     both = merged(one, two)
-    assert both is not None and both.args == (*one.args, *two.args[6:])
-    assert merged(one, ClusterCall(("pp", "p", "7", "2", *head[4:], *one.args[6:]))) is None  # another app
-    almost = ClusterCall((*head, *one.args[6:] * (MERGE_EVENTS - 1)))
+    # One argument of records, as the script splits it.
+    assert both is not None and both.args == (*head, one.args[6] + "\x1e" + two.args[6])
+    assert weight(both) == 7 + 6
+    assert merged(one, ClusterCall(("pp", "p", "7", "2", *head[4:], one.args[6]))) is None  # another app
+    almost = ClusterCall((*head, "\x1e".join([one.args[6]] * (MERGE_EVENTS - 1))))
     full = merged(almost, one)
-    assert full is not None and len(full.args) == 6 + 6 * MERGE_EVENTS
+    assert full is not None and full.args[6].count("\x1e") == MERGE_EVENTS - 1
     assert merged(full, one) is None
     tell = ClusterCall(("tell", "p", "7", "8", 'q - 7 1 ss\n{"ids":["8000000000001.1"],"text":"a"}'))
     answer = ClusterCall(("tell", "p", "7", "8", "r 12\n1"))

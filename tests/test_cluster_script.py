@@ -132,8 +132,8 @@ async def test_prestore_rewinds_a_session_to_the_last_seq_its_node_wrote(script:
     await script("pattach", "n1", "1", "p1", "1.0", "default", "s1", "", "-1", "10", "7")
     await script("psub", "n1", "1", "s1", "socket_message")
     # Three events in one call (as an adapter merges them), kept in their order.
-    events = [field for i in range(3) for field in ("socket_message", "k", "socket_message", str(i), "", "1000")]
-    assert await script("pp", "n1", "1", "100", "100000", *events) == 1
+    events = "\x1e".join("\x1f".join(("socket_message", "k", "socket_message", str(i), "", "1000")) for i in range(3))
+    assert await script("pp", "n1", "1", "100", "100000", events) == 1
     entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "0")
     assert [(e[0], e[2]) for e in entries] == [(1, b"0"), (2, b"1"), (3, b"2")] and more == 0
     # Another pipe (or another node) restoring does not move this session.
@@ -190,8 +190,10 @@ async def test_events_go_to_the_node_at_once_while_the_session_has_credit(script
     await script("psub", "n1", "1", "s1", "socket_message")
     async with script.client.pubsub(channels=[script.key("n:n1")]) as inbox:
         assert await script("pread", "n1", "1", "s1", "p1", "2", "100000", "0") == [[], 0]
-        events = [field for i in range(3) for field in ("socket_message", "k", "socket_message", str(i), "", "1000")]
-        assert await script("pp", "n2", "1", "100", "100000", *events) == 1
+        events = "\x1e".join(
+            "\x1f".join(("socket_message", "k", "socket_message", str(i), "", "1000")) for i in range(3)
+        )
+        assert await script("pp", "n2", "1", "100", "100000", events) == 1
         got: list[bytes] = []
         with trio.fail_after(5):
             while b"pn 1 s1" not in got:

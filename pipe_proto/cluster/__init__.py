@@ -12,10 +12,10 @@ may travel as one, and :func:`multi` runs several in one script call.
 rely on.
 """
 
-from .directory import BEAT, DEAD_AFTER, MERGE_ARGS, MERGE_CALLS, ClusterDirectory, inbox, merged, multi
+from .directory import BEAT, DEAD_AFTER, MERGE_ARGS, MERGE_CALLS, ClusterDirectory, inbox, merged, multi, weight
 from .script import SCRIPT, SCRIPT_SHA1
 
 __all__ = [
     "BEAT", "DEAD_AFTER", "MERGE_ARGS", "MERGE_CALLS", "SCRIPT", "SCRIPT_SHA1", "ClusterDirectory", "inbox", "merged",
-    "multi",
+    "multi", "weight",
 ]

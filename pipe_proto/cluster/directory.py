@@ -54,7 +54,7 @@ from ..relay.outputs import ClusterCall
 from ..relay.pipes import Hub
 from ..relay.state import AppState, Cached, Channel, PresenceMember, Socket
 from ..webhooks import LEAVE_DELAY
-from .pipes import ClusterHub
+from .pipes import PP_RECORD, ClusterHub
 from .remote import RemoteRequests, unknown_request
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEAT", "DEAD_AFTER", "ID_SPAN", "MERGE_ARGS", "MERGE_CALLS", "MERGE_EVENTS", "MERGE_LIMIT", "RESYNC_CHUNK",
-    "ClusterDirectory", "inbox", "merged", "multi",
+    "ClusterDirectory", "inbox", "merged", "multi", "weight",
 ]
 
 #: Seconds between a node's heartbeats (and its look for dead nodes).
@@ -113,8 +113,8 @@ def merged(last: ClusterCall, call: ClusterCall) -> ClusterCall | None:
         if a[4:6] == b[4:6] and a[7] == b[7] == "0" and a[9] == b[9] == "-" and len(a[6]) + len(b[6]) < MERGE_LIMIT:
             return ClusterCall((*a[:6], a[6] + "\n" + b[6], *a[7:]))
     elif op == "pp":
-        if a[4:6] == b[4:6] and (len(a) - 6) // 6 < MERGE_EVENTS:
-            return ClusterCall((*a, *b[6:]))
+        if a[4:6] == b[4:6] and len(a[6]) + len(b[6]) < MERGE_LIMIT and a[6].count(PP_RECORD) + 1 < MERGE_EVENTS:
+            return ClusterCall((*a[:6], a[6] + PP_RECORD + b[6]))
     elif op == "tell":
         message = b[4]
         if message.count("\n") == 1 and len(a[4]) + len(message) < MERGE_LIMIT:
@@ -126,6 +126,14 @@ def merged(last: ClusterCall, call: ClusterCall) -> ClusterCall | None:
     elif op == "pack" and a[4] == b[4]:
         return call if int(b[5]) >= int(a[5]) else last
     return None
+
+
+def weight(call: ClusterCall) -> int:
+    """About how many arguments ``call`` is for the script: each event of a ``pp`` call counts as its six fields."""
+    args = call.args
+    if args[0] == "pp":
+        return len(args) + 6 * args[6].count(PP_RECORD)
+    return len(args)
 
 
 def multi(calls: Sequence[ClusterCall]) -> ClusterCall:

@@ -48,7 +48,12 @@ from ..relay.pipes import EVENT_OVERHEAD, MAX_GROUPS, notification_frame
 if TYPE_CHECKING:
     from .directory import ClusterDirectory
 
-__all__ = ["Attached", "ClusterHub", "Member"]
+__all__ = ["PP_FIELD", "PP_RECORD", "Attached", "ClusterHub", "Member"]
+
+#: A ``pp`` call's events travel as one argument: records of fields, joined
+#: by characters that no field can hold (names, ids, digits and JSON text,
+#: which escapes every control character).
+PP_FIELD, PP_RECORD = "\x1f", "\x1e"
 
 
 class Member:
@@ -295,10 +300,8 @@ class ClusterHub:
         if any(m.version == "0.2" and type in m.types for m in self.members.values()):
             legacy = notification_frame(notice.event, jsontext.dumps(notice_data(notice, "0.2")))
         settings = self.app.pipe
-        self.directory.call(
-            "pp", self.app.id, str(settings.buffer_events), str(settings.buffer_bytes),
-            type, key, notice.event, data, legacy, str(int(now * 1000)),
-        )
+        event = PP_FIELD.join((type, key, notice.event, data, legacy, str(int(now * 1000))))
+        self.directory.call("pp", self.app.id, str(settings.buffer_events), str(settings.buffer_bytes), event)
         return 1
 
     def notified(self, session_id: str) -> None:

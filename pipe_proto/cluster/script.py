@@ -927,22 +927,52 @@ function ops.punsub()
   return 1
 end
 
--- ARGV: app, buffer events, buffer bytes, then for each event (several may
--- come in one call): type, key, notification name, 1.0 data (JSON), 0.2
--- frame, born (ms). Every group taking the type gets the event, its member
--- chosen by rendezvous on key; a member's node is told once per call.
+-- Split s at each sep (a plain string).
+local function split(s, sep)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, sep, i, true)
+    if not j then
+      out[#out + 1] = string.sub(s, i)
+      return out
+    end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+-- ARGV: app, buffer events, buffer bytes, events: one argument of records
+-- joined by \30, each of fields joined by \31 (pipes.PP_RECORD, PP_FIELD):
+-- type, key, notification name, 1.0 data (JSON), 0.2 frame, born (ms).
+-- Several events may come in one call. Every group taking the type gets the
+-- event, its member chosen by rendezvous on key; a member's node is told once
+-- per call.
 function ops.pp()
   local app, max_events, max_bytes = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
   local all = pipe_members(app)
-  local told, push = {}, {}
-  for i = 7, #ARGV, 6 do
-    local t, key, name, data, legacy, born = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local groups = {}
-    for _, m in pairs(all) do
-      if has_type(m, t) then groups[m.g] = true end
+  local told, push, routes = {}, {}, {}
+  for _, record in ipairs(split(ARGV[7], '\30')) do
+    local fields = split(record, '\31')
+    local t, key, name, data, legacy, born = fields[1], fields[2], fields[3], fields[4], fields[5], fields[6]
+    -- The members taking t, by group, found once per call.
+    local route = routes[t]
+    if not route then
+      route = {}
+      for sid, m in pairs(all) do
+        if has_type(m, t) then
+          local members = route[m.g]
+          if not members then
+            members = {}
+            route[m.g] = members
+          end
+          members[#members + 1] = sid
+        end
+      end
+      routes[t] = route
     end
-    for group in pairs(groups) do
-      local sid = owner(all, group, t, key)
+    for group, members in pairs(route) do
+      local sid = members[1]
+      if #members > 1 then sid = owner(all, group, t, key) end
       local m = all[sid]
       if m.v == '0.2' then
         -- No acks, nothing kept: written now, or never.
