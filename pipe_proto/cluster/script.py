@@ -237,9 +237,12 @@ end
 -- announced to every node ("pm"). A 1.0 session's events wait in its stream
 -- P:a:{app}:pq:{session}, unacked ones included; its hash P:a:{app}:ps:{session}
 -- marks how far it was acked (acked_id, acked_seq), sent since its pipe came
--- (sent_id, sent_seq) and ever sent (high_id, high_seq). Entries between
--- acked and high are in flight and have the seqs acked_seq + 1 ... in order;
--- entries after high are unsent, and only those are ever dropped. A group's
+-- (sent_id, sent_seq) and ever sent (high_id, high_seq); the stream holds
+-- only what follows the acked point, so acked_id (and sent_id when nothing
+-- was sent since) may be any id at or before it: compare marks by seq.
+-- Entries between acked and high are in flight and have the seqs
+-- acked_seq + 1 ... in order; entries after high are unsent, and only those
+-- are ever dropped. A group's
 -- counters are P:a:{app}:pgs:{group}; its buffer (events no member takes)
 -- the stream P:a:{app}:pb:{group}. Sessions in their resume grace are in the
 -- sorted set P:a:{app}:pgrace by the time it ends.
@@ -328,13 +331,13 @@ end
 -- nothing waits to be replayed, read or reported.
 local function pushable(app, sid)
   local s = fields_of(redis.call('HGETALL', skey(app, sid)))
-  if tonumber(s.credit or '0') <= 0 or s.sent_id ~= s.high_id or tonumber(s.unreported or '0') > 0 then
+  if tonumber(s.credit or '0') <= 0 or s.sent_seq ~= s.high_seq or tonumber(s.unreported or '0') > 0 then
     return false
   end
   local last = redis.call('XREVRANGE', qkey(app, sid), '+', '-', 'COUNT', 1)[1]
   if last and last[1] ~= s.high_id then return false end
   s.credit, s.credit_bytes = tonumber(s.credit), tonumber(s.credit_bytes)
-  s.high_seq, s.lines = tonumber(s.high_seq), {}
+  s.high_seq, s.lines, s.last_id = tonumber(s.high_seq), {}, nil
   return s
 end
 
@@ -455,24 +458,26 @@ local function forget_group_if_idle(app, all, group)
   end
 end
 
--- Acknowledge up to seq: in-flight entries up to it are done.
+-- Acknowledge up to seq: in-flight entries up to it are done. They are the
+-- stream's first ones (it holds what follows the acked point, in flight
+-- first, in seq order), so they are trimmed without being read; acked_id
+-- stays an id at or before the acked point, which is all its readers need
+-- (an exclusive start that now finds the stream's head).
 local function acknowledge(app, sid, seq)
-  local s = fields_of(redis.call('HGETALL', skey(app, sid)))
+  local sk, q = skey(app, sid), qkey(app, sid)
+  local s = fields_of(redis.call('HGETALL', sk))
   local acked = tonumber(s.acked_seq)
   seq = math.min(seq, tonumber(s.high_seq))
   if seq <= acked then return 0 end
-  local done = redis.call('XRANGE', qkey(app, sid), '(' .. s.acked_id, '+', 'COUNT', seq - acked)
-  local ids = {}
-  for i, e in ipairs(done) do ids[i] = e[1] end
-  if #ids > 0 then
-    redis.call('XDEL', qkey(app, sid), unpack(ids))
-    redis.call('HSET', skey(app, sid), 'acked_id', ids[#ids], 'acked_seq', acked + #ids)
-    -- A resumed pipe re-reads what is in flight: never from before the acked point.
-    if tonumber(s.sent_seq) < acked + #ids then
-      redis.call('HSET', skey(app, sid), 'sent_id', ids[#ids], 'sent_seq', acked + #ids)
-    end
+  local length = redis.call('XLEN', q)
+  local done = math.min(seq - acked, length)
+  redis.call('XTRIM', q, 'MAXLEN', length - done)
+  redis.call('HSET', sk, 'acked_seq', acked + done)
+  -- A resumed pipe re-reads what is in flight: never from before the acked point.
+  if tonumber(s.sent_seq) < acked + done then
+    redis.call('HSET', sk, 'sent_id', s.acked_id, 'sent_seq', acked + done)
   end
-  return #ids
+  return done
 end
 
 -- End a session for good: its events move to the members that take them now.
@@ -950,7 +955,22 @@ end
 function ops.pp()
   local app, max_events, max_bytes = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
   local all = pipe_members(app)
-  local told, push, routes = {}, {}, {}
+  local told, push, routes, delivered = {}, {}, {}, {}
+  -- The marks and counters pushes moved, written once per call (and before
+  -- anything that reads them: a drop looks at sessions' marks).
+  local function settle()
+    for sid, s in pairs(push) do
+      if s and s.last_id then
+        redis.call('HSET', skey(app, sid), 'sent_id', s.last_id, 'sent_seq', s.high_seq, 'high_id', s.last_id,
+          'high_seq', s.high_seq, 'credit', s.credit, 'credit_bytes', s.credit_bytes)
+        s.last_id = nil
+      end
+    end
+    for group, n in pairs(delivered) do
+      redis.call('HINCRBY', gkey(app, group), 'delivered', n)
+      delivered[group] = nil
+    end
+  end
   for _, record in ipairs(split(ARGV[7], '\30')) do
     local fields = split(record, '\31')
     local t, key, name, data, legacy, born = fields[1], fields[2], fields[3], fields[4], fields[5], fields[6]
@@ -990,22 +1010,22 @@ function ops.pp()
         local size = entry_size(f)
         if s and s.credit > 0 and s.credit_bytes >= size then
           -- Sent as it is queued: kept until acked, as if read at once.
-          local id = redis.call('XADD', qkey(app, sid), '*', 't', t, 'k', key, 'n', name, 'd', data, 'b', born,
+          s.last_id = redis.call('XADD', qkey(app, sid), '*', 't', t, 'k', key, 'n', name, 'd', data, 'b', born,
             'r', '0')
           s.high_seq, s.credit, s.credit_bytes = s.high_seq + 1, s.credit - 1, s.credit_bytes - size
-          redis.call('HSET', skey(app, sid), 'sent_id', id, 'sent_seq', s.high_seq, 'high_id', id, 'high_seq',
-            s.high_seq, 'credit', s.credit, 'credit_bytes', s.credit_bytes)
-          redis.call('HINCRBY', gkey(app, group), 'delivered', 1)
+          delivered[group] = (delivered[group] or 0) + 1
           s.lines[#s.lines + 1] = s.high_seq .. ' ' .. born .. ' ' .. name .. ' ' .. data
         else
           -- Once one waits unsent, the ones after it wait behind it.
           if s then s.credit = 0 end
+          settle()
           enqueue(app, all, group, sid, f, told)
           bound(app, all, group, max_events, max_bytes)
         end
       end
     end
   end
+  settle()
   for sid, s in pairs(push) do
     if s and #s.lines > 0 then
       publish(all[sid].n, 'pe ' .. app .. ' ' .. sid .. '\n' .. table.concat(s.lines, '\n'))
@@ -1028,7 +1048,7 @@ function ops.pread()
   local sk, q = skey(app, sid), qkey(app, sid)
   local s = fields_of(redis.call('HGETALL', sk))
   local unreported = tonumber(s.unreported or '0')
-  if unreported > 0 and s.sent_id == s.high_id then
+  if unreported > 0 and s.sent_seq == s.high_seq then
     redis.call('XADD', q, '*', 't', '', 'k', '', 'n', 'gap', 'd', '{"dropped":' .. unreported .. '}', 'b', now_ms(),
       'r', '0', 'c', unreported)
     redis.call('HSET', sk, 'unreported', 0)
@@ -1055,7 +1075,7 @@ function ops.pread()
     end
   end
   redis.call('HSET', sk, 'sent_id', last, 'sent_seq', seq, 'high_id', high, 'high_seq', high_seq)
-  if #entries <= #out and last == high then
+  if #entries <= #out and seq == high_seq then
     -- (What this read returns is counted as the node's: it is on its way.)
     grant(sk, s, most - #out, most_bytes - bytes, seen)
   else
