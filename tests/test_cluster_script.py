@@ -204,3 +204,30 @@ async def test_events_go_to_the_node_at_once_while_the_session_has_credit(script
     assert got == [b"pe 1 s1\n1 1000 socket_message 0\n2 1000 socket_message 1", b"pn 1 s1"]
     entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "2")
     assert [(e[0], e[2]) for e in entries] == [(3, b"2")] and more == 0
+
+
+async def test_an_ack_trims_exactly_what_it_names_after_drops_in_the_middle(script: Script) -> None:
+    """Acks trim the stream's head: with unsent events dropped between the in-flight ones and the rest, each ack
+    still removes exactly the events up to its seq, and reads go on with the next seq."""
+    await script("pattach", "n1", "1", "p1", "1.0", "default", "s1", "", "-1", "10", "7")
+    await script("psub", "n1", "1", "s1", "socket_message")
+    assert await script("pread", "n1", "1", "s1", "p1", "2", "100000", "0") == [[], 0]  # credit: 2
+    events = "\x1e".join("\x1f".join(("socket_message", "k", "socket_message", str(i), "", "1000")) for i in range(8))
+    # Two pushed (seqs 1, 2); six wait, and the group keeps 3 of them (buffer_events 3): 3 dropped.
+    assert await script("pp", "n2", "1", "3", "100000", events) == 1
+    queue = script.key("a:1:pq:s1")
+    assert await script.client.xlen(queue) == 5
+    assert await script("pack", "n1", "1", "s1", "1", "10", "100000", "2") == 1
+    entries, more = await script("pread", "n1", "1", "s1", "p1", "10", "100000", "2")
+    # What waited, with the seqs after the pushed ones, then the gap report.
+    assert [(e[0], e[1], e[2]) for e in entries] == [
+        (3, b"socket_message", b"5"), (4, b"socket_message", b"6"), (5, b"socket_message", b"7"),
+        (6, b"gap", b'{"dropped":3}'),
+    ] and more == 0
+    assert await script("pack", "n1", "1", "s1", "4", "10", "100000", "6") == 3
+    remaining = await script.client.xrange(queue)
+    assert [entry.field_values[b"d"] for entry in remaining] == [b"7", b'{"dropped":3}']
+    assert await script("pack", "n1", "1", "s1", "6", "10", "100000", "6") == 2
+    assert await script.client.xlen(queue) == 0
+    marks = await script.client.hgetall(script.key("a:1:ps:s1"))
+    assert (marks[b"acked_seq"], marks[b"sent_seq"], marks[b"high_seq"]) == (b"6", b"6", b"6")
