@@ -242,10 +242,10 @@ end
 -- was sent since) may be any id at or before it: compare marks by seq.
 -- Entries between acked and high are in flight and have the seqs
 -- acked_seq + 1 ... in order; entries after high are unsent, and only those
--- are ever dropped. A group's
--- counters are P:a:{app}:pgs:{group}; its buffer (events no member takes)
--- the stream P:a:{app}:pb:{group}. Sessions in their resume grace are in the
--- sorted set P:a:{app}:pgrace by the time it ends.
+-- are ever dropped. A group's counters are P:a:{app}:pgs:{group}; its buffer
+-- (events no member takes) the stream P:a:{app}:pb:{group}. Sessions in
+-- their resume grace are in the sorted set P:a:{app}:pgrace by the time it
+-- ends.
 
 local OVERHEAD = 320 -- bytes counted per event besides its text (pipes.EVENT_OVERHEAD)
 local SCAN = 32 -- unsent events looked at per queue when choosing what to drop
