@@ -466,18 +466,22 @@ end
 local function acknowledge(app, sid, seq)
   local sk, q = skey(app, sid), qkey(app, sid)
   local s = fields_of(redis.call('HGETALL', sk))
+  if not s.acked_seq then return 0, s end  -- the session ended meanwhile
   local acked = tonumber(s.acked_seq)
   seq = math.min(seq, tonumber(s.high_seq))
-  if seq <= acked then return 0 end
+  if seq <= acked then return 0, s end
   local length = redis.call('XLEN', q)
   local done = math.min(seq - acked, length)
   redis.call('XTRIM', q, 'MAXLEN', length - done)
-  redis.call('HSET', sk, 'acked_seq', acked + done)
+  s.acked_seq = acked + done
+  redis.call('HSET', sk, 'acked_seq', s.acked_seq)
   -- A resumed pipe re-reads what is in flight: never from before the acked point.
-  if tonumber(s.sent_seq) < acked + done then
-    redis.call('HSET', sk, 'sent_id', s.acked_id, 'sent_seq', acked + done)
+  if tonumber(s.sent_seq) < s.acked_seq then
+    s.sent_id, s.sent_seq = s.acked_id, s.acked_seq
+    redis.call('HSET', sk, 'sent_id', s.sent_id, 'sent_seq', s.sent_seq)
   end
-  return done
+  -- (Done, and the session's marks as they are now.)
+  return done, s
 end
 
 -- End a session for good: its events move to the members that take them now.
@@ -1093,10 +1097,8 @@ end
 -- (events, bytes) and the last seq its node has, the session's credit.
 function ops.pack()
   local app, sid = ARGV[4], ARGV[5]
-  local done = acknowledge(app, sid, tonumber(ARGV[6]))
-  local sk = skey(app, sid)
-  local s = fields_of(redis.call('HGETALL', sk))
-  if s.sent_seq then grant(sk, s, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])) end
+  local done, s = acknowledge(app, sid, tonumber(ARGV[6]))
+  if s.sent_seq then grant(skey(app, sid), s, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])) end
   return done
 end
 
