@@ -33,6 +33,7 @@ import collections
 import errno
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -306,6 +307,8 @@ class RelayServer:
         self._all_closed: trio.Event | None = None
         self._stopping = False
         self._wake_timers = trio.Event()
+        # When the timer loop wakes next on its own (the core's clock; -inf: it is awake).
+        self._timers_due = -math.inf
         self.cluster = None if redis is None else ClusterLink(redis, relay, self.execute_soon, self.now)
         self.metrics = Metrics(self) if metrics else None
         self._metrics_here = metrics_here
@@ -556,10 +559,13 @@ class RelayServer:
     async def _timer_loop(self) -> None:
         while True:
             deadline = self.relay.next_deadline()
-            wait = min(TIMER_GRANULARITY, max(0.0, deadline - self.now()))
+            now = self.now()
+            wait = min(TIMER_GRANULARITY, max(0.0, deadline - now))
             if wait > 0:
+                self._timers_due = now + wait
                 with trio.move_on_after(wait):
                     await self._wake_timers.wait()
+                self._timers_due = -math.inf
                 if self._wake_timers.is_set():
                     self._wake_timers = trio.Event()
             if self.relay.next_deadline() <= self.now():
@@ -581,6 +587,7 @@ class RelayServer:
         conns = self.conns
         text_frame = self.transport.framing.text
         count_sent = self._count_sent
+        called = False
         for output in outputs:
             if type(output) is Send:
                 self.writer.broadcast(text_frame(output.text), output.targets, conns, overflowing)
@@ -599,11 +606,16 @@ class RelayServer:
             elif type(output) is ClusterCall:
                 assert self.cluster is not None
                 self.cluster.submit(output)
-                self._wake_timers.set()
+                called = True
             elif type(output) is Failure:
                 log.error("handling %s failed; closed with 1011", output.target, exc_info=output.error)
         for conn in overflowing:
             self._slow_consumer(conn)
+        # A call may start a timer (a request to another node waits for its
+        # answer): the timer loop wakes if it would otherwise sleep past it,
+        # and only then (waking it for every call costs a task switch each).
+        if called and self.relay.next_deadline() < self._timers_due:
+            self._wake_timers.set()
         if flush:
             # Everything queued by this batch goes out now, one write per connection.
             self.writer.flush()
