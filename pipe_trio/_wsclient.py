@@ -229,6 +229,17 @@ class ClientWebSocket:
             raise self.closed or ConnectionClosed(1006, "closing")
         await self._send(masked_frame(0x81, text.encode("utf-8"), _MASKS.take(4)))
 
+    async def send_messages(self, texts: list[str]) -> None:
+        """Send text messages in order, in one write when the kernel takes it.
+
+        Raises:
+            ConnectionClosed: the connection is closed (or closing).
+        """
+        if self.closed is not None or self._close_sent:
+            raise self.closed or ConnectionClosed(1006, "closing")
+        masks = _MASKS
+        await self._send(b"".join([masked_frame(0x81, text.encode("utf-8"), masks.take(4)) for text in texts]))
+
     async def _send(self, frame: bytes) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._fd == -2:  # closed: the number may belong to another socket by now

@@ -226,6 +226,8 @@ class Pipe:
         self._sockets: dict[str, SocketRef] = {}
         self._channels: dict[str, ChannelRef] = {}
         self._ws: ClientWebSocket | None = None
+        # Set when calls are queued (Pipe.send): the session's flusher writes them.
+        self._outgoing = trio.Event()
         self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._queue: deque[ev.Notification] = deque()
         self._queued = trio.Event()
@@ -299,7 +301,7 @@ class Pipe:
         self._replies[request_id] = (done, box)
         try:
             try:
-                await ws.send_message(text)
+                await self._write(ws, text)
             except ConnectionClosed:
                 raise PipeDisconnectedError("the pipe disconnected", code=None) from None
             await done.wait()
@@ -316,7 +318,12 @@ class Pipe:
         """Send a request without waiting for (or getting) a reply.
 
         The relay answers only if the request fails, with an error
-        notification, which is logged.
+        notification, which is logged. The call is queued and written once
+        every task running now had its turn: the calls made meanwhile (a
+        burst of answers) go out with it in one frame, a ``batch``, and
+        before any later request or ack. A full queue (100 calls or about
+        16 KiB) is written at once. Calls queued when the connection ends
+        go out on the next one.
 
         Raises:
             PipeDisconnectedError: the pipe is not connected.
@@ -324,11 +331,43 @@ class Pipe:
         ws = self._ws
         if ws is None or self.core.state.value != "open":
             raise PipeDisconnectedError("the pipe is not connected", code=None)
-        _, text = self.core.request(call, reply=False)
+        if isinstance(call, (ev.Batch, ev.Leave)):
+            _, text = self.core.request(call, reply=False)
+            full = True
+        else:
+            # Queued: the calls made in this turn of the tasks (a burst of
+            # answers) go out together, as one batch (see _flush).
+            text = None
+            full = self.core.queue(call)
+        if not full:
+            self._outgoing.set()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
         try:
-            await ws.send_message(text)
+            await self._write(ws, *(() if text is None else (text,)))
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
+
+    async def _write(self, ws: ClientWebSocket, *texts: str) -> None:
+        """Write frames, after the calls queued before them (in one write)."""
+        queued = self.core.take_queued()
+        if queued is not None:
+            await ws.send_messages([queued, *texts])
+        elif len(texts) == 1:
+            await ws.send_message(texts[0])
+        elif texts:
+            await ws.send_messages(list(texts))
+
+    async def _flush(self, ws: ClientWebSocket) -> None:
+        """Write the queued calls once every task running now had its turn to add to them."""
+        while True:
+            await self._outgoing.wait()
+            self._outgoing = trio.Event()
+            if self.core.queued and self.core.state.value == "open":
+                try:
+                    await self._write(ws)
+                except ConnectionClosed:
+                    return  # the session ends; what was taken is lost with it, as a failed write's
 
     @property
     def types(self) -> list[str]:
@@ -477,6 +516,7 @@ class Pipe:
         try:
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._heartbeat, ws)
+                inner.start_soon(self._flush, ws)
                 await self._read(ws, task_status)
                 inner.cancel_scope.cancel()
         finally:
@@ -503,9 +543,11 @@ class Pipe:
                 continue
             for item in items:
                 if item.send is not None:
-                    await ws.send_message(item.send)
+                    await self._write(ws, item.send)
                 if item.established is not None:
                     self._on_established(item.established)
+                    if self.core.queued:
+                        self._outgoing.set()  # calls queued while the last connection ended
                     # open_pipe returns once a fresh session's subscribe was answered.
                     if task_status is not None and self.core.subscribing is None:
                         task_status.started()
@@ -548,7 +590,7 @@ class Pipe:
                 await ws.aclose(code=4201, reason="relay silent")
                 return
             if isinstance(action, str):
-                await ws.send_message(action)
+                await self._write(ws, action)
 
     async def _dispatch(self) -> None:
         while True:
@@ -573,7 +615,7 @@ class Pipe:
         ws = self._ws
         if ws is not None:
             with suppress(ConnectionClosed):
-                await ws.send_message(text)
+                await self._write(ws, text)
 
     async def _deliver(self, notification: ev.Notification) -> None:
         # Events replayed on connecting may be here before the application

@@ -237,3 +237,44 @@ async def test_keep_session_keeps_it_for_a_restart_that_resumes(relay_server: Re
                 again.sockets.on("event:n", on_n)
                 await arrived.wait()
     assert got == [1, 2]
+
+
+async def test_answers_made_together_go_out_as_one_batch_in_order(relay_server: RelayServer) -> None:
+    """Fire-and-forget calls made in one turn of the tasks reach the relay as one batch frame, every
+    answer arrives in order, and a request waiting for its reply goes after the calls made before it."""
+    url = url_of(relay_server)
+    relay = relay_server.relay
+    frames: list[str] = []
+    pipe_message = relay.pipe_message
+
+    def recording(pipe_id: str, text: str, now: float) -> Any:
+        frames.append(text)
+        return pipe_message(pipe_id, text, now)
+
+    relay.pipe_message = recording  # type: ignore[method-assign]
+    release = trio.Event()
+    with trio.fail_after(20):
+        async with (
+            open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe,
+            connect(url, APP_KEY) as client,
+        ):
+
+            @pipe.sockets.on("event:n")
+            async def answer(socket_id: str, data: Any) -> None:
+                if data["n"] == 0:
+                    await release.wait()  # the others queue up meanwhile
+                await pipe.socket(socket_id).trigger("answer", data, wait=False)
+                if data["n"] == 29:
+                    await pipe.socket(socket_id).trigger("after", data)  # waits for its reply
+
+            for n in range(30):
+                await client.send_event("n", {"n": n})
+            while len(pipe._queue) < 29:
+                await trio.testing.wait_all_tasks_blocked()
+            release.set()
+            got = [await client.next_event() for _ in range(31)]
+    assert [(e.event, json.loads(e.data)["n"]) for e in got] == [("answer", n) for n in range(30)] + [("after", 29)]
+    calls = [json.loads(f) for f in frames if "send_to_socket" in f]
+    assert [c["method"] for c in calls] == ["batch", "send_to_socket"]
+    assert calls[0]["id"] is None and len(calls[0]["params"]["calls"]) == 30
+    assert calls[1]["id"] is not None

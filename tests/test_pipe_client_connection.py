@@ -8,8 +8,16 @@ import json
 import pytest
 
 from pipe_proto import LocalProtocolError
-from pipe_proto.pipe import Ack, PingCall, SendToSocket, SubscribeEvents, UnsubscribeEvents
-from pipe_proto.pipe.client import _TRANSITIONS, ACK_EVERY, ClientState, PipeClientConnection, _Input
+from pipe_proto.pipe import Ack, Batch, Leave, PingCall, SendToChannel, SendToSocket, SubscribeEvents, UnsubscribeEvents
+from pipe_proto.pipe.client import (
+    _TRANSITIONS,
+    ACK_EVERY,
+    BATCH_CALLS,
+    BATCH_CHARS,
+    ClientState,
+    PipeClientConnection,
+    _Input,
+)
 from pipe_proto.relay.outputs import Send
 from tests.pipe_helpers import APP, Harness
 
@@ -225,3 +233,59 @@ def test_event_types_change_when_the_relay_accepts() -> None:
     assert conn.events == ["presence"]
     conn.request(UnsubscribeEvents(events=["presence"]), reply=False)
     assert conn.events == []
+
+
+def test_calls_queued_together_reach_the_relay_as_one_batch_applied_in_order() -> None:
+    """Queued calls come out as one batch frame with id null; the relay applies each in order and
+    reports a failing one with an error notification, as it would a single call's."""
+    h = Harness()
+    pipe, out = h.open_pipe(APP)
+    conn = PipeClientConnection()
+    conn.connecting(h.now)
+    for output in out:
+        assert isinstance(output, Send)
+        list(conn.receive(output.text, h.now))
+    socket_id, _ = h.open_socket()
+    assert conn.take_queued() is None
+    assert conn.queue(SendToSocket(socket_ids=[socket_id], event="first", data="1")) is False
+    assert conn.queue(SendToChannel(channels=["nobody-here"], event="e", data="x")) is False
+    # A call the relay refuses (reserved event name): reported, and the rest still runs.
+    assert conn.queue(SendToSocket(socket_ids=[socket_id], event="pusher:nope", data="2")) is False
+    assert conn.queue(SendToSocket(socket_ids=[socket_id], event="last", data="3")) is False
+    assert conn.queued == 4
+    text = conn.take_queued()
+    assert text is not None and conn.queued == 0 and conn.take_queued() is None
+    frame = json.loads(text)
+    assert frame["id"] is None and frame["method"] == "batch"
+    assert [c["method"] for c in frame["params"]["calls"]] == ["send_to_socket", "send_to_channel", "send_to_socket", "send_to_socket"]
+    out = h.relay.pipe_message(pipe, text, h.now)
+    to_socket = [json.loads(o.text)["event"] for o in out if isinstance(o, Send) and socket_id in o.targets]
+    assert to_socket == ["first", "last"]
+    (error,) = [i for o in out if isinstance(o, Send) and pipe in o.targets for i in conn.receive(o.text, h.now)]
+    assert error.error is not None and error.error.code == 4210
+
+
+def test_one_queued_call_goes_as_itself_and_a_full_queue_says_so() -> None:
+    """A lone queued call is a plain request with id null; the queue is full at BATCH_CALLS calls or
+    about BATCH_CHARS characters; batch and leave cannot be queued, nor anything while not connected."""
+    conn = PipeClientConnection()
+    with pytest.raises(LocalProtocolError):
+        conn.queue(PingCall())
+    conn = opened()
+    conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data="x"))
+    assert json.loads(conn.take_queued() or "") == {
+        "id": None, "method": "send_to_socket", "params": {"event": "e", "data": "x", "socket_id": "1.1"},
+    }
+    fulls = [conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data="x")) for _ in range(BATCH_CALLS)]
+    assert fulls == [False] * (BATCH_CALLS - 1) + [True]
+    assert len(json.loads(conn.take_queued() or "")["params"]["calls"]) == BATCH_CALLS
+    big = "x" * (BATCH_CHARS // 2)
+    assert [conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data=big)) for _ in range(2)] == [False, True]
+    conn.take_queued()
+    for call in (Leave(), Batch(calls=[PingCall()])):
+        with pytest.raises(LocalProtocolError):
+            conn.queue(call)
+    # An unsubscribe queued takes effect at once, as one sent without a reply does.
+    conn.events = ["a", "b"]
+    conn.queue(UnsubscribeEvents(events=["a"]))
+    assert conn.events == ["b"]

@@ -38,12 +38,14 @@ import attrs
 from ..errors import LocalProtocolError
 from ..liveness import Liveness, LivenessAction
 from ..statemachine import Transitions
-from .codec import decode_server_frame, encode_request
+from .codec import decode_server_frame, encode_call, encode_request
 from .events import (
     Ack,
+    Batch,
     ErrorNotification,
     ErrorReply,
     Established,
+    Leave,
     Notification,
     PingCall,
     PipeCall,
@@ -53,10 +55,15 @@ from .events import (
     UnsubscribeEvents,
 )
 
-__all__ = ["ACK_EVERY", "ClientState", "Incoming", "PipeClientConnection"]
+__all__ = ["ACK_EVERY", "BATCH_CALLS", "BATCH_CHARS", "ClientState", "Incoming", "PipeClientConnection"]
 
 #: Processed notifications after which an ack goes out even if more are coming.
 ACK_EVERY = 100
+#: Calls queued without a reply wanted (:meth:`PipeClientConnection.queue`)
+#: after which they must go out: the most a ``batch`` may hold, and about
+#: the characters of one (far below any relay's frame limit).
+BATCH_CALLS = 100
+BATCH_CHARS = 16 * 1024
 
 
 class ClientState(Enum):
@@ -128,6 +135,9 @@ class PipeClientConnection:
         self._acked = 0
         self._next_id = 1
         self._pending: dict[int, PipeCall] = {}
+        # Calls queued without a reply wanted, encoded, until take_queued.
+        self._queued: list[str] = []
+        self._queued_chars = 0
         self._heartbeat = heartbeat
         self.liveness = Liveness(0.0, heartbeat, heartbeat)
 
@@ -181,6 +191,54 @@ class PipeClientConnection:
         else:
             self._applied(call)
         return request_id, encode_request(Request(id=request_id, call=call))
+
+    def queue(self, call: PipeCall) -> bool:
+        """Queue a call nobody waits a reply for, to go out with the others queued.
+
+        Many such calls made together (a backend answering each event of a
+        burst) then cost the relay and the network one frame, a ``batch``
+        with id null (:meth:`take_queued`), instead of one each; the relay
+        reports each failing call with its own error notification either
+        way. Calls queued when a connection ends go out on the next one.
+
+        Returns:
+            True when the queue is full (:data:`BATCH_CALLS` calls or about
+            :data:`BATCH_CHARS` characters): take it and send it now.
+
+        Raises:
+            LocalProtocolError: the connection is not open, or ``call`` may
+                not travel in a batch (``batch``, ``leave``: send them
+                with :meth:`request`).
+        """
+        if self.state is not ClientState.OPEN:
+            raise LocalProtocolError("the pipe is not connected")
+        if isinstance(call, (Batch, Leave)):
+            raise LocalProtocolError(f"a {call.method} cannot be queued with other calls")
+        text = encode_call(call)
+        self._applied(call)
+        self._queued.append(text)
+        self._queued_chars += len(text)
+        return len(self._queued) >= BATCH_CALLS or self._queued_chars >= BATCH_CHARS
+
+    def take_queued(self) -> str | None:
+        """The queued calls as one request frame with id null (``None``: nothing queued).
+
+        One call goes as itself, several as a ``batch`` applied in order.
+        Send it before any other frame: the calls were made first.
+        """
+        queued = self._queued
+        if not queued:
+            return None
+        self._queued = []
+        self._queued_chars = 0
+        if len(queued) == 1:
+            return '{"id":null,' + queued[0][1:]
+        return '{"id":null,"method":"batch","params":{"calls":[' + ",".join(queued) + "]}}"
+
+    @property
+    def queued(self) -> int:
+        """Calls queued and not yet taken."""
+        return len(self._queued)
 
     def _applied(self, call: PipeCall) -> None:
         """A call took effect on the relay: keep the event types in step."""

@@ -57,6 +57,7 @@ __all__ = [
     "PipeFrameError",
     "decode_request",
     "decode_server_frame",
+    "encode_call",
     "encode_error_notification",
     "encode_notification",
     "encode_reply",
@@ -268,6 +269,11 @@ def encode_request(request: Request, *, legacy_data: bool = False) -> str:
     if legacy_data and "data" not in params:
         params["data"] = ""
     return _dumps({"id": request.id, "method": request.call.method, "params": params})
+
+
+def encode_call(call: PipeCall) -> str:
+    """Write a call as one item of a ``batch``: ``{"method": ..., "params": ...}`` (client side)."""
+    return _dumps({"method": call.method, "params": _call_params(call)})
 
 
 def _call_params(call: PipeCall) -> dict[str, Any]:
