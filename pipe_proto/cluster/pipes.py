@@ -119,6 +119,8 @@ class ClusterHub:
         #: The cluster's members, by session id (this node's copy).
         self.members: dict[str, Member] = {}
         self.type_counts: dict[str, int] = {}
+        # The same, of 0.2 members only: they get the 2011 frame too (see publish).
+        self._legacy_counts: dict[str, int] = {}
         self.by_pipe: dict[str, Attached] = {}
         self._by_session: dict[str, Attached] = {}
         #: Pipes whose attach was asked and not answered yet: whether the
@@ -133,17 +135,22 @@ class ClusterHub:
         """An announcement of the cluster: a member changed (``text``), or ended (empty)."""
         old = self.members.pop(session_id, None)
         if old is not None:
-            for type in old.types:
-                self.type_counts[type] -= 1
+            self._count(old, -1)
         if text:
             member = self.members[session_id] = Member.from_json(text)
-            for type in member.types:
-                self.type_counts[type] = self.type_counts.get(type, 0) + 1
+            self._count(member, 1)
+
+    def _count(self, member: Member, change: int) -> None:
+        counts = (self.type_counts, self._legacy_counts) if member.version == "0.2" else (self.type_counts,)
+        for type in member.types:
+            for table in counts:
+                table[type] = table.get(type, 0) + change
 
     def reset(self, members: dict[str, str]) -> None:
         """The whole copy anew (after Redis came back)."""
         self.members.clear()
         self.type_counts.clear()
+        self._legacy_counts.clear()
         for session_id, text in members.items():
             self.learn(session_id, text)
 
@@ -297,7 +304,7 @@ class ClusterHub:
             return 0
         data = jsontext.dumps(notice_data(notice, "1.0"))
         legacy = ""
-        if any(m.version == "0.2" and type in m.types for m in self.members.values()):
+        if self._legacy_counts.get(type, 0) > 0:
             legacy = notification_frame(notice.event, jsontext.dumps(notice_data(notice, "0.2")))
         settings = self.app.pipe
         event = PP_FIELD.join((type, key, notice.event, data, legacy, str(int(now * 1000))))

@@ -21,6 +21,7 @@ from ..errors import PipeCode
 from ..pipe.codec import PipeFrameError
 from ..pipe.events import AuthResponse
 from ..relay.later import Later
+from ..relay.outputs import Send
 
 if TYPE_CHECKING:
     from ..relay.state import AppState
@@ -190,8 +191,6 @@ class RemoteRequests:
             ids, text = request
             targets = tuple(s for s in ids if s in core.sockets and core.sockets[s].app is state)
             if targets:
-                from ..relay.outputs import Send
-
                 core.out.append(Send(targets, text))
             return len(targets)
         if kind == "sd":
