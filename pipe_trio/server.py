@@ -611,10 +611,12 @@ class RelayServer:
                 log.error("handling %s failed; closed with 1011", output.target, exc_info=output.error)
         for conn in overflowing:
             self._slow_consumer(conn)
-        # A call may start a timer (a request to another node waits for its
-        # answer): the timer loop wakes if it would otherwise sleep past it,
-        # and only then (waking it for every call costs a task switch each).
-        if called and self.relay.next_deadline() < self._timers_due:
+        # A call may start one of the cluster's timers (a request to another
+        # node waits for its answer): the timer loop wakes if it would
+        # otherwise sleep past it, and only then (waking it for every call
+        # costs a task switch each). Other timers may fire up to
+        # TIMER_GRANULARITY late, with or without a cluster.
+        if called and self.relay.directory.next_deadline() < self._timers_due:
             self._wake_timers.set()
         if flush:
             # Everything queued by this batch goes out now, one write per connection.
