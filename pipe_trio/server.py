@@ -588,11 +588,33 @@ class RelayServer:
         text_frame = self.transport.framing.text
         count_sent = self._count_sent
         called = False
-        for output in outputs:
+        end = len(outputs)
+        index = 0
+        while index < end:
+            output = outputs[index]
+            index += 1
             if type(output) is Send:
-                self.writer.broadcast(text_frame(output.text), output.targets, conns, overflowing)
+                targets = output.targets
+                frame = text_frame(output.text)
                 if count_sent is not None:
                     count_sent(output)
+                # Events in a row for the same sockets (a REST batch to one
+                # channel) are queued as one run of frames: the loop over the
+                # subscribers runs once for them all, not once per event.
+                frames: list[bytes] | None = None
+                while index < end:
+                    following = outputs[index]
+                    if type(following) is not Send or following.targets != targets:
+                        break
+                    index += 1
+                    if frames is None:
+                        frames = [frame]
+                    frames.append(text_frame(following.text))
+                    if count_sent is not None:
+                        count_sent(following)
+                if frames is not None:
+                    frame = b"".join(frames)
+                self.writer.broadcast(frame, targets, conns, overflowing)
             elif type(output) is Close:
                 conn = conns.pop(output.target, None)
                 if conn is not None:

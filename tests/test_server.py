@@ -930,3 +930,37 @@ async def test_nothing_follows_the_close_frame(nursery: trio.Nursery, monkeypatc
             assert after == b""
         finally:
             await client.aclose()
+
+
+async def test_events_in_a_row_for_the_same_sockets_are_queued_as_one_run(
+    relay_server: RelayServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive sends to the same sockets cost one pass over them (one broadcast), and every
+    socket still gets every frame once, in the order the outputs came, interleaved with others'."""
+    from pipe_proto import Send
+
+    url = f"ws://127.0.0.1:{relay_server.port}"
+    with trio.fail_after(10):
+        async with connect(url, APP_KEY) as a, connect(url, APP_KEY) as b, connect(url, APP_KEY) as c:
+            pair = (a.socket_id, b.socket_id)
+
+            def frame(n: int) -> str:
+                return json.dumps({"event": "e", "channel": "ch", "data": str(n)})
+
+            outputs = [Send(pair, frame(1)), Send(pair, frame(2)), Send((c.socket_id,), frame(3)),
+                       Send(pair, frame(4)), Send(tuple(pair), frame(5))]
+            passes: list[tuple[str, ...]] = []
+            writer = type(relay_server.writer)
+            broadcast = writer.broadcast
+
+            def counted(self: Any, data: bytes, targets: tuple[str, ...], *args: Any) -> None:
+                passes.append(targets)
+                broadcast(self, data, targets, *args)
+
+            monkeypatch.setattr(writer, "broadcast", counted)
+            relay_server.execute(outputs)
+            assert passes == [pair, (c.socket_id,), pair]
+            for client in (a, b):
+                got = [await client.next_event("e") for _ in range(4)]
+                assert [event.data for event in got] == ["1", "2", "4", "5"]
+            assert (await c.next_event("e")).data == "3"
