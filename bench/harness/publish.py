@@ -200,8 +200,10 @@ class PipePublisher(Publisher):
     """The relay's Pipe: one backend connection sending `send_to_channel` requests.
 
     Requests go out with `"id": null` (no reply wanted; the relay answers only
-    a failure), the way a backend streams events; `flood` gets its flow
-    control from the Watcher, like every other publisher.
+    a failure), the way a backend streams events, the events of one `publish`
+    together in one `batch` frame (as `open_pipe` sends calls made together,
+    and as the REST publisher sends one `batch_events`); `flood` gets its
+    flow control from the Watcher, like every other publisher.
     """
 
     async def open(self) -> None:
@@ -225,10 +227,12 @@ class PipePublisher(Publisher):
             pass
 
     async def publish(self, channel: str, datas: list[str]) -> None:
-        for data in datas:
-            params = {"channel": channel, "event": EVENT, "data": data}
-            request = {"id": None, "method": "send_to_channel", "params": params}
-            await self.ws.send(json.dumps(request))
+        calls = [
+            {"method": "send_to_channel", "params": {"channel": channel, "event": EVENT, "data": data}}
+            for data in datas
+        ]
+        request = {"id": None, "method": "batch", "params": {"calls": calls}}
+        await self.ws.send(json.dumps(request))
 
     async def close(self) -> None:
         if hasattr(self, "ws"):
