@@ -2,9 +2,9 @@
 
 Both clients this package ships run on it: ``open_pipe`` (the Pipe) and
 ``connect`` (the Pusher socket client). One stack, because the reason for
-having it is the pipe's: ``open_pipe`` sends a request per answer and reads
-a notification per event, so its WebSocket's per-message cost is the
-backend's, and trio-websocket (a reader task, a message channel, a send lock
+having it is the pipe's: ``open_pipe`` writes an answer per event (in
+batches when made together) and reads a notification per event, so its
+WebSocket's per-message cost is the backend's, and trio-websocket (a reader task, a message channel, a send lock
 and wsproto's generic framing per message) measured about half the
 backend's CPU in the Pipe round-trip benchmark. This connection does the
 same with one task fewer: the client's own reader reads the socket, writes
@@ -27,7 +27,7 @@ import base64
 import os
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from urllib.parse import urlsplit
 
@@ -229,42 +229,59 @@ class ClientWebSocket:
             raise self.closed or ConnectionClosed(1006, "closing")
         await self._send(masked_frame(0x81, text.encode("utf-8"), _MASKS.take(4)))
 
-    async def send_messages(self, texts: list[str]) -> None:
-        """Send text messages in order, in one write when the kernel takes it.
+    async def send_messages(self, take: Callable[[], list[str]]) -> None:
+        """Send the text messages ``take()`` returns, in order, in one write when the kernel takes it.
+
+        ``take`` is called only once nothing can stop the write before its
+        first byte (the connection is open, no cancellation is pending, no
+        other write is under way): what it took is written, or lost with
+        the connection if that breaks midway.
 
         Raises:
-            ConnectionClosed: the connection is closed (or closing).
+            ConnectionClosed: the connection is closed (or closing); then
+                ``take`` was not called.
         """
         if self.closed is not None or self._close_sent:
             raise self.closed or ConnectionClosed(1006, "closing")
         masks = _MASKS
-        await self._send(b"".join([masked_frame(0x81, text.encode("utf-8"), masks.take(4)) for text in texts]))
 
-    async def _send(self, frame: bytes) -> None:
+        def frames() -> bytes:
+            return b"".join([masked_frame(0x81, text.encode("utf-8"), masks.take(4)) for text in take()])
+
+        await self._send(frames)
+
+    async def _send(self, frame: bytes | Callable[[], bytes]) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._fd == -2:  # closed: the number may belong to another socket by now
             raise self.closed or ConnectionClosed(1006, "")
         fd = self._fd
         if fd >= 0 and not self._lock.locked():
             # The usual case: the kernel takes the whole frame at once.
+            data = frame if isinstance(frame, bytes) else frame()
+            if not data:
+                return
             try:
-                written = os.write(fd, frame)
+                written = os.write(fd, data)
             except BlockingIOError:
                 written = 0
             except OSError:
                 await self._end(1006, "")
                 raise self.closed or ConnectionClosed(1006, "") from None
-            if written == len(frame):
+            if written == len(data):
                 return
             # Part of a frame is out: the rest must follow before anything else.
             self._lock.acquire_nowait()
             try:
-                await self._send_all(frame[written:])
+                await self._send_all(data[written:])
             finally:
                 self._lock.release()
             return
         async with self._lock:
-            await self._send_all(frame)
+            if self._fd == -2 or (not isinstance(frame, bytes) and (self.closed is not None or self._close_sent)):
+                raise self.closed or ConnectionClosed(1006, "")
+            data = frame if isinstance(frame, bytes) else frame()
+            if data:
+                await self._send_all(data)
 
     async def _send_all(self, data: bytes) -> None:
         try:

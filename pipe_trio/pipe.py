@@ -322,41 +322,49 @@ class Pipe:
         every task running now had its turn: the calls made meanwhile (a
         burst of answers) go out with it in one frame, a ``batch``, and
         before any later request or ack. A full queue (100 calls or about
-        16 KiB) is written at once. Calls queued when the connection ends
-        go out on the next one.
+        16 KiB) is written at once. Calls still queued when the connection
+        ends go out first on the next one (or, when the pipe ends, are
+        logged as not sent); as with any write, calls already handed to the
+        kernel when a connection breaks may be lost.
 
         Raises:
             PipeDisconnectedError: the pipe is not connected.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: the call is not made
         ws = self._ws
         if ws is None or self.core.state.value != "open":
             raise PipeDisconnectedError("the pipe is not connected", code=None)
-        if isinstance(call, (ev.Batch, ev.Leave)):
-            _, text = self.core.request(call, reply=False)
-            full = True
-        else:
-            # Queued: the calls made in this turn of the tasks (a burst of
-            # answers) go out together, as one batch (see _flush).
-            text = None
-            full = self.core.queue(call)
-        if not full:
-            self._outgoing.set()
-            await trio.lowlevel.checkpoint_if_cancelled()
-            return
         try:
-            await self._write(ws, *(() if text is None else (text,)))
+            if isinstance(call, (ev.Batch, ev.Leave)):
+                _, text = self.core.request(call, reply=False)
+                await self._write(ws, text)
+                return
+            if self.core.full:
+                # A write failed with the queue full (the connection is
+                # ending): no call is queued beyond its bound.
+                await self._write(ws)
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
+        if self.core.queue(call):
+            with suppress(ConnectionClosed):  # then the calls stay queued for the next connection
+                await self._write(ws)
+        else:
+            # Written by the flusher once the running tasks had their turn:
+            # the calls they make meanwhile (a burst of answers) go together.
+            self._outgoing.set()
 
     async def _write(self, ws: ClientWebSocket, *texts: str) -> None:
-        """Write frames, after the calls queued before them (in one write)."""
-        queued = self.core.take_queued()
-        if queued is not None:
-            await ws.send_messages([queued, *texts])
-        elif len(texts) == 1:
-            await ws.send_message(texts[0])
-        elif texts:
-            await ws.send_messages(list(texts))
+        """Write ``texts`` after the calls queued before them, in one write.
+
+        The queued calls are taken only once the write is sure to begin: a
+        cancelled writer or a closed connection leaves them queued.
+        """
+        core = self.core
+
+        def take() -> list[str]:
+            return [*core.take_queued(), *texts]
+
+        await ws.send_messages(take)
 
     async def _flush(self, ws: ClientWebSocket) -> None:
         """Write the queued calls once every task running now had its turn to add to them."""
@@ -367,7 +375,7 @@ class Pipe:
                 try:
                     await self._write(ws)
                 except ConnectionClosed:
-                    return  # the session ends; what was taken is lost with it, as a failed write's
+                    return  # the session ends; the calls stay queued for the next one
 
     @property
     def types(self) -> list[str]:
@@ -611,11 +619,12 @@ class Pipe:
             if ack is not None:
                 await self._send_quietly(ack)
 
-    async def _send_quietly(self, text: str) -> None:
+    async def _send_quietly(self, text: str | None) -> None:
+        """Write ``text`` (and the calls queued before it; ``None``: those alone), if connected."""
         ws = self._ws
         if ws is not None:
             with suppress(ConnectionClosed):
-                await self._write(ws, text)
+                await self._write(ws, *(() if text is None else (text,)))
 
     async def _deliver(self, notification: ev.Notification) -> None:
         # Events replayed on connecting may be here before the application
@@ -774,9 +783,11 @@ async def open_pipe(
                     await pipe._leave()
                 else:
                     ack = pipe.core.take_ack(force=True)
-                    if ack is not None:
+                    if ack is not None or pipe.core.queued:
                         with trio.CancelScope(shield=True), trio.move_on_after(1):
                             await pipe._send_quietly(ack)
+                if pipe.core.queued:
+                    log.warning("the pipe ended with %d calls not sent (the connection was down)", pipe.core.queued)
                 nursery.cancel_scope.cancel()
 
 

@@ -278,3 +278,56 @@ async def test_answers_made_together_go_out_as_one_batch_in_order(relay_server: 
     assert [c["method"] for c in calls] == ["batch", "send_to_socket"]
     assert calls[0]["id"] is None and len(calls[0]["params"]["calls"]) == 30
     assert calls[1]["id"] is not None
+
+
+async def test_calls_queued_when_the_pipe_ends_or_its_connection_closes_still_go_out(nursery: trio.Nursery) -> None:
+    """Calls queued in the last turn go out as the pipe ends (keeping its session, or on an error),
+    and calls queued when the connection closes go out first on the next connection."""
+    server = await start_relay(nursery)
+    url = url_of(server)
+    with trio.fail_after(20):
+        async with connect(url, APP_KEY) as client:
+            async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, keep_session=True) as pipe:
+                await pipe.socket(client.socket_id).trigger("kept", {}, wait=False)
+            assert (await client.next_event("kept")).event == "kept"
+
+            failed = False
+            try:
+                async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET) as pipe:
+                    await pipe.socket(client.socket_id).trigger("failed", {}, wait=False)
+                    raise KeyError("the application failed")
+            except* KeyError:
+                failed = True
+            assert failed and (await client.next_event("failed")).event == "failed"
+
+            async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET) as pipe:
+                await pipe.socket(client.socket_id).trigger("q1", {}, wait=False)
+                await pipe.socket(client.socket_id).trigger("q2", {}, wait=False)
+                assert pipe._ws is not None
+                await pipe._ws.aclose(code=4201, reason="relay silent")  # as the heartbeat gives up
+                assert pipe.core.queued == 2
+                await pipe.wait_connected(after=1)
+                assert [(await client.next_event(name)).event for name in ("q1", "q2")] == ["q1", "q2"]
+
+
+async def test_cancellation_neither_loses_nor_sends_what_it_should_not(relay_server: RelayServer) -> None:
+    """A writer cancelled before its write leaves the calls other tasks queued in the queue; a send
+    cancelled before it is made is not made."""
+    url = url_of(relay_server)
+    with trio.fail_after(20):
+        async with (
+            connect(url, APP_KEY) as client,
+            open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET) as pipe,
+        ):
+            to_client = pipe.socket(client.socket_id)
+            await to_client.trigger("a", {}, wait=False)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await to_client.trigger("b", {})  # a request, cancelled before it is written
+            assert scope.cancelled_caught
+            with trio.CancelScope() as cancelled:
+                cancelled.cancel()
+                await to_client.trigger("c", {}, wait=False)
+            assert cancelled.cancelled_caught
+            await to_client.trigger("d", {})
+            assert [(await client.next_event()).event for _ in range(2)] == ["a", "d"]

@@ -246,15 +246,15 @@ def test_calls_queued_together_reach_the_relay_as_one_batch_applied_in_order() -
         assert isinstance(output, Send)
         list(conn.receive(output.text, h.now))
     socket_id, _ = h.open_socket()
-    assert conn.take_queued() is None
+    assert conn.take_queued() == []
     assert conn.queue(SendToSocket(socket_ids=[socket_id], event="first", data="1")) is False
     assert conn.queue(SendToChannel(channels=["nobody-here"], event="e", data="x")) is False
     # A call the relay refuses (reserved event name): reported, and the rest still runs.
     assert conn.queue(SendToSocket(socket_ids=[socket_id], event="pusher:nope", data="2")) is False
     assert conn.queue(SendToSocket(socket_ids=[socket_id], event="last", data="3")) is False
     assert conn.queued == 4
-    text = conn.take_queued()
-    assert text is not None and conn.queued == 0 and conn.take_queued() is None
+    (text,) = conn.take_queued()
+    assert conn.queued == 0 and conn.take_queued() == []
     frame = json.loads(text)
     assert frame["id"] is None and frame["method"] == "batch"
     assert [c["method"] for c in frame["params"]["calls"]] == ["send_to_socket", "send_to_channel", "send_to_socket", "send_to_socket"]
@@ -267,21 +267,31 @@ def test_calls_queued_together_reach_the_relay_as_one_batch_applied_in_order() -
 
 def test_one_queued_call_goes_as_itself_and_a_full_queue_says_so() -> None:
     """A lone queued call is a plain request with id null; the queue is full at BATCH_CALLS calls or
-    about BATCH_CHARS characters; batch and leave cannot be queued, nor anything while not connected."""
+    about BATCH_CHARS characters and takes no more until taken; a batch never passes BATCH_CHARS
+    (a larger call goes alone); batch and leave cannot be queued, nor anything while not connected."""
     conn = PipeClientConnection()
     with pytest.raises(LocalProtocolError):
         conn.queue(PingCall())
     conn = opened()
     conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data="x"))
-    assert json.loads(conn.take_queued() or "") == {
-        "id": None, "method": "send_to_socket", "params": {"event": "e", "data": "x", "socket_id": "1.1"},
-    }
+    assert [json.loads(f) for f in conn.take_queued()] == [
+        {"id": None, "method": "send_to_socket", "params": {"event": "e", "data": "x", "socket_id": "1.1"}},
+    ]
     fulls = [conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data="x")) for _ in range(BATCH_CALLS)]
-    assert fulls == [False] * (BATCH_CALLS - 1) + [True]
-    assert len(json.loads(conn.take_queued() or "")["params"]["calls"]) == BATCH_CALLS
-    big = "x" * (BATCH_CHARS // 2)
-    assert [conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data=big)) for _ in range(2)] == [False, True]
-    conn.take_queued()
+    assert fulls == [False] * (BATCH_CALLS - 1) + [True] and conn.full
+    with pytest.raises(LocalProtocolError):
+        conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data="x"))
+    (frame,) = conn.take_queued()
+    assert len(json.loads(frame)["params"]["calls"]) == BATCH_CALLS and not conn.full
+    third = "x" * (BATCH_CHARS // 3)
+    assert [conn.queue(SendToSocket(socket_ids=["1.1"], event="e", data=third)) for _ in range(3)] == [False, False, True]
+    first, second = (json.loads(f) for f in conn.take_queued())
+    assert first["method"] == "batch" and len(first["params"]["calls"]) == 2
+    assert second["method"] == "send_to_socket"
+    conn.queue(SendToSocket(socket_ids=["1.1"], event="small", data="x"))
+    conn.queue(SendToSocket(socket_ids=["1.1"], event="huge", data="x" * (2 * BATCH_CHARS)))
+    small, huge = conn.take_queued()
+    assert json.loads(small)["params"]["event"] == "small" and json.loads(huge)["params"]["event"] == "huge"
     for call in (Leave(), Batch(calls=[PingCall()])):
         with pytest.raises(LocalProtocolError):
             conn.queue(call)

@@ -231,7 +231,9 @@ class PipePublisher(Publisher):
             {"method": "send_to_channel", "params": {"channel": channel, "event": EVENT, "data": data}}
             for data in datas
         ]
-        request = {"id": None, "method": "batch", "params": {"calls": calls}}
+        # One event goes as itself, several as a batch (as open_pipe writes them).
+        batch = {"method": "batch", "params": {"calls": calls}}
+        request = {"id": None, **(calls[0] if len(calls) == 1 else batch)}
         await self.ws.send(json.dumps(request))
 
     async def close(self) -> None:

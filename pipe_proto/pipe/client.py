@@ -22,7 +22,9 @@ session kept its own.
 
 The application reports each notification done with :meth:`processed`; acks
 are cumulative and go out in batches (:meth:`take_ack`) so that the relay's
-window keeps moving without one ack per event. Requests get ids from a
+window keeps moving without one ack per event. Calls nobody waits a reply
+for may be queued (:meth:`queue`) and taken together as one ``batch`` frame
+(:meth:`take_queued`), which goes before any frame made after them. Requests get ids from a
 counter; replies are matched and unknown ones ignored. Liveness: a ``ping``
 request after ``heartbeat`` seconds of silence, and the connection is given
 up (the caller reconnects) when ``heartbeat`` more pass without a word.
@@ -38,7 +40,7 @@ import attrs
 from ..errors import LocalProtocolError
 from ..liveness import Liveness, LivenessAction
 from ..statemachine import Transitions
-from .codec import decode_server_frame, encode_call, encode_request
+from .codec import MAX_BATCH_CALLS, decode_server_frame, encode_call, encode_request
 from .events import (
     Ack,
     Batch,
@@ -62,8 +64,15 @@ ACK_EVERY = 100
 #: Calls queued without a reply wanted (:meth:`PipeClientConnection.queue`)
 #: after which they must go out: the most a ``batch`` may hold, and about
 #: the characters of one (far below any relay's frame limit).
-BATCH_CALLS = 100
+BATCH_CALLS = MAX_BATCH_CALLS
 BATCH_CHARS = 16 * 1024
+
+
+def _null_id_frame(calls: list[str]) -> str:
+    # ``calls`` are batch items ({"method": ..., "params": ...}), encoded.
+    if len(calls) == 1:
+        return '{"id":null,' + calls[0][1:]
+    return '{"id":null,"method":"batch","params":{"calls":[' + ",".join(calls) + "]}}"
 
 
 class ClientState(Enum):
@@ -199,46 +208,62 @@ class PipeClientConnection:
         burst) then cost the relay and the network one frame, a ``batch``
         with id null (:meth:`take_queued`), instead of one each; the relay
         reports each failing call with its own error notification either
-        way. Calls queued when a connection ends go out on the next one.
+        way. Calls queued when a connection ends stay queued for the next.
 
         Returns:
-            True when the queue is full (:data:`BATCH_CALLS` calls or about
-            :data:`BATCH_CHARS` characters): take it and send it now.
+            :attr:`full`: the queue holds :data:`BATCH_CALLS` calls or about
+            :data:`BATCH_CHARS` characters; send it before queuing more.
 
         Raises:
-            LocalProtocolError: the connection is not open, or ``call`` may
-                not travel in a batch (``batch``, ``leave``: send them
-                with :meth:`request`).
+            LocalProtocolError: the connection is not open, the queue is
+                :attr:`full`, or ``call`` may not travel in a batch
+                (``batch``, ``leave``: send them with :meth:`request`).
         """
         if self.state is not ClientState.OPEN:
             raise LocalProtocolError("the pipe is not connected")
         if isinstance(call, (Batch, Leave)):
             raise LocalProtocolError(f"a {call.method} cannot be queued with other calls")
+        if self.full:
+            raise LocalProtocolError("the queue is full: take it first")
         text = encode_call(call)
         self._applied(call)
         self._queued.append(text)
         self._queued_chars += len(text)
+        return self.full
+
+    @property
+    def full(self) -> bool:
+        """Whether the queue must be taken before another call is queued."""
         return len(self._queued) >= BATCH_CALLS or self._queued_chars >= BATCH_CHARS
-
-    def take_queued(self) -> str | None:
-        """The queued calls as one request frame with id null (``None``: nothing queued).
-
-        One call goes as itself, several as a ``batch`` applied in order.
-        Send it before any other frame: the calls were made first.
-        """
-        queued = self._queued
-        if not queued:
-            return None
-        self._queued = []
-        self._queued_chars = 0
-        if len(queued) == 1:
-            return '{"id":null,' + queued[0][1:]
-        return '{"id":null,"method":"batch","params":{"calls":[' + ",".join(queued) + "]}}"
 
     @property
     def queued(self) -> int:
         """Calls queued and not yet taken."""
         return len(self._queued)
+
+    def take_queued(self) -> list[str]:
+        """The queued calls as request frames with id null, in order (none when nothing is queued).
+
+        Usually one frame: one call goes as itself, several as a ``batch``
+        applied in order. Calls go in a batch of at most about
+        :data:`BATCH_CHARS` characters, so far below any relay's frame limit
+        (a call larger than that goes alone, as it would unqueued). Send
+        them before any other frame: the calls were made first.
+        """
+        queued = self._queued
+        if not queued:
+            return []
+        self._queued = []
+        self._queued_chars = 0
+        frames: list[str] = []
+        start = size = 0
+        for index, text in enumerate(queued):
+            if index > start and size + len(text) > BATCH_CHARS:
+                frames.append(_null_id_frame(queued[start:index]))
+                start, size = index, 0
+            size += len(text)
+        frames.append(_null_id_frame(queued[start:]))
+        return frames
 
     def _applied(self, call: PipeCall) -> None:
         """A call took effect on the relay: keep the event types in step."""
