@@ -49,7 +49,7 @@ import attrs
 import trio
 
 from pipe_proto import PipeCode, __version__
-from pipe_proto.errors import ProtocolError
+from pipe_proto.errors import LocalProtocolError, ProtocolError
 from pipe_proto.jsontext import dumps
 from pipe_proto.pipe import events as ev
 from pipe_proto.pipe.client import PipeClientConnection
@@ -339,13 +339,17 @@ class Pipe:
                 _, text = self.core.request(call, reply=False)
                 await self._write(ws, text)
                 return
-            if self.core.full:
+            while self.core.full:
                 # A write failed with the queue full (the connection is
-                # ending): no call is queued beyond its bound.
+                # ending), or others filled it while this one waited: no
+                # call is queued beyond its bound.
                 await self._write(ws)
+            full = self.core.queue(call)
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
-        if self.core.queue(call):
+        except LocalProtocolError:  # the connection ended while a write waited
+            raise PipeDisconnectedError("the pipe disconnected", code=None) from None
+        if full:
             with suppress(ConnectionClosed):  # then the calls stay queued for the next connection
                 await self._write(ws)
         else:
