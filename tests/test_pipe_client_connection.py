@@ -32,6 +32,19 @@ def message(seq: int, n: int = 0) -> str:
     return json.dumps({"id": None, "error": None, "result": result})
 
 
+def connected_to_a_relay() -> tuple[Harness, str, PipeClientConnection]:
+    """A client connection opened by a relay core's frames: the harness, the pipe's id, the client."""
+    h = Harness()
+    pipe, out = h.open_pipe(APP)
+    conn = PipeClientConnection()
+    conn.connecting(h.now)
+    for output in out:
+        assert isinstance(output, Send)
+        (item,) = conn.receive(output.text, h.now)
+        assert item.established is not None and item.established.socket_id == pipe
+    return h, pipe, conn
+
+
 def opened(session: str = "s1") -> PipeClientConnection:
     conn = PipeClientConnection()
     conn.connecting(0.0)
@@ -178,14 +191,7 @@ def test_heartbeat_pings_then_gives_up() -> None:
 
 def test_mirror_of_the_relay() -> None:
     """Frames the relay sends decode on the client side into what the relay meant."""
-    h = Harness()
-    pipe, out = h.open_pipe(APP)
-    conn = PipeClientConnection()
-    conn.connecting(h.now)
-    for output in out:
-        assert isinstance(output, Send)
-        (item,) = conn.receive(output.text, h.now)
-        assert item.established is not None and item.established.socket_id == pipe
+    h, pipe, conn = connected_to_a_relay()
     _, text = conn.request(SubscribeEvents(events=["socket_existence"]))
     out = h.relay.pipe_message(pipe, text, h.now)
     (reply,) = [i for o in out if isinstance(o, Send) for i in conn.receive(o.text, h.now)]
@@ -238,13 +244,7 @@ def test_event_types_change_when_the_relay_accepts() -> None:
 def test_calls_queued_together_reach_the_relay_as_one_batch_applied_in_order() -> None:
     """Queued calls come out as one batch frame with id null; the relay applies each in order and
     reports a failing one with an error notification, as it would a single call's."""
-    h = Harness()
-    pipe, out = h.open_pipe(APP)
-    conn = PipeClientConnection()
-    conn.connecting(h.now)
-    for output in out:
-        assert isinstance(output, Send)
-        list(conn.receive(output.text, h.now))
+    h, pipe, conn = connected_to_a_relay()
     socket_id, _ = h.open_socket()
     assert conn.take_queued() == []
     assert conn.queue(SendToSocket(socket_ids=[socket_id], event="first", data="1")) is False
