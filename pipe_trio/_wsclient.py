@@ -277,6 +277,8 @@ class ClientWebSocket:
                 self._lock.release()
             return
         async with self._lock:
+            # Closed while waiting: what would have been taken stays with its
+            # owner (the close frame itself is bytes, sent whatever the state).
             if self._fd == -2 or (not isinstance(frame, bytes) and (self.closed is not None or self._close_sent)):
                 raise self.closed or ConnectionClosed(1006, "")
             data = frame if isinstance(frame, bytes) else frame()
