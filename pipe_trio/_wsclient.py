@@ -4,9 +4,10 @@ Both clients this package ships run on it: ``open_pipe`` (the Pipe) and
 ``connect`` (the Pusher socket client). One stack, because the reason for
 having it is the pipe's: ``open_pipe`` writes an answer per event (in
 batches when made together) and reads a notification per event, so its
-WebSocket's per-message cost is the backend's, and trio-websocket (a reader task, a message channel, a send lock
-and wsproto's generic framing per message) measured about half the
-backend's CPU in the Pipe round-trip benchmark. This connection does the
+WebSocket's per-message cost is the backend's, and trio-websocket (a reader
+task, a message channel, a send lock and wsproto's generic framing per
+message) measured about half the backend's CPU in the Pipe round-trip
+benchmark. This connection does the
 same with one task fewer: the client's own reader reads the socket, writes
 go straight to it when the kernel takes them at once (the common case), and
 only a write that would block goes through a lock and ``send_all``.
