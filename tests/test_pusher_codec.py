@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fuzz.fuzz_pusher_codec import CLIENT_SENDS, SERVER_SENDS
 from pipe_proto.errors import LocalProtocolError, RemoteProtocolError
-from pipe_proto.pusher.codec import Role, decode, encode, encode_message
+from pipe_proto.pusher.codec import Role, connection_established, decode, encode, encode_message, subscription_succeeded
 from pipe_proto.pusher.events import (
     CacheMiss,
     ConnectionEstablished,
@@ -424,8 +424,12 @@ def test_malformed_frames_raise_remote_protocol_error(role: Role, text: str | by
     st.integers(min_value=1, max_value=10**12),
 )
 def test_connection_established_is_the_json_of_its_fields(socket_id: str, timeout: int) -> None:
-    """The frame every new socket gets (put together directly for the relay's ids) says exactly its fields."""
+    """The frame every new socket gets (put together directly for the relay's ids) says exactly its fields.
+
+    The relay writes it without building the event: the same text.
+    """
     text = encode(ConnectionEstablished(socket_id=socket_id, activity_timeout=timeout), role=Role.SERVER)
+    assert connection_established(socket_id, timeout) == text
     outer = json.loads(text)
     assert list(outer) == ["event", "data"]
     assert outer["event"] == "pusher:connection_established"
@@ -436,5 +440,6 @@ def test_connection_established_is_the_json_of_its_fields(socket_id: str, timeou
 @given(st.text(max_size=40))
 def test_subscription_succeeded_without_presence_is_the_json_of_its_fields(channel: str) -> None:
     text = encode(SubscriptionSucceeded(channel=channel), role=Role.SERVER)
+    assert subscription_succeeded(channel) == text  # what the relay writes without building the event
     assert json.loads(text) == {"event": "pusher_internal:subscription_succeeded", "channel": channel, "data": "{}"}
     assert text == json.dumps(json.loads(text), separators=(",", ":"))

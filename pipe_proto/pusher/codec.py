@@ -45,7 +45,7 @@ from .events import (
     WatchlistEvents,
 )
 
-__all__ = ["Role", "decode", "encode", "encode_message"]
+__all__ = ["Role", "connection_established", "decode", "encode", "encode_message", "subscription_succeeded"]
 
 
 class Role(Enum):
@@ -284,22 +284,37 @@ def _member(uid: str | int, info: Any) -> dict[str, Any]:
     return {"user_id": uid} if info is None else {"user_id": uid, "user_info": info}
 
 
-def _connection_established(e: ConnectionEstablished) -> str:
-    # Every new socket gets one: the relay's ids (digits and a dot) and an
-    # int timeout need no escaping, so the usual frame is put together
-    # directly, the same text the generic path makes.
-    sid, timeout = e.socket_id, e.activity_timeout
-    if type(timeout) is int and sid.isascii() and sid.replace(".", "").isdigit():
+def connection_established(socket_id: str, activity_timeout: int) -> str:
+    """The server frame ``pusher:connection_established``: ``encode`` of that event, without building it.
+
+    Every new socket gets one, so the relay writes it straight from its two values.
+    """
+    # The relay's ids (digits and a dot) and an int timeout need no escaping.
+    if type(activity_timeout) is int and socket_id.isascii() and socket_id.replace(".", "").isdigit():
         return (
-            '{"event":"pusher:connection_established","data":"{\\"socket_id\\":\\"' + sid
-            + '\\",\\"activity_timeout\\":' + str(timeout) + '}"}'
+            '{"event":"pusher:connection_established","data":"{\\"socket_id\\":\\"' + socket_id
+            + '\\",\\"activity_timeout\\":' + str(activity_timeout) + '}"}'
         )
-    return _frame("pusher:connection_established", _dumps({"socket_id": sid, "activity_timeout": timeout}))
+    data = _dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    return _frame("pusher:connection_established", data)
+
+
+def _connection_established(e: ConnectionEstablished) -> str:
+    return connection_established(e.socket_id, e.activity_timeout)
+
+
+def subscription_succeeded(channel: str) -> str:
+    """The server frame ``pusher_internal:subscription_succeeded`` of a public or private channel.
+
+    ``encode`` of that event with no presence, without building it: every
+    subscribe is answered with one.
+    """
+    return '{"event":"pusher_internal:subscription_succeeded","channel":' + _dumps(channel) + ',"data":"{}"}'
 
 
 def _subscription_succeeded(e: SubscriptionSucceeded) -> str:
-    if e.presence is None:  # every public or private subscribe: no dict to encode
-        return '{"event":"pusher_internal:subscription_succeeded","channel":' + _dumps(e.channel) + ',"data":"{}"}'
+    if e.presence is None:
+        return subscription_succeeded(e.channel)
     return _frame("pusher_internal:subscription_succeeded", _dumps(_presence_data(e.presence)), e.channel)
 
 

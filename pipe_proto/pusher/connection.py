@@ -30,7 +30,7 @@ from enum import Enum
 from ..errors import LocalProtocolError, PusherCode, RemoteProtocolError
 from ..liveness import Liveness, LivenessAction
 from ..statemachine import Transitions
-from .codec import Role, decode, encode
+from .codec import Role, connection_established, decode, encode
 from .events import ConnectionEstablished, Error, Ping, PusherEvent, SignIn, SignInError, SignInSuccess
 
 __all__ = ["PONG_TIMEOUT", "ConnectionState", "PusherConnection", "TimerAction"]
@@ -113,10 +113,7 @@ class PusherConnection:
         """Server side: open the connection; returns the first frame to send."""
         if self.role is not Role.SERVER:
             raise LocalProtocolError("only the server establishes a connection")
-        frame = encode(
-            ConnectionEstablished(socket_id=socket_id, activity_timeout=int(self.liveness.idle)),
-            role=Role.SERVER,
-        )
+        frame = connection_established(socket_id, int(self.liveness.idle))
         _TRANSITIONS.move(self, _Input.ESTABLISHED)
         self.socket_id = socket_id
         return frame

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsontext
 from ..names import ChannelKind, channel_type
 from ..pipe import events as pipe_events
-from ..pusher.codec import encode_message
+from ..pusher.codec import encode_message, subscription_succeeded
 from ..pusher.events import CacheMiss, Presence, Subscribe, SubscriptionCount, SubscriptionError, SubscriptionSucceeded
 from .authorization import AskPipe, Member, Refuse, authorize_subscription
 from .core import Core, frame
@@ -155,8 +155,11 @@ class Channels:
             self._succeeded(sock, channel, members)
 
     def _succeeded(self, sock: Socket, channel: Channel, members: list[tuple[str | int, Any]] | None) -> None:
-        presence = None if members is None else Presence(members=members)
-        self.core.send(sock.id, frame(SubscriptionSucceeded(channel=channel.name, presence=presence)))
+        if members is None:
+            self.core.send(sock.id, subscription_succeeded(channel.name))
+        else:
+            succeeded = SubscriptionSucceeded(channel=channel.name, presence=Presence(members=members))
+            self.core.send(sock.id, frame(succeeded))
 
     def join_refused(self, sock: Socket, channel: Channel, refusal: Refuse) -> None:
         """The directory's answer: ``sock`` may not join ``channel``."""
