@@ -127,6 +127,23 @@ def test_send_to_socket_reaches_only_that_socket() -> None:
     assert reply["result"] == {"delivered": 2}
 
 
+def test_send_to_socket_never_reaches_another_apps_socket() -> None:
+    """A socket of another app on the same relay counts as not found, named alone or in a list."""
+    other = App(id="2", key="other-key", secret="other-secret")
+    h = Harness([APP, other])
+    pipe, _ = h.open_pipe()
+    mine, _ = h.open_socket()
+    theirs, _ = h.open_socket("other-key")
+    for params in ({"socket_id": theirs}, {"socket_ids": [theirs]}, {"socket_ids": [theirs, mine, mine]}):
+        reply, out = h.call(pipe, "send_to_socket", {**params, "event": "e", "data": "d"})
+        assert reply["result"] == {"delivered": 1 if mine in params.get("socket_ids", ()) else 0}
+        assert texts_for(out, theirs) == []
+        assert texts_for(out, mine) == (['{"event":"e","data":"d"}'] if mine in params.get("socket_ids", ()) else [])
+    legacy, _ = h.open_pipe(version="0.2")
+    reply, out = h.call(legacy, "send_to_socket", {"socket_id": theirs, "event": "e", "data": "d"})
+    assert reply["result"] == {} and texts_for(out, theirs) == []
+
+
 def test_send_to_channel_with_exclusion() -> None:
     """send_to_channel reaches every subscriber but the excluded socket."""
     h = Harness()

@@ -220,12 +220,22 @@ class PipeConnections:
             return gather(counts, lambda found: {"delivered": sum(found)} if modern else {})
         if isinstance(call, pipe_events.SendToSocket):
             text = encode_message(call.event, call.data, call.channel)
-            wanted = tuple(dict.fromkeys(call.socket_ids))
-            targets = tuple(sid for sid in wanted if sid in core.sockets and core.sockets[sid].app is state)
+            sockets = core.sockets
+            socket_ids = call.socket_ids
+            if len(socket_ids) == 1 and socket_ids[0] in sockets:
+                # A backend's usual answer: one socket, on this relay. No
+                # other node is asked, so the count is known at once.
+                delivered = 0
+                if sockets[socket_ids[0]].app is state:
+                    core.out.append(Send(socket_ids, text))
+                    delivered = 1
+                return {"delivered": delivered} if modern else {}
+            wanted = tuple(dict.fromkeys(socket_ids))
+            targets = tuple(sid for sid in wanted if sid in sockets and sockets[sid].app is state)
             if targets:
                 core.out.append(Send(targets, text))
             elsewhere = self.directory.send_to_sockets(
-                state, [s for s in wanted if s not in core.sockets], text, now, counted=answered
+                state, [s for s in wanted if s not in sockets], text, now, counted=answered
             )
             return gather([len(targets), elsewhere], lambda found: {"delivered": sum(found)} if modern else {})
         if isinstance(call, pipe_events.Leave):
@@ -267,6 +277,9 @@ class PipeConnections:
                     outcomes.append(self._execute(pipe, item, now, answered=answered))
                 except PipeFrameError as exc:
                     outcomes.append(exc)
+            if not answered:
+                # Only its failures are reported (see _answer): no outcome is built for the rest.
+                return gather(outcomes, lambda values: [_outcome(v) for v in values if isinstance(v, PipeFrameError)])
             return gather(outcomes, lambda values: [_outcome(v) for v in values])
         return {}  # ping
 
