@@ -12,15 +12,38 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["dumps", "encoded_size", "loads"]
 
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-#: ``dumps(value) -> str``: compact, ASCII-escaped JSON text; ``ValueError`` for
-#: NaN or infinities. The encoder's bound method itself, as it is on every
-#: frame's path.
-dumps = _encoder.encode
+
+try:
+    from _json import encode_basestring_ascii as _string
+    from _json import make_encoder
+except ImportError:  # pragma: no cover - CPython always has its accelerator
+    _one_shot = None
+else:
+    # What JSONEncoder.encode builds on every call, built once: it keeps no
+    # state between calls (no circular-reference table: the core encodes
+    # values it decoded or built, never a cycle). About half the cost of a
+    # small object's encoding, on every frame's path.
+    _one_shot = make_encoder(None, _encoder.default, _string, None, ":", ",", False, False, False)
+
+
+def dumps(value: Any) -> str:
+    """Compact, ASCII-escaped JSON text of ``value``.
+
+    Raises:
+        ValueError: NaN or an infinity.
+        TypeError: a value JSON has no form for.
+    """
+    if _one_shot is None:  # pragma: no cover
+        return _encoder.encode(value)
+    if type(value) is str:
+        return _string(value)
+    return "".join(_one_shot(value, 0))
 
 
 def _no_constants(name: str) -> Any:
@@ -36,6 +59,8 @@ def _finite(text: str) -> float:
 
 
 _decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
+_scan: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+_WHITESPACE = " \t\n\r"  # JSON's, RFC 8259 section 2
 
 
 def loads(text: str | bytes) -> Any:
@@ -48,7 +73,19 @@ def loads(text: str | bytes) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return _decoder.decode(text)
+        # JSONDecoder.decode, without its two regular expressions around the
+        # scan when there is no whitespace to skip; anything it would refuse
+        # goes to it, for its error and message.
+        start = 0
+        if text and text[0] in _WHITESPACE:
+            start = len(text) - len(text.lstrip(_WHITESPACE))
+        try:
+            value, end = _scan(text, start)
+        except StopIteration:
+            return _decoder.decode(text)
+        if end != len(text) and text[end:].strip(_WHITESPACE):
+            return _decoder.decode(text)
+        return value
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except UnicodeDecodeError:

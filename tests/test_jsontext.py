@@ -1,0 +1,86 @@
+"""JSON text in and out: the core's shortcuts give exactly what the standard library's encoder and decoder give."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipe_proto import jsontext
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def _reference_loads(text: str) -> Any:
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if math.isinf(value):
+            raise ValueError(f"number {number[:20]} is out of range")
+        return value
+
+    return json.JSONDecoder(parse_constant=constant, parse_float=finite).decode(text)
+
+
+def _outcome(parse: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", parse(text)
+    except ValueError as exc:
+        return "error", str(exc)
+
+
+@given(JSON_VALUES)
+def test_dumps_is_the_compact_ascii_encoding(value: Any) -> None:
+    assert jsontext.dumps(value) == json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, [1, {"a": math.nan}]])
+def test_dumps_refuses_what_json_cannot_say(value: Any) -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        jsontext.dumps(value)
+
+
+def test_dumps_refuses_values_json_has_no_form_for() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        jsontext.dumps({"a": object()})
+
+
+@given(JSON_VALUES, st.sampled_from(["", " ", "\n", "\t \r\n"]), st.sampled_from(["", " ", "\r\n", " x", "}", ",1"]))
+def test_loads_reads_what_the_reference_reads_and_refuses_the_same_with_its_message(
+    value: Any, before: str, after: str
+) -> None:
+    text = before + json.dumps(value) + after
+    assert _outcome(jsontext.loads, text) == _outcome(_reference_loads, text)
+
+
+@given(st.text(max_size=40))
+def test_loads_of_any_text_matches_the_reference(text: str) -> None:
+    assert _outcome(jsontext.loads, text) == _outcome(_reference_loads, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "Expecting value: line 1 column 1 (char 0)"),
+        ("   ", "Expecting value: line 1 column 4 (char 3)"),
+        ('{"a":1} x', "Extra data: line 1 column 9 (char 8)"),
+        ("NaN", "NaN is not JSON"),
+        ("[1e400]", "number 1e400 is out of range"),
+        ("[" * 100_000, "JSON nested too deeply"),
+        (b"\xff", "not UTF-8"),
+    ],
+)
+def test_loads_errors_say_why(text: str | bytes, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        jsontext.loads(text)
+    assert str(caught.value) == message
