@@ -33,7 +33,10 @@ dirty connection writes everything it has in one system call, straight to
 its (non-blocking) socket (through the stream under TLS or without a file
 descriptor). Only what the kernel does not take at once is left to a flush
 task, so under load a broadcast costs one ``send`` per subscriber per batch,
-and an idle connection has no task and no buffer.
+and an idle connection has no task and no buffer. The exceptions are the
+writer's eager connections (:attr:`Writer.eager`, the pipes), which the
+poller also writes every ``EAGER_READS`` reads of a round: their peer, a
+backend, is the next stage of the work, not its end.
 
 A connection is judged slow by what the kernel will not take, and for how
 long, never by what one batch queued before anything was written: when a
@@ -73,6 +76,7 @@ from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_fr
 __all__ = [
     "BURST_ALLOWANCE",
     "CLOSE_TIMEOUT",
+    "EAGER_READS",
     "FAST_FRAMING",
     "FLUSH_TURN",
     "POLL_BATCH",
@@ -114,6 +118,11 @@ BURST_ALLOWANCE = 4
 #: rest are read next time round): thousands of new connections sending
 #: their first messages at once must not keep new ones from being accepted.
 POLL_BATCH = 256
+
+#: Connections the poller reads between two writes of the eager connections
+#: (:attr:`Writer.eager`): a pipe gets the first events of a large round while
+#: the rest are read, so its backend works on them meanwhile instead of after.
+EAGER_READS = 16
 
 #: Most connections a deferred flush writes before the other tasks get a turn.
 FLUSH_TURN = 128
@@ -188,11 +197,14 @@ class Writer:
             could not take at once, and for close watchdogs).
     """
 
-    __slots__ = ("_scheduled", "dirty", "spawn")
+    __slots__ = ("_scheduled", "dirty", "eager", "spawn")
 
     def __init__(self, spawn: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
         self.spawn = spawn
         self.dirty: list[WebSocket] = []
+        #: Connections written as soon as a few reads have produced something
+        #: for them (:meth:`write_eager`), by id: the server's pipes.
+        self.eager: dict[str, WebSocket] = {}
         self._scheduled = False
 
     def flush_soon(self) -> None:
@@ -254,6 +266,12 @@ class Writer:
         for target in targets:
             conn = get(target)
             if conn is not None and conn._dirty:
+                conn._write_now()  # still listed as dirty: written again, it finds nothing to write
+
+    def write_eager(self) -> None:
+        """Write out what the eager connections queued, ahead of the others'."""
+        for conn in self.eager.values():
+            if conn._dirty:
                 conn._write_now()  # still listed as dirty: written again, it finds nothing to write
 
     def flush(self) -> None:
@@ -846,7 +864,10 @@ class Poller:
     when many sockets each send a little (the Pipe round trip). Here each
     connection is registered once (level-triggered), one task waits for the
     set to become readable, reads one chunk from each ready connection,
-    hands the messages on, and flushes what they produced together. A
+    hands the messages on, and flushes what they produced together; the
+    writer's eager connections (pipes) are written every ``EAGER_READS``
+    reads as well, so a backend starts on the first events of a large
+    round while the relay reads the rest. A
     connection read here has no task of its own while it is open, nor
     while it is waiting for its upgrade request.
     """
@@ -877,10 +898,12 @@ class Poller:
         """Read until cancelled."""
         conns = self._conns
         poll = self._epoll.poll
+        eager = self.writer.eager
+        write_eager = self.writer.write_eager
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for fd, _ in poll(0, POLL_BATCH):
+                for index, (fd, _) in enumerate(poll(0, POLL_BATCH), 1):
                     polled = conns.get(fd)
                     if polled is None:
                         continue
@@ -888,6 +911,8 @@ class Poller:
                         polled._readable()
                     except Exception:  # a bug past _consume's guard: this connection goes, the others stay
                         polled._broken()
+                    if not index % EAGER_READS and eager:
+                        write_eager()
                 self.writer.flush()
         finally:
             # Cancelled (the server is going away): nobody waits on these

@@ -1081,6 +1081,9 @@ class RelayServer:
         self.conns[ws.id] = ws
         if upgraded.kind is ConnectionKind.PIPE:
             self._pipes.add(ws.id)
+            # Its backend is the next process in line: its events go out
+            # every few reads, not only once every ready socket was read.
+            self.writer.eager[ws.id] = ws
         self.execute(upgraded.outputs)
         return ws, self._sides[upgraded.kind], upgraded.max_message
 
@@ -1151,6 +1154,7 @@ class _PipesSide(_Side):
         server = self.server
         server.conns.pop(conn_id, None)
         server._pipes.discard(conn_id)
+        server.writer.eager.pop(conn_id, None)
         server.execute(server.relay.pipe_closed(conn_id, server.now(), code))
         log.info(
             "pipe %s disconnected (%s %s)", conn_id, code, escaped(reason),

@@ -818,6 +818,19 @@ async def test_a_bug_over_tls_closes_that_connection_1011(
     assert closed.value.reason.code == 1011
 
 
+async def test_a_pipe_is_written_eagerly_while_it_is_open(nursery: trio.Nursery) -> None:
+    """A pipe's events go out every few reads of a round (Writer.eager) from its connection to its end."""
+    server = await start_relay(nursery, [App(id=APP_ID, key=APP_KEY, secret=APP_SECRET)])
+    url = f"ws://127.0.0.1:{server.port}"
+    with trio.fail_after(10):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]):
+            assert [ws.id for ws in server.writer.eager.values()] == list(server._pipes)
+            assert len(server.writer.eager) == 1
+        while server.writer.eager:
+            await trio.lowlevel.checkpoint()
+        assert not server._pipes
+
+
 async def test_open_pipe_over_tls(nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """open_pipe speaks wss://: a back-channel message comes in and the answer goes out, both over TLS."""
     server_context, client_context = tls

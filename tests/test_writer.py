@@ -1,4 +1,5 @@
-"""The writer's turns: a large deferred flush lets other tasks write between its slices; a few connections can go first.
+"""The writer's turns: a large deferred flush lets other tasks write between its slices; a few connections can go
+first; the poller writes the eager ones (pipes) every few reads of a round.
 
 Connections here are polled WebSockets on socket pairs; what each peer can
 read without blocking is what the writer wrote.
@@ -11,8 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from wsproto.frame_protocol import FrameProtocol
 
-from pipe_trio._websocket import FLUSH_TURN, PolledWebSocket, Writer
+from pipe_trio._websocket import EAGER_READS, FLUSH_TURN, PolledWebSocket, Poller, Writer
 
 
 @pytest.fixture
@@ -74,3 +76,48 @@ async def test_named_connections_are_written_at_once_and_the_others_at_the_flush
     conns[2].push(b"more")  # listed again: one write, with nothing twice
     writer.flush()
     assert [written(b) for _, b in pairs[:3]] == [b"frame", b"frame", b"more"]
+
+
+class _Forward:
+    """A side handing every text message on to one connection (a pipe), noting what its peer had then."""
+
+    def __init__(self, pipe: PolledWebSocket, pipe_peer: socket.socket) -> None:
+        self.pipe, self.pipe_peer = pipe, pipe_peer
+        self.received = b""
+        self.seen: list[int] = []  # frames the pipe's peer had received when each message came
+
+    def text(self, conn_id: str, text: str) -> None:
+        self.received += written(self.pipe_peer)
+        self.seen.append(self.received.count(b"event"))
+        self.pipe.push_text(f"event from {conn_id}")
+
+    def heard(self, conn_id: str) -> None: ...
+    def oversized(self, conn_id: str, size: int) -> None: ...
+    def closed(self, conn_id: str, code: int, reason: str) -> None: ...
+
+
+async def test_the_poller_writes_eager_connections_every_few_reads_of_a_round(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    """Many sockets ready at once, each sending the pipe an event: the pipe gets them in pieces during the round."""
+    count = 3 * EAGER_READS + 1
+    async with trio.open_nursery() as nursery:
+        writer = Writer(nursery.start_soon)
+        poller = Poller(writer)
+        pipe, *sockets = connections(writer, pairs[: count + 1])
+        writer.eager[pipe.id] = pipe
+        side = _Forward(pipe, pairs[0][1])
+        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data("hi", fin=True))
+        async def ended(ws: object) -> None: ...
+
+        for ws, (_, peer) in zip(sockets, pairs[1 : count + 1], strict=True):
+            assert ws.hand_over(side, 1000, poller, ended)
+            peer.send(frame)  # every socket is ready before the poller's round
+        nursery.start_soon(poller.run)
+        with trio.fail_after(5):
+            while side.received.count(b"event") < count:
+                await trio.lowlevel.checkpoint()
+                side.received += written(pairs[0][1])
+        nursery.cancel_scope.cancel()
+    # Each batch of reads' events was out before the next batch was read.
+    assert side.seen == [EAGER_READS * (index // EAGER_READS) for index in range(count)]
