@@ -43,7 +43,12 @@ def dumps(value: Any) -> str:
         return _encoder.encode(value)
     if type(value) is str:
         return _string(value)
-    return "".join(_one_shot(value, 0))
+    try:
+        return "".join(_one_shot(value, 0))
+    except RecursionError:
+        # Too deep, or a value that contains itself: the general encoder
+        # says which (ValueError for a cycle, as ever).
+        return _encoder.encode(value)
 
 
 def _no_constants(name: str) -> Any:
@@ -73,6 +78,8 @@ def loads(text: str | bytes) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
+        elif not isinstance(text, str):
+            return _decoder.decode(text)  # its TypeError
         # JSONDecoder.decode, without its two regular expressions around the
         # scan when there is no whitespace to skip; anything it would refuse
         # goes to it, for its error and message.

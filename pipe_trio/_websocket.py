@@ -903,7 +903,8 @@ class Poller:
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for index, (fd, _) in enumerate(poll(0, POLL_BATCH), 1):
+                reads = 0
+                for fd, _ in poll(0, POLL_BATCH):
                     polled = conns.get(fd)
                     if polled is None:
                         continue
@@ -911,8 +912,11 @@ class Poller:
                         polled._readable()
                     except Exception:  # a bug past _consume's guard: this connection goes, the others stay
                         polled._broken()
-                    if not index % EAGER_READS and eager:
-                        write_eager()
+                    reads += 1
+                    if reads == EAGER_READS:
+                        reads = 0
+                        if eager:
+                            write_eager()
                 self.writer.flush()
         finally:
             # Cancelled (the server is going away): nobody waits on these

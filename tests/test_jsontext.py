@@ -84,3 +84,29 @@ def test_loads_errors_say_why(text: str | bytes, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         jsontext.loads(text)
     assert str(caught.value) == message
+
+
+def test_dumps_of_a_value_containing_itself_is_a_value_error() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="Circular reference"):
+        jsontext.dumps({"a": cycle})
+
+
+def test_dumps_nested_deeper_than_python_recurses_fails_as_the_reference_does() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        json.dumps(deep, separators=(",", ":"), allow_nan=False)
+    with pytest.raises(RecursionError):
+        jsontext.dumps(deep)
+
+
+@pytest.mark.parametrize("value", [None, {}, {"a": 1}, [" "], 5])
+def test_loads_of_something_not_text_is_the_references_type_error(value: Any) -> None:
+    with pytest.raises(TypeError) as ours:
+        jsontext.loads(value)
+    with pytest.raises(TypeError) as reference:
+        _reference_loads(value)
+    assert str(ours.value) == str(reference.value)

@@ -93,6 +93,15 @@ def test_server_establish_frame() -> None:
     assert conn.socket_id == "123.456"
 
 
+@pytest.mark.parametrize(("timeout", "socket_id"), [(0.5, "1.2"), (0.999, "1.2"), (120, 12)])
+def test_server_establish_refuses_what_the_event_refuses(timeout: float, socket_id: Any) -> None:
+    """A timeout below a second (which pusher-js cannot use) or an id that is no string: nothing moves."""
+    conn = PusherConnection(SERVER, now=0.0, activity_timeout=timeout)
+    with pytest.raises((ValueError, TypeError)):
+        conn.establish(socket_id)
+    assert conn.state is CONNECTING
+
+
 def test_server_establish_twice_closes() -> None:
     """A second establish is an illegal move: LocalProtocolError, and the connection is CLOSED."""
     conn = PusherConnection(SERVER, now=0.0)

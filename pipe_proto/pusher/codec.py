@@ -289,13 +289,18 @@ def connection_established(socket_id: str, activity_timeout: int) -> str:
 
     Every new socket gets one, so the relay writes it straight from its two values.
     """
-    # The relay's ids (digits and a dot) and an int timeout need no escaping.
-    if type(activity_timeout) is int and socket_id.isascii() and socket_id.replace(".", "").isdigit():
+    # The relay's ids (digits and a dot) and a positive int timeout need no escaping.
+    if (
+        type(activity_timeout) is int and activity_timeout > 0 and type(socket_id) is str
+        and socket_id.isascii() and socket_id.replace(".", "").isdigit()
+    ):
         return (
             '{"event":"pusher:connection_established","data":"{\\"socket_id\\":\\"' + socket_id
             + '\\",\\"activity_timeout\\":' + str(activity_timeout) + '}"}'
         )
-    data = _dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    # Anything else is checked as the event checks it (a timeout below 1 is refused).
+    checked = ConnectionEstablished(socket_id=socket_id, activity_timeout=activity_timeout)
+    data = _dumps({"socket_id": checked.socket_id, "activity_timeout": checked.activity_timeout})
     return _frame("pusher:connection_established", data)
 
 
