@@ -339,3 +339,16 @@ async def test_serve_demo_on_every_address_with_demo_warns() -> None:
         async with background(argv, env={"PYTHONUNBUFFERED": "1"}) as output:
             await output.expect("THE DEMO APP IS SERVED ON 0.0.0.0")
             assert (await get_status(port))["status"] == "ok"
+
+
+def test_tune_collector_freezes_what_exists_and_collects_the_young_less_often() -> None:
+    """Run in a process of its own: it changes the collector for the rest of the process's life."""
+    code = (
+        "import gc; from pipe_trio.cli import GC_YOUNG_THRESHOLD, tune_collector\n"
+        "before = gc.get_threshold(); tune_collector()\n"
+        "assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:]), gc.get_threshold()\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip() == "ok", done.stderr
