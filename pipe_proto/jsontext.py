@@ -26,9 +26,9 @@ except ImportError:  # pragma: no cover - CPython always has its accelerator
     _one_shot = None
 else:
     # What JSONEncoder.encode builds on every call, built once: it keeps no
-    # state between calls (no circular-reference table: the core encodes
-    # values it decoded or built, never a cycle). About half the cost of a
-    # small object's encoding, on every frame's path.
+    # state between calls, as it has no circular-reference table (a cycle
+    # recurses to a RecursionError, and dumps asks the general encoder). About
+    # half the cost of a small object's encoding, on every frame's path.
     _one_shot = make_encoder(None, _encoder.default, _string, None, ":", ",", False, False, False)
 
 

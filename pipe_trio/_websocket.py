@@ -63,7 +63,7 @@ import errno
 import logging
 import os
 import select
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, ClassVar, NamedTuple, Protocol
 
@@ -260,7 +260,7 @@ class Writer:
                 conn._dirty = True
                 dirty.append(conn)
 
-    def write_these(self, targets: tuple[str, ...], conns: dict[str, WebSocket]) -> None:
+    def write_these(self, targets: Iterable[str], conns: dict[str, WebSocket]) -> None:
         """Write out what these connections queued now, ahead of the others'."""
         get = conns.get
         for target in targets:
@@ -270,9 +270,7 @@ class Writer:
 
     def write_eager(self) -> None:
         """Write out what the eager connections queued, ahead of the others'."""
-        for conn in self.eager.values():
-            if conn._dirty:
-                conn._write_now()  # still listed as dirty: written again, it finds nothing to write
+        self.write_these(self.eager, self.eager)
 
     def flush(self) -> None:
         """Write out every connection that queued something since the last flush."""
