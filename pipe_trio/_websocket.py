@@ -70,6 +70,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import trio
 
 from . import _wsreference
+from ._accept import AcceptedStream
 from ._io import raw_fd, read_ready, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
@@ -678,7 +679,7 @@ class PolledWebSocket(WebSocket):
     def _abandon(self) -> None:
         stream = self.stream
         self._forget_socket()
-        if isinstance(stream, trio.SocketStream):
+        if isinstance(stream, (trio.SocketStream, AcceptedStream)):
             stream.socket.close()
 
 

@@ -53,7 +53,7 @@ from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
-from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, BatchAcceptor
+from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, AcceptedStream, BatchAcceptor, tune_listener
 from ._io import RandomBytes, escaped, raw_fd, read_now, read_ready
 from ._upgrade import parse_request, parse_upgrade_request
 from ._websocket import (
@@ -107,6 +107,8 @@ _TOO_MANY_CONNECTIONS = (
 
 def _peer_address(stream: trio.abc.Stream) -> str | None:
     """The client's IP address (also under TLS), or None when it cannot be known."""
+    if isinstance(stream, AcceptedStream):
+        return stream.address
     inner: Any = getattr(stream, "transport_stream", stream)
     try:
         return str(inner.socket.getpeername()[0])
@@ -166,7 +168,7 @@ class _Greeting:
 
     __slots__ = ("_fd", "deadline", "poller", "server", "stream")
 
-    def __init__(self, server: RelayServer, stream: trio.SocketStream, deadline: float) -> None:
+    def __init__(self, server: RelayServer, stream: trio.SocketStream | AcceptedStream, deadline: float) -> None:
         self.server = server
         self.stream = stream
         self._fd = stream.socket.fileno()
@@ -388,7 +390,7 @@ class RelayServer:
         ``ACCEPT_BATCH`` at a time, with a turn for every other task between.
         """
         acceptor = BatchAcceptor(listener)
-        pending: collections.deque[trio.SocketStream] = collections.deque()
+        pending: collections.deque[AcceptedStream] = collections.deque()
         try:
             async with listener:
                 while True:
@@ -413,7 +415,7 @@ class RelayServer:
             for stream in pending:  # cancelled (shutting down): never handled, so never counted
                 stream.socket.close()
 
-    def _accepted(self, stream: trio.SocketStream, inline: BatchAcceptor | None) -> None:
+    def _accepted(self, stream: trio.SocketStream | AcceptedStream, inline: BatchAcceptor | None) -> None:
         """A new connection: counted, checked against the per-address limit, then served
         (upgraded now when ``inline`` and its usual request is here, else by a task)."""
         assert self._nursery is not None
@@ -425,7 +427,7 @@ class RelayServer:
         else:
             self._nursery.start_soon(self._handle_tcp, stream)
 
-    def _take(self, stream: trio.SocketStream) -> None:
+    def _take(self, stream: trio.SocketStream | AcceptedStream) -> None:
         """A new plain-TCP connection under the fast transport: served from its first bytes,
         or, before they come, waited on by the poller (:class:`_Greeting`)."""
         data = read_now(stream)
@@ -459,7 +461,7 @@ class RelayServer:
             self._forget_greeting(greeting)
             self._spawn(partial(self._close_unserved, greeting.stream))
 
-    def _serve_first(self, stream: trio.SocketStream, data: bytes) -> None:
+    def _serve_first(self, stream: trio.SocketStream | AcceptedStream, data: bytes) -> None:
         """Upgrade a connection now if ``data`` (its first bytes) is the usual upgrade request.
 
         Anything else (a partial head, a REST request, an unusual head, a
@@ -1193,29 +1195,44 @@ async def open_listeners(
     Raises:
         OSError: the port is in use, the address is not this machine's, ...
     """
-    if reuse_port:
-        listeners: list[trio.abc.Listener[Any]] = await _reuse_port_listeners(host, port)
-    else:
-        listeners = list(await trio.open_tcp_listeners(port, host=host))
+    listeners: list[trio.abc.Listener[Any]] = list(await _tcp_listeners(host, port, reuse_port))
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     return listeners
 
 
-async def _reuse_port_listeners(host: str, port: int) -> list[trio.abc.Listener[Any]]:
-    listeners: list[trio.abc.Listener[Any]] = []
+async def _tcp_listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
+    """``trio.open_tcp_listeners``, with the connections' TCP options set on each listener before
+    it listens (:func:`._accept.tune_listener`), and ``SO_REUSEPORT`` if asked."""
+    listeners: list[trio.SocketListener] = []
+    unsupported: list[OSError] = []
     infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
-    for family, kind, proto, _, address in infos:
-        sock = trio.socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-            if family == trio.socket.AF_INET6:
-                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
-            await sock.bind(address)
-            sock.listen(4096)
-        except BaseException:
-            sock.close()
-            raise
-        listeners.append(trio.SocketListener(sock))
+    try:
+        for family, kind, proto, _, address in infos:
+            try:
+                sock = trio.socket.socket(family, kind, proto)
+            except OSError as exc:
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported.append(exc)  # no IPv6 here, say: the other families serve
+                continue
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                tune_listener(sock)
+                await sock.bind(address)
+                sock.listen(0xFFFF)  # the kernel caps it at net.core.somaxconn
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    if unsupported and not listeners:
+        raise unsupported[0]
     return listeners

@@ -9,13 +9,15 @@ and checks the client's view, on both transports.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import trio
 import trio.testing
 
 from pipe_trio import RelayServer
-from pipe_trio._accept import ACCEPT_BATCH, BatchAcceptor
+from pipe_trio._accept import ACCEPT_BATCH, AcceptedStream, BatchAcceptor
+from pipe_trio.server import open_listeners
 from tests.support import APP_KEY, read_until
 
 pytestmark = pytest.mark.both_transports
@@ -43,6 +45,70 @@ async def test_a_batch_takes_every_connection_the_kernel_has_ready() -> None:
             await stream.aclose()
         acceptor.close()
         await listener.aclose()
+
+
+def _tcp_options(stream: AcceptedStream) -> tuple[int, int]:
+    return (
+        stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT),
+    )
+
+
+async def _one_accepted(listener: trio.SocketListener) -> tuple[AcceptedStream, trio.SocketStream]:
+    port = listener.socket.getsockname()[1]
+    acceptor = BatchAcceptor(listener)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    await acceptor.wait()
+    (accepted,) = acceptor.accept_now(1)
+    acceptor.close()
+    return accepted, client
+
+
+@pytest.mark.parametrize("made_by", ["open_listeners", "trio"])
+async def test_accepted_connections_have_the_tcp_options_of_a_trio_socket_stream(made_by: str) -> None:
+    # The relay's own listeners carry the options (Linux copies them on
+    # accept, so no call per connection); any other listener's connections
+    # get them one by one, as trio.SocketStream sets them.
+    with trio.fail_after(10):
+        if made_by == "open_listeners":
+            (listener,) = await open_listeners("127.0.0.1", 0)
+        else:
+            (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        assert isinstance(listener, trio.SocketListener)
+        accepted, client = await _one_accepted(listener)
+        assert _tcp_options(accepted) == (1, 2**14)
+        assert accepted.address == "127.0.0.1"
+        for stream in (accepted, client, listener):
+            await stream.aclose()
+
+
+async def test_an_accepted_stream_behaves_as_a_trio_half_closeable_stream() -> None:
+    async def pair() -> tuple[AcceptedStream, trio.SocketStream]:
+        (listener,) = await open_listeners("127.0.0.1", 0)
+        assert isinstance(listener, trio.SocketListener)
+        accepted, client = await _one_accepted(listener)
+        await listener.aclose()
+        return accepted, client
+
+    async def fill(stream: trio.abc.SendStream) -> None:
+        # Sends until one blocks (the buffers are full), then gives up on it.
+        async def send_forever() -> None:
+            while True:
+                await stream.send_all(b"x" * 10000)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+    async def clogged() -> tuple[AcceptedStream, trio.SocketStream]:
+        accepted, client = await pair()
+        await fill(accepted)
+        await fill(client)
+        return accepted, client
+
+    with trio.fail_after(60):
+        await trio.testing.check_half_closeable_stream(pair, clogged)
 
 
 async def test_a_closed_acceptor_says_so() -> None:
