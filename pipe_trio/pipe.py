@@ -119,7 +119,10 @@ class _Emitter:
             self._handlers[name].remove(handler)
 
     async def emit(self, name: str, *args: Any) -> None:
-        for handler in list(self._handlers.get(name, ())):
+        handlers = self._handlers.get(name)
+        if not handlers:  # the usual case for most names: nothing to copy
+            return
+        for handler in list(handlers):
             result = handler(*args)
             if inspect.isawaitable(result):
                 await result
@@ -638,20 +641,21 @@ class Pipe:
             await self._consumers.wait()
         notice = notification.notice
         if isinstance(notice, ev.SocketMessage):
+            named = "event:" + notice.name
             if notice.channel is not None:
                 await self.channels.emit("event", notice.name, notice.channel, notice.socket_id, notice.data)
-                await self.channels.emit(f"event:{notice.name}", notice.channel, notice.socket_id, notice.data)
+                await self.channels.emit(named, notice.channel, notice.socket_id, notice.data)
                 channel = self._channels.get(notice.channel)
                 if channel is not None:
                     await channel.emit("event", notice.name, notice.socket_id, notice.data)
-                    await channel.emit(f"event:{notice.name}", notice.socket_id, notice.data)
+                    await channel.emit(named, notice.socket_id, notice.data)
             else:
                 await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
-                await self.sockets.emit(f"event:{notice.name}", notice.socket_id, notice.data)
+                await self.sockets.emit(named, notice.socket_id, notice.data)
                 socket = self._sockets.get(notice.socket_id)
                 if socket is not None:
                     await socket.emit("event", notice.name, notice.data)
-                    await socket.emit(f"event:{notice.name}", notice.data)
+                    await socket.emit(named, notice.data)
         elif isinstance(notice, ev.SocketOpened):
             await self.sockets.emit("open", notice.socket_id)
         elif isinstance(notice, ev.SocketClosed):
