@@ -70,7 +70,7 @@ async def receive(stream: trio.abc.Stream, fd: int) -> bytes:
     try:
         if fd < 0:
             return bytes(await stream.receive_some(RECEIVE_SIZE))
-        socket = stream.socket  # type: ignore[attr-defined]  # raw_fd gave a descriptor: a SocketStream
+        socket = stream.socket  # type: ignore[attr-defined]  # raw_fd gave a descriptor: a TCP stream with a .socket
         while True:
             await trio.lowlevel.wait_readable(fd)
             if socket.fileno() != fd:

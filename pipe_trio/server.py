@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -1217,7 +1218,8 @@ async def _tcp_listeners(host: str, port: int, reuse_port: bool) -> list[trio.So
                 unsupported.append(exc)  # no IPv6 here, say: the other families serve
                 continue
             try:
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                if sys.platform != "win32":  # there it would let another process take the port
+                    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
                 if reuse_port:
                     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
                 if family == trio.socket.AF_INET6:
@@ -1225,10 +1227,10 @@ async def _tcp_listeners(host: str, port: int, reuse_port: bool) -> list[trio.So
                 tune_listener(sock)
                 await sock.bind(address)
                 sock.listen(0xFFFF)  # the kernel caps it at net.core.somaxconn
+                listeners.append(trio.SocketListener(sock))
             except BaseException:
                 sock.close()
                 raise
-            listeners.append(trio.SocketListener(sock))
     except BaseException:
         for listener in listeners:
             listener.socket.close()

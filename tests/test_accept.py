@@ -77,6 +77,9 @@ async def test_accepted_connections_have_the_tcp_options_of_a_trio_socket_stream
         assert isinstance(listener, trio.SocketListener)
         accepted, client = await _one_accepted(listener)
         assert _tcp_options(accepted) == (1, 2**14)
+        # Set on the listener only by the relay's own (the per-connection way is the fallback).
+        on_listener = listener.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert on_listener == (made_by == "open_listeners")
         assert accepted.address == "127.0.0.1"
         for stream in (accepted, client, listener):
             await stream.aclose()
