@@ -17,7 +17,7 @@ Each connection comes as an :class:`AcceptedStream`, not a
 ``TCP_NOTSENT_LOWAT`` on every new socket, two system calls per
 connection, where Linux copies both from the listening socket on accept
 (and the fast transport, the only user of this module, is Linux's). The
-options are set once on the listener (:func:`tune_listener`), and the peer's
+options are set once on the listener (:func:`set_tcp_options`), and the peer's
 address comes with the connection, not from a ``getpeername`` call: three
 system calls fewer, about 5 % of the relay's CPU per new connection.
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["ACCEPT_BATCH", "ACCEPT_PENDING", "AcceptedStream", "BatchAcceptor", "tune_listener"]
+__all__ = ["ACCEPT_BATCH", "ACCEPT_PENDING", "AcceptedStream", "BatchAcceptor", "set_tcp_options"]
 
 #: Most new connections handled in one go (between two turns of the other tasks).
 ACCEPT_BATCH = 64
@@ -59,8 +59,10 @@ _TCP_OPTIONS = (
 )
 
 
-def _set_tcp_options(sock: Any) -> None:
-    """Set :data:`_TCP_OPTIONS` on ``sock`` (a standard or Trio socket), each that it accepts, as trio does."""
+def set_tcp_options(sock: Any) -> None:
+    """Set the options ``trio.SocketStream`` sets on a connection on ``sock`` (a standard or Trio
+    socket), each that it accepts. Set on a listener before it listens, Linux gives them to every
+    connection it accepts."""
     for level, option, value in _TCP_OPTIONS:
         with suppress(OSError):
             sock.setsockopt(level, option, value)
@@ -72,12 +74,6 @@ def _has_tcp_options(sock: socket.socket) -> bool:
         return all(sock.getsockopt(level, option) == value for level, option, value in _TCP_OPTIONS)
     except OSError:
         return False
-
-
-def tune_listener(sock: Any) -> None:
-    """Set the options ``trio.SocketStream`` sets on each connection on the listening ``sock``
-    instead, before it listens: Linux gives them to every connection it accepts."""
-    _set_tcp_options(sock)
 
 
 @contextmanager
@@ -166,7 +162,7 @@ class BatchAcceptor:
 
     It accepts through a duplicate of the listener's descriptor (a standard
     socket of its own, so no private Trio attribute is touched); :meth:`close`
-    releases it. A listener not set up by :func:`tune_listener` (TCP
+    releases it. A listener not set up by :func:`set_tcp_options` (TCP
     options missing) gets the options on each connection instead.
     """
 
@@ -193,7 +189,7 @@ class BatchAcceptor:
                     raise trio.ClosedResourceError from None
                 raise
             if not self._inherited:
-                _set_tcp_options(sock)
+                set_tcp_options(sock)
             accepted.append(AcceptedStream(sock, str(address[0]) if address else None))
         return accepted
 

@@ -54,7 +54,7 @@ from pipe_proto.rest import handle as handle_rest
 from pipe_proto.routes import Route, RouteKind, route
 from pipe_proto.upgrade import ConnectionKind, Refused, Upgraded, upgrade, wants_websocket
 
-from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, AcceptedStream, BatchAcceptor, tune_listener
+from ._accept import ACCEPT_BATCH, ACCEPT_PENDING, AcceptedStream, BatchAcceptor, set_tcp_options
 from ._io import RandomBytes, escaped, raw_fd, read_now, read_ready
 from ._upgrade import parse_request, parse_upgrade_request
 from ._websocket import (
@@ -169,7 +169,7 @@ class _Greeting:
 
     __slots__ = ("_fd", "deadline", "poller", "server", "stream")
 
-    def __init__(self, server: RelayServer, stream: trio.SocketStream | AcceptedStream, deadline: float) -> None:
+    def __init__(self, server: RelayServer, stream: AcceptedStream, deadline: float) -> None:
         self.server = server
         self.stream = stream
         self._fd = stream.socket.fileno()
@@ -378,7 +378,7 @@ class RelayServer:
                     await failing.wait(exc)
                     continue
                 failing.over()
-                self._accepted(stream, None)
+                self._accepted(stream)
 
     async def _accept_batches(self, listener: trio.SocketListener, failing: _AcceptFailures) -> None:
         """Plain TCP under the fast transport: every connection the kernel has is taken at once, and
@@ -408,7 +408,7 @@ class RelayServer:
                         await acceptor.wait()
                         continue
                     for _ in range(min(ACCEPT_BATCH, len(pending))):
-                        self._accepted(pending.popleft(), acceptor)
+                        self._accepted(pending.popleft())
                     self.writer.flush()
                     await trio.lowlevel.checkpoint()
         finally:
@@ -416,19 +416,19 @@ class RelayServer:
             for stream in pending:  # cancelled (shutting down): never handled, so never counted
                 stream.socket.close()
 
-    def _accepted(self, stream: trio.SocketStream | AcceptedStream, inline: BatchAcceptor | None) -> None:
+    def _accepted(self, stream: trio.SocketStream | AcceptedStream) -> None:
         """A new connection: counted, checked against the per-address limit, then served
-        (upgraded now when ``inline`` and its usual request is here, else by a task)."""
+        (one accepted in a batch upgraded now when its usual request is here, else by a task)."""
         assert self._nursery is not None
         self._connections += 1
         if self.max_connections_per_ip is not None and not self._admit(stream):
             self._nursery.start_soon(self._refuse, stream)
-        elif inline is not None:
+        elif isinstance(stream, AcceptedStream):
             self._take(stream)
         else:
             self._nursery.start_soon(self._handle_tcp, stream)
 
-    def _take(self, stream: trio.SocketStream | AcceptedStream) -> None:
+    def _take(self, stream: AcceptedStream) -> None:
         """A new plain-TCP connection under the fast transport: served from its first bytes,
         or, before they come, waited on by the poller (:class:`_Greeting`)."""
         data = read_now(stream)
@@ -462,7 +462,7 @@ class RelayServer:
             self._forget_greeting(greeting)
             self._spawn(partial(self._close_unserved, greeting.stream))
 
-    def _serve_first(self, stream: trio.SocketStream | AcceptedStream, data: bytes) -> None:
+    def _serve_first(self, stream: AcceptedStream, data: bytes) -> None:
         """Upgrade a connection now if ``data`` (its first bytes) is the usual upgrade request.
 
         Anything else (a partial head, a REST request, an unusual head, a
@@ -1204,7 +1204,7 @@ async def open_listeners(
 
 async def _tcp_listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
     """``trio.open_tcp_listeners``, with the connections' TCP options set on each listener before
-    it listens (:func:`._accept.tune_listener`), and ``SO_REUSEPORT`` if asked."""
+    it listens (:func:`._accept.set_tcp_options`), and ``SO_REUSEPORT`` if asked."""
     listeners: list[trio.SocketListener] = []
     unsupported: list[OSError] = []
     infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
@@ -1224,7 +1224,7 @@ async def _tcp_listeners(host: str, port: int, reuse_port: bool) -> list[trio.So
                     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
                 if family == trio.socket.AF_INET6:
                     sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
-                tune_listener(sock)
+                set_tcp_options(sock)  # before listen: every connection accepted gets them
                 await sock.bind(address)
                 sock.listen(0xFFFF)  # the kernel caps it at net.core.somaxconn
                 listeners.append(trio.SocketListener(sock))
