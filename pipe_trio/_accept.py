@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["ACCEPT_BATCH", "ACCEPT_PENDING", "AcceptedStream", "BatchAcceptor", "set_tcp_options"]
+__all__ = ["ACCEPT_BATCH", "ACCEPT_PENDING", "TCP_STREAMS", "AcceptedStream", "BatchAcceptor", "set_tcp_options"]
 
 #: Most new connections handled in one go (between two turns of the other tasks).
 ACCEPT_BATCH = 64
@@ -200,3 +200,7 @@ class BatchAcceptor:
     def close(self) -> None:
         """Release the duplicate descriptor (the listener itself is its owner's to close)."""
         self._socket.close()
+
+
+#: The streams that are a TCP socket of this process (a descriptor to read and write directly).
+TCP_STREAMS = (trio.SocketStream, AcceptedStream)

@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from ._accept import AcceptedStream
+from ._accept import TCP_STREAMS
 
 __all__ = ["RECEIVE_SIZE", "RandomBytes", "escaped", "raw_fd", "read_now", "read_ready", "receive"]
 
@@ -33,7 +33,7 @@ def raw_fd(stream: trio.abc.Stream) -> int:
     -1 for TLS (bytes go through the SSL object) and off POSIX (a Windows
     socket handle is no file descriptor for ``os.read``): those use the stream.
     """
-    if isinstance(stream, (trio.SocketStream, AcceptedStream)) and os.name == "posix":
+    if isinstance(stream, TCP_STREAMS) and os.name == "posix":
         return stream.socket.fileno()
     return -1
 
