@@ -640,9 +640,14 @@ class PolledWebSocket(WebSocket):
     framing = FAST_FRAMING
 
     def hand_over(
-        self, side: Side, max_message: int, poller: Poller, on_end: Callable[[WebSocket], Awaitable[None]]
+        self,
+        side: Side,
+        max_message: int,
+        poller: Poller,
+        on_end: Callable[[WebSocket], Awaitable[None]],
+        replacing: Polled | None = None,
     ) -> bool:
-        """Have ``poller`` read this connection until it ends.
+        """Have ``poller`` read this connection until it ends (in place of ``replacing``, :meth:`Poller.add`).
 
         No task waits for it: when it ends, ``ended`` is set, the side told,
         and ``on_end`` runs in a task of its own. False if it ended already
@@ -655,7 +660,7 @@ class PolledWebSocket(WebSocket):
             return False
         self.writer.flush_soon()
         self._on_end = on_end
-        poller.add(self)
+        poller.add(self, replacing)
         return True
 
     def _readable(self) -> None:
@@ -750,13 +755,22 @@ class FastTransport:
         self.adopt(ws, side, max_message, finished)
 
     def adopt(
-        self, ws: WebSocket, side: Side, max_message: int, finished: Callable[[WebSocket], Awaitable[None]]
+        self,
+        ws: WebSocket,
+        side: Side,
+        max_message: int,
+        finished: Callable[[WebSocket], Awaitable[None]],
+        replacing: Polled | None = None,
     ) -> None:
-        """:meth:`serve` without a task: ``finished`` runs in a task of its own."""
+        """:meth:`serve` without a task: ``finished`` runs in a task of its own.
+
+        ``replacing``: what the poller reads ``ws``'s socket for now
+        (:meth:`Poller.add`).
+        """
         assert isinstance(ws, PolledWebSocket)
         handed_over = False
         try:
-            handed_over = ws.hand_over(side, max_message, self.poller, finished)
+            handed_over = ws.hand_over(side, max_message, self.poller, finished, replacing)
         finally:
             if not handed_over:
                 try:
@@ -879,11 +893,21 @@ class Poller:
     def __len__(self) -> int:
         return len(self._conns)
 
-    def add(self, polled: Polled) -> None:
-        """Start reading ``polled``."""
-        self._conns[polled._fd] = polled
+    def add(self, polled: Polled, replacing: Polled | None = None) -> None:
+        """Start reading ``polled``.
+
+        ``replacing``: what this poller reads ``polled``'s socket for now (the
+        connection waiting for its request, whose WebSocket ``polled`` is);
+        ``polled`` takes over its registration without a system call.
+        """
+        fd = polled._fd
         polled.poller = self
-        self._epoll.register(polled._fd, select.EPOLLIN | select.EPOLLRDHUP)
+        if replacing is not None and self._conns.get(fd) is replacing:
+            replacing.poller = None
+            self._conns[fd] = polled
+            return
+        self._conns[fd] = polled
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     def remove(self, polled: Polled) -> None:
         """Stop reading ``polled``."""

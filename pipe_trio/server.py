@@ -442,11 +442,15 @@ class RelayServer:
 
     def _greeted(self, greeting: _Greeting, data: bytes) -> None:
         """A waiting connection sent its first bytes (``b""``: it went away)."""
-        self._forget_greeting(greeting)
+        self._greetings.pop(greeting, None)
         if data:
-            self._serve_first(greeting.stream, data)
+            # Upgraded, its WebSocket takes over the poller's registration:
+            # two epoll system calls fewer for it.
+            self._serve_first(greeting.stream, data, greeting)
         else:
             self._spawn(partial(self._close_unserved, greeting.stream))
+        if greeting.poller is not None:  # nothing took it over: no task reading it may share its socket
+            greeting.poller.remove(greeting)
 
     def _forget_greeting(self, greeting: _Greeting) -> None:
         if greeting.poller is not None:
@@ -462,11 +466,13 @@ class RelayServer:
             self._forget_greeting(greeting)
             self._spawn(partial(self._close_unserved, greeting.stream))
 
-    def _serve_first(self, stream: AcceptedStream, data: bytes) -> None:
+    def _serve_first(self, stream: AcceptedStream, data: bytes, greeting: _Greeting | None = None) -> None:
         """Upgrade a connection now if ``data`` (its first bytes) is the usual upgrade request.
 
         Anything else (a partial head, a REST request, an unusual head, a
         refusal to answer) goes to a handler task with the bytes read.
+        ``greeting``: the poller reads the connection for it (the WebSocket
+        takes its place).
         """
         assert self._nursery is not None
         try:
@@ -480,7 +486,7 @@ class RelayServer:
             self._nursery.start_soon(self._close_unserved, stream)
             return
         assert isinstance(self.transport, FastTransport)  # the only one accepting in batches
-        self.transport.adopt(ws, side, limit, self._finish)
+        self.transport.adopt(ws, side, limit, self._finish, greeting)
 
     async def _close_unserved(self, stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)

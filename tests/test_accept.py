@@ -17,6 +17,8 @@ import trio.testing
 
 from pipe_trio import RelayServer
 from pipe_trio._accept import ACCEPT_BATCH, AcceptedStream, BatchAcceptor
+from pipe_trio._websocket import FastTransport
+from pipe_trio._wsframes import TEXT, masked_frame
 from pipe_trio.server import open_listeners
 from tests.support import APP_KEY, read_until
 
@@ -136,6 +138,31 @@ async def test_a_request_sent_after_the_connection_was_accepted_and_in_pieces_is
             await stream.send_all(UPGRADE_HEAD[half:])
             answer = await read_until(stream, b"connection_established")
     assert answer.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_a_whole_request_sent_after_the_connection_was_accepted_is_upgraded_and_read_on(
+    relay_server: RelayServer,
+) -> None:
+    """Accepted before its request came, then sent the whole request: upgraded, and read from then on.
+
+    Under the fast transport the poller waited for the request; the WebSocket
+    takes its place there (one registration while open, none once closed).
+    """
+    transport = relay_server.transport
+    poller = transport.poller if isinstance(transport, FastTransport) else None
+    subscribe = json.dumps({"event": "pusher:subscribe", "data": {"channel": "after-greeting"}}).encode()
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
+            await trio.testing.wait_all_tasks_blocked(0.01)  # accepted, with nothing to read yet
+            await stream.send_all(UPGRADE_HEAD)
+            await read_until(stream, b"connection_established")
+            await stream.send_all(masked_frame(0x80 | TEXT, subscribe, b"\x01\x02\x03\x04"))
+            answer = await read_until(stream, b"subscription_succeeded")
+            assert b"after-greeting" in answer
+            assert poller is None or len(poller) == 1
+        while relay_server.open_connections:
+            await trio.testing.wait_all_tasks_blocked(0.01)
+    assert poller is None or len(poller) == 0
 
 
 async def test_many_connections_at_once_are_all_established(relay_server: RelayServer) -> None:
