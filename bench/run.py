@@ -4,6 +4,7 @@
     python bench/run.py --relay CMD     # full suite (tens of minutes)
     python bench/run.py --quick ...     # tiny sizes, ~1 s phases: checks that the code works
     python bench/run.py --relay '.venv/bin/pipe-relay serve --host {host} --port {port} --config {config}'
+    python bench/run.py --repeat 3 --only "S1 idle 10000,S1 reconnect" --relay ...   # medians of 3 runs
 
 Every scenario runs against a freshly started server: Soketi (bench/soketi,
 when installed) where it can run the scenario, the baseline where Soketi
@@ -38,7 +39,7 @@ from typing import Any
 # So that `harness` is importable when this file is loaded from elsewhere (tests).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import report, scenarios
+from harness import repeat, report, scenarios
 from harness.loadgen import LOADGEN_DIR, ensure_installed
 from harness.servers import RunningServer, ServerSpec, baseline_spec, cluster_variants, relay_spec, soketi_spec
 
@@ -55,8 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", metavar="S2,S3", help="comma-separated scenario prefixes to run")
     p.add_argument("--workers", type=int, help="load generator processes (default: 2, 1 with --quick)")
     p.add_argument("--no-selftest", action="store_true", help="skip measuring the load generator's own ceiling")
+    p.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="run each scenario's servers in turn N times; tables show medians (harness/repeat.py)",
+    )
     p.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return args
 
 
 def raise_fd_limit() -> int:
@@ -132,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
     only = args.only.split(",") if args.only else None
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "machine": machine(),
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(cfg), "repeat": args.repeat,
         "servers": {s.name: {"command": s.command, "publish": s.publish} for s in [*specs, *cluster.values()]},
         "results": {},
     }
@@ -146,13 +154,20 @@ async def run(args: argparse.Namespace) -> int:
         chosen = runs(scenario, specs, args) + [cluster[key] for key in scenario.cluster if key in cluster]
         if not chosen:
             continue
-        doc["results"][scenario.name] = {}
-        for spec in chosen:
-            print(f"# {scenario.name}: {spec.name}", file=sys.stderr, flush=True)
-            doc["results"][scenario.name][spec.name] = await run_one(spec, scenario.step, cfg)
+        # Round after round, every server once a round: a machine slowing
+        # down or speeding up meanwhile weighs on all of them alike.
+        runs_of: dict[str, list[dict[str, Any]]] = {spec.name: [] for spec in chosen}
+        for round_ in range(1, args.repeat + 1):
+            for spec in chosen:
+                of = f" (run {round_} of {args.repeat})" if args.repeat > 1 else ""
+                print(f"# {scenario.name}: {spec.name}{of}", file=sys.stderr, flush=True)
+                runs_of[spec.name].append(await run_one(spec, scenario.step, cfg))
+        doc["results"][scenario.name] = {name: repeat.combine(found) for name, found in runs_of.items()}
 
     names = [s.name for s in specs if any(s.name in by for by in doc["results"].values())]
     ratios = [("relay", other) for other in names if other != "relay"] if "relay" in names else []
+    if args.repeat > 1:
+        print(f"Each figure: the median of {args.repeat} runs; failures, losses and the like: the worst run.\n")
     print(report.table(doc["results"], names, ratios))
     variants = [s.name for s in cluster.values() if any(s.name in by for by in doc["results"].values())]
     if variants:

@@ -13,11 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness.repeat import combine
 
 ROOT = Path(__file__).resolve().parents[1]
 SOKETI = ROOT / "bench" / "soketi" / "node_modules" / "@soketi" / "soketi" / "bin" / "server.js"
 
 pytestmark = pytest.mark.slow
+
+#: The relay, as bench/run.py --relay takes it.
+RELAY = (
+    f"{sys.executable} -m pipe_trio.cli serve --host {{host}} --port {{port}} --config {{config}}"
+    " --log-level warning"
+)
 
 
 def test_quick_benchmark_runs_every_scenario_on_every_server(tmp_path: Path) -> None:
@@ -25,12 +32,8 @@ def test_quick_benchmark_runs_every_scenario_on_every_server(tmp_path: Path) -> 
     the relay's cluster set-ups, and writes their results."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (tests/run installs it)")
-    relay = (
-        f"{sys.executable} -m pipe_trio.cli serve --host {{host}} --port {{port}} --config {{config}}"
-        " --log-level warning"
-    )
     completed = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--relay", relay, "--results-dir", str(tmp_path)],
+        [sys.executable, "bench/run.py", "--quick", "--relay", RELAY, "--results-dir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -70,3 +73,37 @@ def test_quick_benchmark_runs_every_scenario_on_every_server(tmp_path: Path) -> 
                 assert (result["errors"], result["unanswered"]) == (0, 0), (name, server)
     assert f"relay/{other}" in completed.stdout
     assert "relay --workers 2/relay" in completed.stdout
+
+
+def test_repeated_runs_read_as_medians_and_the_worst_failure() -> None:
+    """--repeat: a measurement is the runs' median; a failure count the worst run's; a stall in any run counts."""
+    runs = [
+        {"connect_rate": 3000.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.5},
+        {"connect_rate": 4000.0, "failed": 2, "subscribed": 8, "publisher_stalled": True, "all_subscribed_s": None},
+        {"connect_rate": 3500.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.0},
+    ]
+    combined = combine(runs)
+    assert combined["connect_rate"] == 3500.0
+    assert (combined["failed"], combined["subscribed"], combined["publisher_stalled"]) == (2, 8, True)
+    assert combined["all_subscribed_s"] is None  # one run never had every socket subscribed
+    assert combined["runs"] == runs
+    assert combine(runs[:1]) is runs[0]
+    failed = combine([runs[0], {"error": "RuntimeError: boom"}])
+    assert failed["error"] == "run 2 of 2: RuntimeError: boom"
+
+
+def test_repeat_runs_each_server_the_given_number_of_times(tmp_path: Path) -> None:
+    """bench/run.py --repeat 2 runs every server of a scenario twice and keeps both runs' figures."""
+    completed = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--repeat", "2", "--only", "S1 idle 20", "--no-cluster",
+         "--relay", RELAY, "--results-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "the median of 2 runs" in completed.stdout
+    (path,) = tmp_path.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["repeat"] == 2
+    for result in doc["results"]["S1 idle 20"].values():
+        assert len(result["runs"]) == 2
+        assert sorted(run["connect_rate"] for run in result["runs"])[0] <= result["connect_rate"]
