@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+from typing import Any
 
 import pytest
 import trio
@@ -17,8 +18,8 @@ import trio.testing
 
 from pipe_trio import RelayServer
 from pipe_trio._accept import ACCEPT_BATCH, AcceptedStream, BatchAcceptor
-from pipe_trio._websocket import FastTransport
-from pipe_trio._wsframes import TEXT, masked_frame
+from pipe_trio._websocket import FastTransport, PolledWebSocket, Poller
+from pipe_trio._wsframes import CLOSE, TEXT, close_payload, masked_frame
 from pipe_trio.server import open_listeners
 from tests.support import APP_KEY, read_until
 
@@ -140,29 +141,96 @@ async def test_a_request_sent_after_the_connection_was_accepted_and_in_pieces_is
     assert answer.startswith(b"HTTP/1.1 101 ")
 
 
+class _RecordingEpoll:
+    """The poller's epoll set, with every registration and unregistration recorded."""
+
+    def __init__(self, epoll: Any) -> None:
+        self.epoll = epoll
+        self.calls: list[tuple[str, int]] = []
+
+    def register(self, fd: int, mask: int) -> None:
+        self.calls.append(("register", fd))
+        self.epoll.register(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self.calls.append(("unregister", fd))
+        self.epoll.unregister(fd)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.epoll, name)
+
+
+def _recorded_poller(server: RelayServer) -> tuple[Poller, _RecordingEpoll] | None:
+    """The fast transport's poller, its epoll calls recorded from now on (None: the portable transport)."""
+    if not isinstance(server.transport, FastTransport):
+        return None
+    poller = server.transport.poller
+    recording = _RecordingEpoll(poller._epoll)
+    poller._epoll = recording
+    return poller, recording
+
+
+async def _accepted_waiting(server: RelayServer) -> trio.SocketStream:
+    """A connection the server accepted and waits on for its first bytes."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await trio.testing.wait_all_tasks_blocked(0.01)  # accepted, with nothing to read yet
+    if isinstance(server.transport, FastTransport):
+        assert len(server._greetings) == 1
+    return stream
+
+
 async def test_a_whole_request_sent_after_the_connection_was_accepted_is_upgraded_and_read_on(
     relay_server: RelayServer,
 ) -> None:
     """Accepted before its request came, then sent the whole request: upgraded, and read from then on.
 
     Under the fast transport the poller waited for the request; the WebSocket
-    takes its place there (one registration while open, none once closed).
+    takes over that registration (registered once, unregistered once).
     """
-    transport = relay_server.transport
-    poller = transport.poller if isinstance(transport, FastTransport) else None
+    recorded = _recorded_poller(relay_server)
     subscribe = json.dumps({"event": "pusher:subscribe", "data": {"channel": "after-greeting"}}).encode()
     with trio.fail_after(10):
-        async with await trio.open_tcp_stream("127.0.0.1", relay_server.port) as stream:
-            await trio.testing.wait_all_tasks_blocked(0.01)  # accepted, with nothing to read yet
+        async with await _accepted_waiting(relay_server) as stream:
+            fd = next(iter(relay_server._greetings))._fd if recorded else -1
             await stream.send_all(UPGRADE_HEAD)
             await read_until(stream, b"connection_established")
             await stream.send_all(masked_frame(0x80 | TEXT, subscribe, b"\x01\x02\x03\x04"))
             answer = await read_until(stream, b"subscription_succeeded")
             assert b"after-greeting" in answer
-            assert poller is None or len(poller) == 1
+            if recorded:
+                poller, recording = recorded
+                assert isinstance(poller._conns[fd], PolledWebSocket) and not relay_server._greetings
+                assert recording.calls == [("register", fd)]
         while relay_server.open_connections:
             await trio.testing.wait_all_tasks_blocked(0.01)
-    assert poller is None or len(poller) == 0
+    if recorded:
+        assert len(poller) == 0 and recording.calls == [("register", fd), ("unregister", fd)]
+
+
+@pytest.mark.parametrize(
+    ("sent", "answer"),
+    [
+        (UPGRADE_HEAD.replace(b"version: 13", b"version: 8"), b"HTTP/1.1 426 "),
+        (b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", b"HTTP/1.1 200 "),
+        (UPGRADE_HEAD + masked_frame(0x80 | CLOSE, close_payload(1000), b"\x01\x02\x03\x04"), b"HTTP/1.1 101 "),
+    ],
+    ids=["refused upgrade", "plain request", "upgrade then close"],
+)
+async def test_a_connection_served_otherwise_after_waiting_is_no_longer_polled(
+    relay_server: RelayServer, sent: bytes, answer: bytes
+) -> None:
+    """Accepted before its request came, then refused, sent to a handler task, or closed at once:
+    the poller no longer reads it (no stale registration beside the task reading it)."""
+    recorded = _recorded_poller(relay_server)
+    with trio.fail_after(10):
+        async with await _accepted_waiting(relay_server) as stream:
+            await stream.send_all(sent)
+            received = await read_until(stream, b"}" if b"101" not in answer else b"\x88")
+            assert received.startswith(answer)
+            if recorded:
+                poller, recording = recorded
+                assert len(poller) == 0 and not relay_server._greetings
+                assert [call for call, _ in recording.calls] == ["register", "unregister"]
 
 
 async def test_many_connections_at_once_are_all_established(relay_server: RelayServer) -> None:
