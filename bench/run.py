@@ -154,11 +154,14 @@ async def run(args: argparse.Namespace) -> int:
         chosen = runs(scenario, specs, args) + [cluster[key] for key in scenario.cluster if key in cluster]
         if not chosen:
             continue
-        # Round after round, every server once a round: a machine slowing
-        # down or speeding up meanwhile weighs on all of them alike.
+        # Round after round, every server once a round, each round starting
+        # one server further on: a machine slowing down or speeding up
+        # meanwhile, or a server coming right after another's teardown,
+        # weighs on all of them alike.
         runs_of: dict[str, list[dict[str, Any]]] = {spec.name: [] for spec in chosen}
         for round_ in range(1, args.repeat + 1):
-            for spec in chosen:
+            turn = (round_ - 1) % len(chosen)
+            for spec in chosen[turn:] + chosen[:turn]:
                 of = f" (run {round_} of {args.repeat})" if args.repeat > 1 else ""
                 print(f"# {scenario.name}: {spec.name}{of}", file=sys.stderr, flush=True)
                 runs_of[spec.name].append(await run_one(spec, scenario.step, cfg))
@@ -167,7 +170,10 @@ async def run(args: argparse.Namespace) -> int:
     names = [s.name for s in specs if any(s.name in by for by in doc["results"].values())]
     ratios = [("relay", other) for other in names if other != "relay"] if "relay" in names else []
     if args.repeat > 1:
-        print(f"Each figure: the median of {args.repeat} runs; failures, losses and the like: the worst run.\n")
+        print(
+            f"Each figure: the median of {args.repeat} runs; maxima, failures, losses and the like: the"
+            " worst run's (bench/harness/repeat.py).\n"
+        )
     print(report.table(doc["results"], names, ratios))
     variants = [s.name for s in cluster.values() if any(s.name in by for by in doc["results"].values())]
     if variants:

@@ -76,18 +76,27 @@ def test_quick_benchmark_runs_every_scenario_on_every_server(tmp_path: Path) -> 
 
 
 def test_repeated_runs_read_as_medians_and_the_worst_failure() -> None:
-    """--repeat: a measurement is the runs' median; a failure count the worst run's; a stall in any run counts."""
+    """--repeat: a measurement is the runs' median; a maximum or a failure count the worst run's."""
     runs = [
-        {"connect_rate": 3000.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.5},
-        {"connect_rate": 4000.0, "failed": 2, "subscribed": 8, "publisher_stalled": True, "all_subscribed_s": None},
-        {"connect_rate": 3500.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.0},
+        {"connect_rate": 3000.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.5,
+         "latency_max_ms": 9.0, "close_codes": {"4100": 1}, "slow_close_code": 4100, "triggers_failed": 3},
+        {"connect_rate": 4000.0, "failed": 2, "subscribed": 8, "publisher_stalled": True, "all_subscribed_s": None,
+         "latency_max_ms": 40.0, "close_codes": {}, "slow_close_code": 1006, "triggers_failed": None},
+        {"connect_rate": 3500.0, "failed": 0, "subscribed": 10, "publisher_stalled": False, "all_subscribed_s": 2.0,
+         "latency_max_ms": 7.0, "close_codes": {"4100": 2, "1006": 1}, "slow_close_code": 4100, "extra": 1.0},
     ]
     combined = combine(runs)
     assert combined["connect_rate"] == 3500.0
     assert (combined["failed"], combined["subscribed"], combined["publisher_stalled"]) == (2, 8, True)
+    assert combined["triggers_failed"] == 3  # a run that could not count hides no other run's failures
+    assert combined["latency_max_ms"] == 40.0
+    assert combined["close_codes"] == {"4100": 2, "1006": 1}
+    assert combined["slow_close_code"] == [4100, 1006, 4100]  # codes differ: every run's, not a median
     assert combined["all_subscribed_s"] is None  # one run never had every socket subscribed
+    assert combined["extra"] is None  # measured by one run only
     assert combined["runs"] == runs
     assert combine(runs[:1]) is runs[0]
+    assert combine(runs[:2])["connect_rate"] == 3000.0  # even N: a figure a run measured, not a mean of two
     failed = combine([runs[0], {"error": "RuntimeError: boom"}])
     assert failed["error"] == "run 2 of 2: RuntimeError: boom"
 
@@ -104,6 +113,8 @@ def test_repeat_runs_each_server_the_given_number_of_times(tmp_path: Path) -> No
     (path,) = tmp_path.glob("*.json")
     doc = json.loads(path.read_text())
     assert doc["repeat"] == 2
-    for result in doc["results"]["S1 idle 20"].values():
+    results = doc["results"]["S1 idle 20"]
+    assert set(results) >= {"relay"}
+    for result in results.values():
         assert len(result["runs"]) == 2
-        assert sorted(run["connect_rate"] for run in result["runs"])[0] <= result["connect_rate"]
+        assert result["connect_rate"] == min(run["connect_rate"] for run in result["runs"])
