@@ -442,15 +442,15 @@ class RelayServer:
 
     def _greeted(self, greeting: _Greeting, data: bytes) -> None:
         """A waiting connection sent its first bytes (``b""``: it went away)."""
-        self._greetings.pop(greeting, None)
         if data:
             # Upgraded, its WebSocket takes over the poller's registration:
             # two epoll system calls fewer for it.
             self._serve_first(greeting.stream, data, greeting)
         else:
             self._spawn(partial(self._close_unserved, greeting.stream))
-        if greeting.poller is not None:  # nothing took it over: no task reading it may share its socket
-            greeting.poller.remove(greeting)
+        # Whatever took no registration over leaves the poller now, before
+        # any task started for the connection reads it.
+        self._forget_greeting(greeting)
 
     def _forget_greeting(self, greeting: _Greeting) -> None:
         if greeting.poller is not None:
