@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-selftest", action="store_true", help="skip measuring the load generator's own ceiling")
     p.add_argument(
         "--repeat", type=int, default=1, metavar="N",
-        help="run each scenario's servers in turn N times; tables show medians (harness/repeat.py)",
+        help="run every scenario's servers in turn, N rounds; tables show medians (harness/repeat.py)",
     )
     p.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
@@ -148,24 +148,31 @@ async def run(args: argparse.Namespace) -> int:
         print("# load generator selftest", file=sys.stderr, flush=True)
         doc["loadgen_selftest"] = loadgen_selftest()
 
+    planned = []
     for scenario in scenarios.plan(cfg):
         if only and not any(scenario.name.startswith(prefix) for prefix in only):
             continue
         chosen = runs(scenario, specs, args) + [cluster[key] for key in scenario.cluster if key in cluster]
-        if not chosen:
-            continue
-        # Round after round, every server once a round, each round starting
-        # one server further on: a machine slowing down or speeding up
-        # meanwhile, or a server coming right after another's teardown,
-        # weighs on all of them alike.
-        runs_of: dict[str, list[dict[str, Any]]] = {spec.name: [] for spec in chosen}
-        for round_ in range(1, args.repeat + 1):
+        if chosen:
+            planned.append((scenario, chosen))
+    # Round after round, each a whole pass over the scenarios, every server
+    # once a scenario, each round starting one server further on: a machine
+    # slowing down or speeding up meanwhile, or a server coming right after
+    # another's teardown, weighs on every server and every scenario alike
+    # (the Pipe's round trip is read against the webhook path's, another
+    # scenario, so they too take turns).
+    runs_of: dict[str, dict[str, list[dict[str, Any]]]] = {
+        scenario.name: {spec.name: [] for spec in chosen} for scenario, chosen in planned
+    }
+    for round_ in range(1, args.repeat + 1):
+        for scenario, chosen in planned:
             turn = (round_ - 1) % len(chosen)
             for spec in chosen[turn:] + chosen[:turn]:
-                of = f" (run {round_} of {args.repeat})" if args.repeat > 1 else ""
+                of = f" (round {round_} of {args.repeat})" if args.repeat > 1 else ""
                 print(f"# {scenario.name}: {spec.name}{of}", file=sys.stderr, flush=True)
-                runs_of[spec.name].append(await run_one(spec, scenario.step, cfg))
-        doc["results"][scenario.name] = {name: repeat.combine(found) for name, found in runs_of.items()}
+                runs_of[scenario.name][spec.name].append(await run_one(spec, scenario.step, cfg))
+    for name, by_server in runs_of.items():
+        doc["results"][name] = {server: repeat.combine(found) for server, found in by_server.items()}
 
     names = [s.name for s in specs if any(s.name in by for by in doc["results"].values())]
     ratios = [("relay", other) for other in names if other != "relay"] if "relay" in names else []

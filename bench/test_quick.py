@@ -101,20 +101,30 @@ def test_repeated_runs_read_as_medians_and_the_worst_failure() -> None:
     assert failed["error"] == "run 2 of 2: RuntimeError: boom"
 
 
-def test_repeat_runs_each_server_the_given_number_of_times(tmp_path: Path) -> None:
-    """bench/run.py --repeat 2 runs every server of a scenario twice and keeps both runs' figures."""
+def test_repeat_runs_rounds_over_every_scenario_and_server(tmp_path: Path) -> None:
+    """bench/run.py --repeat 2: two rounds, each a pass over the scenarios with their servers taking
+    turns in another order; both runs' figures kept, the lower middle one shown."""
     completed = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--repeat", "2", "--only", "S1 idle 20", "--no-cluster",
+        [sys.executable, "bench/run.py", "--quick", "--repeat", "2", "--only", "S1 idle", "--no-cluster",
          "--relay", RELAY, "--results-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "the median of 2 runs" in completed.stdout
+    order = [line[2:] for line in completed.stderr.splitlines() if line.startswith("# S1 idle")]
+    servers = [line.split(": ")[1].split(" (")[0] for line in order[:2]]
+    assert len(servers) == 2, order
+    first, second = servers
+    assert order == [
+        f"S1 idle 20: {first} (round 1 of 2)", f"S1 idle 20: {second} (round 1 of 2)",
+        f"S1 idle 50: {first} (round 1 of 2)", f"S1 idle 50: {second} (round 1 of 2)",
+        f"S1 idle 20: {second} (round 2 of 2)", f"S1 idle 20: {first} (round 2 of 2)",
+        f"S1 idle 50: {second} (round 2 of 2)", f"S1 idle 50: {first} (round 2 of 2)",
+    ]
     (path,) = tmp_path.glob("*.json")
     doc = json.loads(path.read_text())
     assert doc["repeat"] == 2
-    results = doc["results"]["S1 idle 20"]
-    assert set(results) >= {"relay"}
-    for result in results.values():
-        assert len(result["runs"]) == 2
-        assert result["connect_rate"] == min(run["connect_rate"] for run in result["runs"])
+    for name in ("S1 idle 20", "S1 idle 50"):
+        for result in doc["results"][name].values():
+            assert len(result["runs"]) == 2
+            assert result["connect_rate"] == min(run["connect_rate"] for run in result["runs"])

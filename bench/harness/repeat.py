@@ -2,8 +2,9 @@
 
 This machine's speed drifts by tens of percent within minutes (other
 guests share it), so one run can favour whichever server ran while it was
-fast. ``--repeat`` runs the servers of a scenario in turn, N rounds (each
-round in another order), and the printed tables show, per figure:
+fast. ``--repeat`` runs N rounds, each a whole pass over the scenarios in
+which a scenario's servers take turns (each round in another order), and
+the printed tables show, per figure:
 
 * the median of the N runs for a measurement (a rate, a CPU figure, a
   percentile); with an even N, the lower of the middle two, so that every
