@@ -52,6 +52,7 @@ from pipe_proto.pipe.codec import (
     PipeFrameError,
     decode_request,
     decode_server_frame,
+    encode_call,
     encode_error_notification,
     encode_notification,
     encode_reply,
@@ -298,6 +299,14 @@ def test_request_round_trip(request_id: Any, call: PipeCall, legacy: bool) -> No
     text = encode_request(request, legacy_data=legacy)
     assert decode_request(text) == request
     check_request(text)
+
+
+@fuzz_property(TARGET, 400, call=CALLS)
+def test_batch_items_are_requests_without_an_id(call: PipeCall) -> None:
+    """A batch item (encode_call, with its fast path for the usual answer) is the request's text, id aside."""
+    request = encode_request(Request(id=None, call=call))
+    assert request.startswith('{"id":null,')
+    assert encode_call(call) == "{" + request[len('{"id":null,'):]
 
 
 @fuzz_property(TARGET, 400, request_id=request_ids, result=plain_json, code=st.integers(), message=names)

@@ -273,6 +273,13 @@ def encode_request(request: Request, *, legacy_data: bool = False) -> str:
 
 def encode_call(call: PipeCall) -> str:
     """Write a call as one item of a ``batch``: ``{"method": ..., "params": ...}`` (client side)."""
+    if type(call) is SendToSocket and call.channel is None and len(call.socket_ids) == 1:
+        # A backend's usual answer, written without the dict: the text the
+        # general path below writes for it, at a third of the cost.
+        return (
+            '{"method":"send_to_socket","params":{"event":' + _dumps(call.event) + ',"data":'
+            + _dumps(call.data) + ',"socket_id":' + _dumps(call.socket_ids[0]) + "}}"
+        )
     return _dumps({"method": call.method, "params": _call_params(call)})
 
 
@@ -422,64 +429,67 @@ def _or_empty(user_id: str | int | None) -> str | int:
     return "" if user_id is None else user_id
 
 
+def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
+    """``d[key]`` if it is of ``kind`` (never a bool), else None."""
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return None
+    return value
+
+
 def _notice(event: str, data: Any) -> Notice:
     d = data if isinstance(data, dict) else {}
-
-    def get(key: str, kind: type | tuple[type, ...] = str) -> Any:
-        value = d.get(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return None
-        return value
-
+    if event == "socket_message":  # the usual notification: first
+        return SocketMessage(
+            socket_id=_typed(d, "socket_id") or "",
+            name=_typed(d, "event") or "",
+            data=d.get("data"),
+            channel=_typed(d, "channel"),
+            user_id=_typed(d, "user_id"),
+        )
     if event == "connection_established":
         return Established(
-            socket_id=get("socket_id") or "",
-            session=get("session"),
+            socket_id=_typed(d, "socket_id") or "",
+            session=_typed(d, "session"),
             resumed=d.get("resumed") is True,
-            gap=get("gap", int) or 0,
-            heartbeat=get("heartbeat", (int, float)),
-            protocol_version=get("protocol_version") or "0.2",
+            gap=_typed(d, "gap", int) or 0,
+            heartbeat=_typed(d, "heartbeat", (int, float)),
+            protocol_version=_typed(d, "protocol_version") or "0.2",
         )
     if event == "socket_opened":
         return SocketOpened(
-            socket_id=get("socket_id") or "",
-            remote_addr=get("remote_addr"),
-            origin=get("origin"),
-            user_agent=get("user_agent"),
-            query=get("query", dict),
-            headers=get("headers", dict),
+            socket_id=_typed(d, "socket_id") or "",
+            remote_addr=_typed(d, "remote_addr"),
+            origin=_typed(d, "origin"),
+            user_agent=_typed(d, "user_agent"),
+            query=_typed(d, "query", dict),
+            headers=_typed(d, "headers", dict),
         )
     if event == "socket_closed":
-        return SocketClosed(socket_id=get("socket_id") or "", code=get("code", int), reason=get("reason"))
-    if event == "socket_message":
-        return SocketMessage(
-            socket_id=get("socket_id") or "",
-            name=get("event") or "",
-            data=d.get("data"),
-            channel=get("channel"),
-            user_id=get("user_id"),
+        return SocketClosed(
+            socket_id=_typed(d, "socket_id") or "", code=_typed(d, "code", int), reason=_typed(d, "reason")
         )
     if event == "channel_occupied":
-        return ChannelOccupied(channel=get("channel") or "")
+        return ChannelOccupied(channel=_typed(d, "channel") or "")
     if event == "channel_vacated":
-        return ChannelVacated(channel=get("channel") or "")
+        return ChannelVacated(channel=_typed(d, "channel") or "")
     if event == "member_added":
         return MemberAdded(
-            channel=get("channel") or "", user_id=_or_empty(get("user_id", (str, int))),
+            channel=_typed(d, "channel") or "", user_id=_or_empty(_typed(d, "user_id", (str, int))),
             user_info=d.get("user_info"),
         )
     if event == "member_removed":
-        return MemberRemoved(channel=get("channel") or "", user_id=_or_empty(get("user_id", (str, int))))
+        return MemberRemoved(channel=_typed(d, "channel") or "", user_id=_or_empty(_typed(d, "user_id", (str, int))))
     if event == "auth_request":
         return AuthRequest(
-            request_id=get("request_id") or "",
-            socket_id=get("socket_id") or "",
-            kind=get("kind") or "",
-            channel=get("channel"),
-            socket=get("socket", dict) or {},
+            request_id=_typed(d, "request_id") or "",
+            socket_id=_typed(d, "socket_id") or "",
+            kind=_typed(d, "kind") or "",
+            channel=_typed(d, "channel"),
+            socket=_typed(d, "socket", dict) or {},
         )
     if event == "gap":
-        return Gap(dropped=get("dropped", int) or 0)
+        return Gap(dropped=_typed(d, "dropped", int) or 0)
     return WarningNotice(data=data)
 
 
