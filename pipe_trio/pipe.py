@@ -52,7 +52,7 @@ from pipe_proto import PipeCode, __version__
 from pipe_proto.errors import LocalProtocolError, ProtocolError
 from pipe_proto.jsontext import dumps
 from pipe_proto.pipe import events as ev
-from pipe_proto.pipe.client import PipeClientConnection
+from pipe_proto.pipe.client import ClientState, PipeClientConnection
 from pipe_proto.pipe.handshake import pipe_url
 
 from ._wsclient import ClientWebSocket, ConnectionClosed, HandshakeRefused, open_websocket
@@ -295,7 +295,7 @@ class Pipe:
             PipeDisconnectedError: the pipe is not connected.
         """
         ws = self._ws
-        if ws is None or self.core.state.value != "open":
+        if ws is None or self.core.state is not ClientState.OPEN:
             raise PipeDisconnectedError("the pipe is not connected", code=None)
         request_id, text = self.core.request(call)
         assert request_id is not None
@@ -335,7 +335,7 @@ class Pipe:
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: the call is not made
         ws = self._ws
-        if ws is None or self.core.state.value != "open":
+        if ws is None or self.core.state is not ClientState.OPEN:
             raise PipeDisconnectedError("the pipe is not connected", code=None)
         try:
             if isinstance(call, (ev.Batch, ev.Leave)):
@@ -378,7 +378,7 @@ class Pipe:
         while True:
             await self._outgoing.wait()
             self._outgoing = trio.Event()
-            if self.core.queued and self.core.state.value == "open":
+            if self.core.queued and self.core.state is ClientState.OPEN:
                 try:
                     await self._write(ws)
                 except ConnectionClosed:
@@ -518,7 +518,7 @@ class Pipe:
         except HandshakeRefused as exc:
             refused = exc
         finally:
-            if self.core.state.value != "closed":
+            if self.core.state is not ClientState.CLOSED:
                 self.core.closed()
         if refused is not None:
             body = refused.body.decode("utf-8", "replace")
@@ -641,17 +641,26 @@ class Pipe:
             await self._consumers.wait()
         notice = notification.notice
         if isinstance(notice, ev.SocketMessage):
+            # An emitter is asked for handlers before its emit is awaited:
+            # most have none, and an emit awaited for nothing still makes and
+            # runs a coroutine, for every message.
             named = "event:" + notice.name
             if notice.channel is not None:
-                await self.channels.emit("event", notice.name, notice.channel, notice.socket_id, notice.data)
-                await self.channels.emit(named, notice.channel, notice.socket_id, notice.data)
+                handlers = self.channels._handlers
+                if "event" in handlers:
+                    await self.channels.emit("event", notice.name, notice.channel, notice.socket_id, notice.data)
+                if named in handlers:
+                    await self.channels.emit(named, notice.channel, notice.socket_id, notice.data)
                 channel = self._channels.get(notice.channel)
                 if channel is not None:
                     await channel.emit("event", notice.name, notice.socket_id, notice.data)
                     await channel.emit(named, notice.socket_id, notice.data)
             else:
-                await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
-                await self.sockets.emit(named, notice.socket_id, notice.data)
+                handlers = self.sockets._handlers
+                if "event" in handlers:
+                    await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
+                if named in handlers:
+                    await self.sockets.emit(named, notice.socket_id, notice.data)
                 socket = self._sockets.get(notice.socket_id)
                 if socket is not None:
                     await socket.emit("event", notice.name, notice.data)
@@ -667,7 +676,8 @@ class Pipe:
             # Each authorization is answered on its own: one slow decision
             # must not hold up the others (the relay times each out anyway).
             self._tasks.start_soon(self._answer_auth, notice)
-        await self._emitter.emit(notice.event, notice)
+        if notice.event in self._emitter._handlers:
+            await self._emitter.emit(notice.event, notice)
         if self._iterators:
             done = trio.Event()
             await self._handoff_send.send((notification, done))
