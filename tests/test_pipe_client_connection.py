@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -299,3 +301,21 @@ def test_one_queued_call_goes_as_itself_and_a_full_queue_says_so() -> None:
     conn.events = ["a", "b"]
     conn.queue(UnsubscribeEvents(events=["a"]))
     assert conn.events == ["b"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ids: SendToSocket(socket_ids=ids, event="e", data="1"),
+        lambda ids: SendToChannel(channels=ids, event="e", data="1"),
+        lambda ids: SubscribeEvents(events=ids),
+    ],
+)
+def test_lists_of_names_may_be_any_iterable_and_hold_only_strings(make: Callable[[Any], object]) -> None:
+    """An iterator's names are all kept (one pass is all it has); a string or a non-string item is refused."""
+    assert make(iter(["a", "b"])) == make(["a", "b"]) == make(("a", "b"))
+    assert make(name for name in ["a"]) == make(["a"])
+    with pytest.raises(TypeError):
+        make("ab")
+    with pytest.raises(TypeError):
+        make(iter(["a", 1]))

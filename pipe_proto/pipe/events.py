@@ -63,9 +63,13 @@ _opt_str = attrs.validators.optional(_str)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, str):
         raise TypeError("expected a list of strings")
-    return tuple(value)
+    # Taken once, then checked: an iterator has only one pass to give.
+    items = tuple(value)
+    if not all(isinstance(v, str) for v in items):
+        raise TypeError("expected a list of strings")
+    return items
 
 
 def _request_id(_i: Any, _a: Any, value: Any) -> None:
