@@ -301,7 +301,16 @@ def test_request_round_trip(request_id: Any, call: PipeCall, legacy: bool) -> No
     check_request(text)
 
 
-@fuzz_property(TARGET, 400, call=CALLS)
+#: Any character a str may hold, lone surrogates included: what escaping must get right.
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=10)
+#: The usual answer (encode_call's own path for it), as often as every other call.
+ANSWERS = st.builds(
+    SendToSocket, socket_ids=st.lists(any_text, min_size=1, max_size=1) | st.tuples(any_text),
+    event=any_text, data=any_text,
+)
+
+
+@fuzz_property(TARGET, 400, call=CALLS | ANSWERS)
 def test_batch_items_are_requests_without_an_id(call: PipeCall) -> None:
     """A batch item (encode_call, with its fast path for the usual answer) is the request's text, id aside."""
     request = encode_request(Request(id=None, call=call))
