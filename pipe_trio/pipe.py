@@ -98,7 +98,8 @@ class AuthAnswer:
 class _Emitter:
     """Handlers by event name, as the 2011 client's EventEmitters had them.
 
-    ``consumers`` is set once any handler is registered (see :meth:`Pipe._deliver`).
+    ``consumers`` is set once any handler is registered (see :meth:`Pipe._deliver`,
+    which also reads ``_handlers`` to skip emitters with none for a name).
     """
 
     def __init__(self, consumers: trio.Event) -> None:
