@@ -385,6 +385,13 @@ MALFORMED: list[tuple[Role, str | bytes]] = [
     (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c","data":"[]"}'),
     (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c","data":"{\\"presence\\":5}"}'),
     (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c","data":{"presence":{"hash":[]}}}'),
+    # A member's id is a string or an integer, in the ids list as in member_added.
+    (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c",'
+             '"data":{"presence":{"ids":[null,"b"],"hash":{"b":null}}}}'),
+    (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c",'
+             '"data":{"presence":{"ids":[true],"hash":{"True":null}}}}'),
+    (CLIENT, '{"event":"pusher_internal:subscription_succeeded","channel":"c",'
+             '"data":{"presence":{"ids":[1.5],"hash":{"1.5":null}}}}'),
     (CLIENT, '{"event":"pusher_internal:member_added","channel":"c","data":"{}"}'),
     (CLIENT, '{"event":"pusher_internal:member_added","channel":"c","data":{"user_id":true}}'),
     (CLIENT, '{"event":"pusher_internal:member_added","channel":"c","data":{"user_id":1.5}}'),

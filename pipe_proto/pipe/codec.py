@@ -181,10 +181,10 @@ def _batch(p: dict[str, Any]) -> Batch:
             if method in ("batch", "leave"):
                 raise _Malformed(f"a batch cannot contain a {method}")
             parsed.append(_call(method, item.get("params", {})))
-        except _Malformed as exc:
-            parsed.append(CallError(code=PipeCode.MALFORMED_REQUEST, message=str(exc)))
-        except PipeFrameError as exc:
-            parsed.append(CallError(code=exc.code or PipeCode.MALFORMED_REQUEST, message=exc.message))
+        except _Malformed as malformed:
+            parsed.append(CallError(code=PipeCode.MALFORMED_REQUEST, message=str(malformed)))
+        except PipeFrameError as refused:
+            parsed.append(CallError(code=refused.code or PipeCode.MALFORMED_REQUEST, message=refused.message))
     return Batch(calls=parsed)
 
 
@@ -251,10 +251,10 @@ def decode_request(text: str | bytes) -> Request:
         raise PipeFrameError(PipeCode.MALFORMED_REQUEST, "request has no method", request_id)
     try:
         call = _call(frame["method"], frame.get("params", {}))
-    except _Malformed as exc:
-        raise PipeFrameError(PipeCode.MALFORMED_REQUEST, str(exc), request_id) from None
-    except PipeFrameError as exc:
-        exc.request_id = request_id
+    except _Malformed as malformed:
+        raise PipeFrameError(PipeCode.MALFORMED_REQUEST, str(malformed), request_id) from None
+    except PipeFrameError as refused:
+        refused.request_id = request_id
         raise
     return Request(id=request_id, call=call)
 

@@ -73,7 +73,7 @@ class PipeServerConnection:
         """Event types a pipe of this version may subscribe to."""
         return EVENT_TYPES_0_2 if self.version == "0.2" else EVENT_TYPES
 
-    def receive(self, text: str, now: float) -> Request:
+    def receive(self, text: str | bytes, now: float) -> Request:
         """Read and check one request frame.
 
         Returns:

@@ -133,7 +133,10 @@ def _presence(data: dict[str, Any]) -> Presence:
         raise _Bad("presence hash must be an object")
     if not isinstance(ids, list):
         ids = list(members)
-    # 'hash' keys are strings; 'ids' keeps the JSON type of each user id.
+    # 'hash' keys are strings; 'ids' keeps the JSON type of each user id,
+    # which a user id has: a string or an integer.
+    if not all(isinstance(uid, (str, int)) and not isinstance(uid, bool) for uid in ids):
+        raise _Bad("presence ids must be strings or integers")
     return Presence(members=[(uid, members.get(str(uid))) for uid in ids])
 
 
@@ -236,11 +239,11 @@ def decode(text: str | bytes, *, role: Role) -> PusherEvent:
         if role is Role.SERVER:
             return _decode_from_client(msg, name)
         return _decode_from_server(msg, name)
-    except _Bad as exc:
-        raise RemoteProtocolError(f"Invalid {name} frame: {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except _Bad as bad:
+        raise RemoteProtocolError(f"Invalid {name} frame: {bad}") from None
+    except (TypeError, ValueError) as wrong:
         # attrs validators: a field of the wrong type.
-        raise RemoteProtocolError(f"Invalid {name} frame: {exc}") from None
+        raise RemoteProtocolError(f"Invalid {name} frame: {wrong}") from None
 
 
 # ---------------------------------------------------------------- encoding
