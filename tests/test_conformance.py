@@ -19,7 +19,7 @@ from pipe_proto.rest import auth as rest_auth
 from pipe_trio import RelayServer, cli, serve
 from pipe_trio.conformance import CASES, Credentials, Level, Status, Target, run_conformance
 from pipe_trio.testing import open_fake_backend, open_fake_socket
-from tests.support import url_of
+from tests.support import pure_core_only, url_of
 
 pytestmark = pytest.mark.both_transports
 
@@ -93,6 +93,7 @@ def wrong_on_purpose(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pure_core_only
 @pytest.mark.slow
 @pytest.mark.usefixtures("wrong_on_purpose")
 async def test_a_wrong_relay_fails_exactly_the_cases_that_check_its_mistakes(nursery: trio.Nursery) -> None:

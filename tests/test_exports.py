@@ -38,7 +38,10 @@ PRIVATE_CORE = [m for m in CORE if is_private(m) and not m.endswith("__main__")]
 def own_names(module: types.ModuleType) -> set[str]:
     """Names a module defines at its top level (classes, functions, assignments), not the ones it imports."""
     assert module.__file__ is not None
-    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    source = Path(module.__file__)
+    if source.suffix != ".py":  # its compiled build (setup.py), beside the source
+        source = source.parent / (module.__name__.rpartition(".")[2] + ".py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -54,7 +57,10 @@ def own_names(module: types.ModuleType) -> set[str]:
 def imported_names(module: types.ModuleType) -> set[str]:
     """Names a module binds with ``from ... import`` at its top level."""
     assert module.__file__ is not None
-    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    source = Path(module.__file__)
+    if source.suffix != ".py":  # its compiled build (setup.py), beside the source
+        source = source.parent / (module.__name__.rpartition(".")[2] + ".py")
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     return {
         alias.asname or alias.name
         for node in tree.body

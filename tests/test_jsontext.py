@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipe_proto import jsontext
+from tests.support import COMPILED_CORE
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -101,4 +102,5 @@ def test_loads_of_something_not_text_is_the_references_type_error(value: Any) ->
         jsontext.loads(value)
     with pytest.raises(TypeError) as reference:
         _reference_loads(value)
-    assert str(ours.value) == str(reference.value)
+    if not COMPILED_CORE:  # compiled, the argument's annotation is checked first, in mypyc's words
+        assert str(ours.value) == str(reference.value)

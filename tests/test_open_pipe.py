@@ -13,7 +13,7 @@ from pipe_proto import App, PipeSettings, Relay
 from pipe_proto.pipe import SocketClosed, SocketMessage
 from pipe_trio import RelayServer, connect, open_pipe, serve
 from pipe_trio._wsclient import ClientWebSocket, connect_websocket
-from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay, url_of
+from tests.support import APP_ID, APP_KEY, APP_SECRET, pure_core_only, start_relay, url_of
 
 pytestmark = pytest.mark.both_transports
 
@@ -239,6 +239,7 @@ async def test_keep_session_keeps_it_for_a_restart_that_resumes(relay_server: Re
     assert got == [1, 2]
 
 
+@pure_core_only
 async def test_answers_made_together_go_out_as_one_batch_in_order(relay_server: RelayServer) -> None:
     """Fire-and-forget calls made in one turn of the tasks reach the relay as one batch frame, every
     answer arrives in order, and a request waiting for its reply goes after the calls made before it."""

@@ -10,6 +10,7 @@ import pytest
 
 from pipe_proto import App, Close, Failure, Relay, Send
 from pipe_proto.pipe.handshake import PipeAccepted, pipe_url
+from tests.support import pure_core_only
 
 APP = App(id="1", key="key", secret="secret")
 
@@ -39,6 +40,7 @@ def _planted(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(channels, "join", join)
 
 
+@pure_core_only
 def test_a_raise_returns_nothing_it_queued_and_closes_that_socket_1011(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing queued by the failing input leaks; its socket gets a Failure and a 1011 close and is forgotten."""
     relay = Relay([APP])
@@ -58,6 +60,7 @@ def test_a_raise_returns_nothing_it_queued_and_closes_that_socket_1011(monkeypat
     assert relay.socket_message(victim, _subscribe("news"), 0.0) == []
 
 
+@pure_core_only
 def test_a_raise_on_a_pipe_closes_that_pipe_1011(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while executing a pipe's request closes that pipe with 1011 and keeps its session for a resume."""
     relay = Relay([APP])

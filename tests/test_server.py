@@ -29,7 +29,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Pon
 from pipe_proto import App, Features, Limits, Relay
 from pipe_trio import RelayServer, connect, open_pipe, serve
 from pipe_trio._websocket import BURST_ALLOWANCE
-from tests.support import APP_ID, APP_KEY, APP_SECRET, start_relay
+from tests.support import APP_ID, APP_KEY, APP_SECRET, pure_core_only, start_relay
 
 pytestmark = pytest.mark.both_transports
 
@@ -799,6 +799,7 @@ async def test_tls_wss_and_https(nursery: trio.Nursery, tls: tuple[ssl.SSLContex
         assert status == 200
 
 
+@pure_core_only
 async def test_a_bug_over_tls_closes_that_connection_1011(
     nursery: trio.Nursery, tls: tuple[ssl.SSLContext, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -881,6 +882,7 @@ async def test_oversized_request_head_refused(relay_server: RelayServer) -> None
         assert (await http_request(relay_server.port, "/"))[0] == 200
 
 
+@pure_core_only
 @pytest.mark.parametrize("where", ["adapter", "core"])
 async def test_a_bug_while_reading_one_connection_closes_it_1011_and_spares_the_others(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, where: str
