@@ -5,15 +5,15 @@ Everything else about the package is in pyproject.toml. Without the variable
 Python. With it, the core's per-message paths (the codecs, the connection
 states, the relay's collaborators) become C extensions beside their sources,
 which Python imports in their place: about a quarter less CPU per Pipe round
-trip in the benchmarks (docs/deploy.md). It needs a C compiler and mypy
+trip in the benchmarks (README, "Benchmarks"). It needs a C compiler and mypy
 in the build environment:
 
-    .venv/bin/pip install mypy setuptools
+    .venv/bin/pip install mypy 'setuptools>=70.1'
     PIPE_RELAY_COMPILE=1 .venv/bin/pip install --no-build-isolation .
 
-Modules that define attrs classes or NamedTuples stay pure Python: mypyc
-cannot compile those classes as they are written, and a compiled module uses
-them like any other Python class.
+Modules that define attrs classes (apps, the events) stay pure Python, as
+does relay/outputs.py (mypyc's build of it fails at import); a compiled
+module uses their classes like any other Python class.
 """
 
 from __future__ import annotations

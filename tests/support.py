@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 from collections.abc import Sequence
 
 import pytest
@@ -16,7 +17,7 @@ APP_ID, APP_KEY, APP_SECRET = "1", "app-key", "app-secret"
 #: Whether the core under test is the compiled build (setup.py): its classes
 #: and module functions cannot be replaced, so tests that plant a bug by
 #: replacing one run on the pure build only.
-COMPILED_CORE = not (pipe_proto.relay.relay.__file__ or "").endswith(".py")
+COMPILED_CORE = (pipe_proto.relay.relay.__file__ or "").endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 pure_core_only = pytest.mark.skipif(COMPILED_CORE, reason="replaces a part of the core, which a compiled core does not allow")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -219,6 +220,8 @@ async def run_relay(*argv: str) -> tuple[bytes, trio.Process]:
     """Start ``pipe-relay serve`` with ``argv``; returns its output up to the banner's end, and the process."""
     assert PIPE_RELAY.exists(), PIPE_RELAY
     env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    if "PYTHONPATH" in os.environ:  # the compiled core's pass of tests/run
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     process = await trio.lowlevel.open_process(
         [str(PIPE_RELAY), "serve", *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
     )

@@ -133,7 +133,7 @@ def test_subpackages_are_reexported_by_their_parent() -> None:
         for n in module.__all__:
             value = getattr(module, n)
             home = getattr(value, "__module__", None)
-            if not (inspect.isclass(value) or inspect.isfunction(value)) or home == name or home is None:
+            if not (inspect.isclass(value) or inspect.isroutine(value)) or home == name or home is None:
                 continue
             defining = importlib.import_module(home)
             if is_private(home):
