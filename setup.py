@@ -5,11 +5,11 @@ Everything else about the package is in pyproject.toml. Without the variable
 Python. With it, the core's per-message paths (the codecs, the connection
 states, the relay's collaborators) become C extensions beside their sources,
 which Python imports in their place: about a quarter less CPU per Pipe round
-trip in the benchmarks (README, "Benchmarks"). It needs a C compiler and mypy
-in the build environment:
+trip in the benchmarks (README, "Benchmarks"). It needs a C compiler, and
+mypy and the dependencies (whose types mypyc reads) in the build environment:
 
-    .venv/bin/pip install mypy 'setuptools>=70.1'
-    PIPE_RELAY_COMPILE=1 .venv/bin/pip install --no-build-isolation .
+    .venv/bin/pip install . mypy 'setuptools>=70.1'
+    PIPE_RELAY_COMPILE=1 .venv/bin/pip install --no-build-isolation --no-deps --force-reinstall .
 
 Modules that define attrs classes (apps, the events) stay pure Python, as
 does relay/outputs.py (mypyc's build of it fails at import); a compiled
