@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from ._accept import TCP_STREAMS
+from ._accept import AcceptedStream
 
 __all__ = ["RECEIVE_SIZE", "RandomBytes", "escaped", "raw_fd", "read_now", "read_ready", "receive"]
 
@@ -33,7 +33,9 @@ def raw_fd(stream: trio.abc.Stream) -> int:
     -1 for TLS (bytes go through the SSL object) and off POSIX (a Windows
     socket handle is no file descriptor for ``os.read``): those use the stream.
     """
-    if isinstance(stream, TCP_STREAMS) and os.name == "posix":
+    if type(stream) is AcceptedStream:
+        return stream.fd
+    if isinstance(stream, trio.SocketStream) and os.name == "posix":
         return stream.socket.fileno()
     return -1
 

@@ -70,7 +70,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import trio
 
 from . import _wsreference
-from ._accept import TCP_STREAMS
+from ._accept import AcceptedStream
 from ._io import raw_fd, read_ready, receive
 from ._wsframes import CLOSE, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
 
@@ -684,7 +684,9 @@ class PolledWebSocket(WebSocket):
     def _abandon(self) -> None:
         stream = self.stream
         self._forget_socket()
-        if isinstance(stream, TCP_STREAMS):
+        if type(stream) is AcceptedStream:
+            stream.close()
+        elif isinstance(stream, trio.SocketStream):
             stream.socket.close()
 
 

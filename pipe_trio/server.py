@@ -108,7 +108,7 @@ _TOO_MANY_CONNECTIONS = (
 
 def _peer_address(stream: trio.abc.Stream) -> str | None:
     """The client's IP address (also under TLS), or None when it cannot be known."""
-    if isinstance(stream, AcceptedStream):
+    if type(stream) is AcceptedStream:
         return stream.address
     inner: Any = getattr(stream, "transport_stream", stream)
     try:
@@ -172,7 +172,7 @@ class _Greeting:
     def __init__(self, server: RelayServer, stream: AcceptedStream, deadline: float) -> None:
         self.server = server
         self.stream = stream
-        self._fd = stream.socket.fileno()
+        self._fd = stream.fd
         self.deadline = deadline
         self.poller: Poller | None = None
 
@@ -187,7 +187,7 @@ class _Greeting:
 
     def _abandon(self) -> None:
         self.poller = None
-        self.stream.socket.close()
+        self.stream.close()
 
 
 class _AcceptFailures:
@@ -414,7 +414,7 @@ class RelayServer:
         finally:
             acceptor.close()
             for stream in pending:  # cancelled (shutting down): never handled, so never counted
-                stream.socket.close()
+                stream.close()
 
     def _accepted(self, stream: trio.SocketStream | AcceptedStream) -> None:
         """A new connection: counted, checked against the per-address limit, then served
@@ -423,7 +423,7 @@ class RelayServer:
         self._connections += 1
         if self.max_connections_per_ip is not None and not self._admit(stream):
             self._nursery.start_soon(self._refuse, stream)
-        elif isinstance(stream, AcceptedStream):
+        elif type(stream) is AcceptedStream:
             self._take(stream)
         else:
             self._nursery.start_soon(self._handle_tcp, stream)

@@ -9,6 +9,7 @@ and checks the client's view, on both transports.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -115,6 +116,32 @@ async def test_an_accepted_stream_behaves_as_a_trio_half_closeable_stream() -> N
 
     with trio.fail_after(60):
         await trio.testing.check_half_closeable_stream(pair, clogged)
+
+
+async def test_an_accepted_descriptor_is_non_blocking_and_closed_with_its_stream() -> None:
+    # The fast transport reads and writes the descriptor itself: a read with
+    # nothing there must not block the relay. Closed before anything asked
+    # for its socket, the connection still ends for the peer, and the stream
+    # then looks like a closed trio.SocketStream.
+    with trio.fail_after(10):
+        (listener,) = await open_listeners("127.0.0.1", 0)
+        assert isinstance(listener, trio.SocketListener)
+        accepted, client = await _one_accepted(listener)
+        assert os.get_blocking(accepted.fd) is False
+        with pytest.raises(BlockingIOError):
+            os.read(accepted.fd, 10)
+        await client.send_all(b"ping")
+        await trio.lowlevel.wait_readable(accepted.fd)
+        assert os.read(accepted.fd, 10) == b"ping"
+        accepted.close()
+        assert accepted.fd == -1
+        assert await client.receive_some(10) == b""
+        assert accepted.socket.fileno() == -1
+        await accepted.aclose()  # again: nothing happens
+        with pytest.raises(trio.ClosedResourceError):
+            await accepted.send_all(b"x")
+        for stream in (client, listener):
+            await stream.aclose()
 
 
 async def test_a_closed_acceptor_says_so() -> None:
