@@ -3,17 +3,20 @@
 Everything else about the package is in pyproject.toml. Without the variable
 (every usual install, and the test suite's coverage run) the package is pure
 Python. With it, the core's per-message paths (the codecs, the connection
-states, the relay's collaborators) become C extensions beside their sources,
-which Python imports in their place: about a quarter less CPU per Pipe round
-trip in the benchmarks (README, "Benchmarks"). It needs a C compiler, and
+states, the relay's collaborators) and the adapter's two sans-I/O pieces that
+run per frame and per new connection (WebSocket framing, the upgrade
+request's parser) become C extensions beside their sources, which Python
+imports in their place: about a quarter less CPU per Pipe round trip in the
+benchmarks (README, "Benchmarks"). It needs a C compiler, and
 mypy and the dependencies (whose types mypyc reads) in the build environment:
 
     .venv/bin/pip install . mypy 'setuptools>=70.1'
     PIPE_RELAY_COMPILE=1 .venv/bin/pip install --no-build-isolation --no-deps --force-reinstall .
 
-Modules that define attrs classes (apps, the events) stay pure Python, as
-does relay/outputs.py (mypyc's build of it fails at import); a compiled
-module uses their classes like any other Python class.
+Modules whose attrs classes define fields with ``attrs.field`` (apps, the
+events) stay pure Python: mypyc takes such a field's definition for its
+default value. So does relay/outputs.py (mypyc's build of it fails at
+import). A compiled module uses their classes like any other Python class.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 
 from setuptools import setup
 
-#: The modules compiled, as paths: the core's hot paths and what they call per message.
+#: The modules compiled, as paths: the core's hot paths and what they call per message or per connection.
 COMPILED = [
     "pipe_proto/jsontext.py",
     "pipe_proto/liveness.py",
@@ -48,6 +51,16 @@ COMPILED = [
     "pipe_proto/relay/state.py",
     "pipe_proto/relay/timers.py",
     "pipe_proto/relay/users.py",
+    "pipe_proto/names.py",
+    "pipe_proto/routes.py",
+    "pipe_proto/webhooks.py",
+    "pipe_proto/pipe/client.py",
+    "pipe_proto/pipe/handshake.py",
+    "pipe_proto/rest/api.py",
+    "pipe_proto/rest/auth.py",
+    # The adapter's framing and its HTTP fast path: sans-I/O too, and run per frame and per new connection.
+    "pipe_trio/_wsframes.py",
+    "pipe_trio/_upgrade.py",
 ]
 
 
