@@ -8,6 +8,7 @@ and checks the client's view, on both transports.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -140,6 +141,20 @@ async def test_an_accepted_descriptor_is_non_blocking_and_closed_with_its_stream
         await accepted.aclose()  # again: nothing happens
         with pytest.raises(trio.ClosedResourceError):
             await accepted.send_all(b"x")
+        for stream in (client, listener):
+            await stream.aclose()
+
+
+async def test_an_accepted_stream_dropped_unclosed_closes_its_descriptor_and_warns() -> None:
+    # As a dropped socket object does: the peer sees the end, and the leak is reported.
+    with trio.fail_after(10):
+        (listener,) = await open_listeners("127.0.0.1", 0)
+        assert isinstance(listener, trio.SocketListener)
+        accepted, client = await _one_accepted(listener)
+        with pytest.warns(ResourceWarning, match="unclosed accepted connection"):
+            del accepted
+            gc.collect()
+        assert await client.receive_some(10) == b""
         for stream in (client, listener):
             await stream.aclose()
 
