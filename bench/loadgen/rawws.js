@@ -15,6 +15,20 @@ const net = require('net');
 
 const MAX_HEAD = 16384;
 
+// Masks come from a pool refilled 4 KiB at a time: a call to randomBytes per
+// frame cost more than the rest of sending a small one.
+let maskPool = crypto.randomBytes(4096);
+let maskAt = 0;
+
+function nextMask() {
+  if (maskAt === maskPool.length) {
+    maskPool = crypto.randomBytes(4096);
+    maskAt = 0;
+  }
+  maskAt += 4;
+  return maskPool.subarray(maskAt - 4, maskAt);
+}
+
 class RawWebSocket {
   // handlers: { open(), message(buf, start, end), close(code, reason) }
   constructor(url, handlers) {
@@ -110,7 +124,7 @@ class RawWebSocket {
   frame(first, payload) {
     const n = payload.length;
     const head = n < 126 ? Buffer.from([first, 0x80 | n]) : Buffer.from([first, 0x80 | 126, n >> 8, n & 0xff]);
-    const mask = crypto.randomBytes(4);
+    const mask = nextMask();
     const body = Buffer.allocUnsafe(n);
     for (let i = 0; i < n; i++) body[i] = payload[i] ^ mask[i & 3];
     if (!this.socket.destroyed) this.socket.write(Buffer.concat([head, mask, body]));

@@ -19,7 +19,7 @@
 //   node roundtrip.js --url ws://127.0.0.1:6001 --key key --conns 100 --duration 10
 
 const crypto = require('crypto');
-const WebSocket = require('ws');
+const { RawWebSocket } = require('./rawws');
 
 const opts = {
   url: 'ws://127.0.0.1:6001', key: 'key', secret: 'secret', conns: 100, duration: 10, warmup: 1, mode: 'pipe',
@@ -41,10 +41,10 @@ let running = true;
 
 function connect(index) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false });
     const channel = `private-rt-${index}`;
     let seq = 0;
     let sentAt = 0n;
+    let ws = null;
     const ping = () => {
       seq += 1;
       sentAt = process.hrtime.bigint();
@@ -52,6 +52,38 @@ function connect(index) {
         ? { event: 'rt-ping', data: { seq } }
         : { event: 'client-rt-ping', channel, data: { seq } }));
     };
+    // rawws.js, as the fan-out's subscribers: the `ws` package's per-message
+    // cost (a Buffer per frame, an EventEmitter dispatch) came to a fifth of
+    // this process's CPU per round trip, on the same two cores as the servers.
+    ws = new RawWebSocket(url, {
+      open() {},
+      message(buf, start, end) {
+        const msg = JSON.parse(buf.toString('utf8', start, end));
+        if (msg.event === 'pusher:connection_established') {
+          if (opts.mode === 'pipe') {
+            resolve(ws);
+            return;
+          }
+          const socketId = JSON.parse(msg.data).socket_id;
+          const signature = crypto.createHmac('sha256', opts.secret).update(`${socketId}:${channel}`).digest('hex');
+          ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: `${opts.key}:${signature}` } }));
+        } else if (msg.event === 'pusher_internal:subscription_succeeded') {
+          resolve(ws);
+        } else if (msg.event === 'rt-pong') {
+          const data = typeof msg.data === 'string' ? JSON.parse(msg.data) : msg.data;
+          if (data.seq !== seq) return; // the answer to a question given up on (see `overdue`)
+          if (measuring) samples.push(Number(process.hrtime.bigint() - sentAt) / 1e6);
+          if (running) ping();
+        } else if (msg.event === 'pusher:ping') {
+          ws.send('{"event":"pusher:pong","data":{}}');
+        } else if (msg.event === 'pusher:error') {
+          errors += 1;
+        }
+      },
+      close(code, reason) {
+        reject(new Error(`socket ${index} closed: ${code} ${reason}`));
+      },
+    });
     ws.start = ping;
     // A question unanswered for ANSWER_TIMEOUT_MS is counted lost and asked again, so one lost
     // answer (a webhook a server dropped) costs its socket seconds, not the rest of the run.
@@ -61,30 +93,6 @@ function connect(index) {
         ping();
       }
     };
-    ws.on('message', (raw) => {
-      const msg = JSON.parse(raw);
-      if (msg.event === 'pusher:connection_established') {
-        if (opts.mode === 'pipe') {
-          resolve(ws);
-          return;
-        }
-        const socketId = JSON.parse(msg.data).socket_id;
-        const signature = crypto.createHmac('sha256', opts.secret).update(`${socketId}:${channel}`).digest('hex');
-        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: `${opts.key}:${signature}` } }));
-      } else if (msg.event === 'pusher_internal:subscription_succeeded') {
-        resolve(ws);
-      } else if (msg.event === 'rt-pong') {
-        const data = typeof msg.data === 'string' ? JSON.parse(msg.data) : msg.data;
-        if (data.seq !== seq) return; // the answer to a question given up on (see `overdue`)
-        if (measuring) samples.push(Number(process.hrtime.bigint() - sentAt) / 1e6);
-        if (running) ping();
-      } else if (msg.event === 'pusher:ping') {
-        ws.send('{"event":"pusher:pong","data":{}}');
-      } else if (msg.event === 'pusher:error') {
-        errors += 1;
-      }
-    });
-    ws.on('error', reject);
   });
 }
 
