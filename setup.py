@@ -16,7 +16,9 @@ mypy and the dependencies (whose types mypyc reads) in the build environment:
 Modules whose attrs classes define fields with ``attrs.field`` (apps, the
 events) stay pure Python: mypyc takes such a field's definition for its
 default value. So does relay/outputs.py (mypyc's build of it fails at
-import). A compiled module uses their classes like any other Python class.
+import). A compiled module uses their classes like any other Python class;
+the events every message brings are built by the compiled prechecked.py,
+from values the decoders have checked, without attrs' ``__init__``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ COMPILED = [
     "pipe_proto/pipe/handshake.py",
     "pipe_proto/rest/api.py",
     "pipe_proto/rest/auth.py",
+    "pipe_proto/prechecked.py",
     # The adapter's framing and its HTTP fast path: sans-I/O too, and run per frame and per new connection.
     "pipe_trio/_wsframes.py",
     "pipe_trio/_upgrade.py",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import jsontext
+from .. import jsontext, prechecked
 from ..errors import PipeCode, ProtocolError, RemoteProtocolError
 from .events import (
     Ack,
@@ -191,11 +191,8 @@ def _batch(p: dict[str, Any]) -> Batch:
 _CALLS: dict[str, Callable[[dict[str, Any]], PipeCall]] = {
     "subscribe": lambda p: SubscribeEvents(events=_event_types(p)),
     "unsubscribe": lambda p: UnsubscribeEvents(events=_event_types(p)),
-    "send_to_socket": lambda p: SendToSocket(
-        socket_ids=_names(p, "socket_ids", "socket_id"),
-        event=_str(p, "event"),
-        data=_text(p.get("data", "")),
-        channel=_opt_str(p, "channel"),
+    "send_to_socket": lambda p: prechecked.send_to_socket(
+        _names(p, "socket_ids", "socket_id"), _str(p, "event"), _text(p.get("data", "")), _opt_str(p, "channel")
     ),
     "send_to_channel": lambda p: SendToChannel(
         channels=_names(p, "channels", "channel"),
@@ -440,12 +437,9 @@ def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...] = str) -> 
 def _notice(event: str, data: Any) -> Notice:
     d = data if isinstance(data, dict) else {}
     if event == "socket_message":  # the usual notification: first
-        return SocketMessage(
-            socket_id=_typed(d, "socket_id") or "",
-            name=_typed(d, "event") or "",
-            data=d.get("data"),
-            channel=_typed(d, "channel"),
-            user_id=_typed(d, "user_id"),
+        return prechecked.socket_message(
+            _typed(d, "socket_id") or "", _typed(d, "event") or "", d.get("data"), _typed(d, "channel"),
+            _typed(d, "user_id"),
         )
     if event == "connection_established":
         return Established(
@@ -525,9 +519,9 @@ def decode_server_frame(text: str | bytes) -> Reply | ErrorReply | Notification 
         raise RemoteProtocolError("a notification needs result.event")
     seq = result.get("seq")
     time_ms = result.get("time_ms")
-    return Notification(
-        notice=_notice(result["event"], result.get("data")),
-        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-        time_ms=time_ms if isinstance(time_ms, int) and not isinstance(time_ms, bool) else None,
-        redelivered=result.get("redelivered") is True,
+    return prechecked.notification(
+        _notice(result["event"], result.get("data")),
+        seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+        time_ms if isinstance(time_ms, int) and not isinstance(time_ms, bool) else None,
+        result.get("redelivered") is True,
     )

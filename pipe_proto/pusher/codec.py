@@ -21,7 +21,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from .. import jsontext
+from .. import jsontext, prechecked
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     CacheMiss,
@@ -122,7 +122,7 @@ def _decode_from_client(msg: dict[str, Any], name: str) -> PusherEvent:
         return SignIn(auth=_opt_str(data, "auth") or "", user_data=_opt_str(data, "user_data") or "")
     if name.startswith(("pusher:", "pusher_internal:")):
         raise _Bad(f"unsupported event {name!r}")
-    return Message(event=name, data=msg.get("data"), channel=_opt_str(msg, "channel"))
+    return prechecked.message(name, msg.get("data"), _opt_str(msg, "channel"), None)
 
 
 def _presence(data: dict[str, Any]) -> Presence:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import jsontext
+from .. import jsontext, prechecked
 from ..errors import PusherCode
 from ..names import channel_type, event_name_error
-from ..pipe import events as pipe_events
 from ..pusher.codec import encode_message
 from ..pusher.events import Message
 from .core import Core
@@ -106,9 +105,7 @@ class Messages:
                 fields["user_id"] = user_id
             state.webhooks.event("client_event", now, **fields)
         if state.hub.wants("socket_message"):
-            notice = pipe_events.SocketMessage(
-                socket_id=sock.id, name=event.event, data=event.data, channel=name, user_id=user_id
-            )
+            notice = prechecked.socket_message(sock.id, event.event, event.data, name, user_id)
             state.hub.publish("socket_message", sock.id, notice, now)
 
     def back_channel(self, sock: Socket, event: Message, now: float, text_length: int) -> None:
@@ -130,5 +127,5 @@ class Messages:
         if not hub.wants("socket_message"):
             hub.unrouted += 1
             return
-        notice = pipe_events.SocketMessage(socket_id=sock.id, name=event.event, data=event.data, channel=event.channel)
+        notice = prechecked.socket_message(sock.id, event.event, event.data, event.channel, None)
         hub.publish("socket_message", sock.id, notice, now)
