@@ -17,8 +17,8 @@ Modules whose attrs classes define fields with ``attrs.field`` (apps, the
 events) stay pure Python: mypyc takes such a field's definition for its
 default value. So does relay/outputs.py (mypyc's build of it fails at
 import). A compiled module uses their classes like any other Python class;
-the events every message brings are built by the compiled prechecked.py,
-from values the decoders have checked, without attrs' ``__init__``.
+the events of a socket's message and of a Pipe round trip are built by the
+compiled prechecked.py, from values already checked, without attrs' ``__init__``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import strategies as st
 
@@ -111,6 +112,16 @@ def _has_call_error(call: PipeCall) -> bool:
     return isinstance(call, Batch) and any(isinstance(c, CallError) for c in call.calls)
 
 
+def _valid(event: Any) -> None:
+    # Decoders build some events without their validators and converters (pipe_proto.prechecked): what they
+    # build must pass the validators, and hold what the converters would have made.
+    attrs.validate(event)
+    if isinstance(event, SendToSocket):
+        assert type(event.socket_ids) is tuple, event
+    if isinstance(event, Notification):
+        attrs.validate(event.notice)
+
+
 def check_request(text: str | bytes) -> Request | None:
     """Decode a pipe's request frame every way the relay does; check the contract and the round trip."""
     record(TARGET, text_entry(text, kind="request"))
@@ -136,6 +147,10 @@ def check_request(text: str | bytes) -> Request | None:
                         assert isinstance(call.message, str) and call.message
     if request is None:
         return None
+    _valid(request.call)
+    if isinstance(request.call, Batch):
+        for call in request.call.calls:
+            _valid(call)
     # Whatever was accepted can be answered.
     encode_reply(Reply(id=request.id, result={}))
     encode_reply(ErrorReply(id=request.id, code=PipeCode.MALFORMED_REQUEST, message="x"))
@@ -155,6 +170,7 @@ def check_server_frame(text: str | bytes) -> Any:
         assert isinstance(exc.message, str) and exc.message
         return None
     assert isinstance(frame, (Reply, ErrorReply, Notification, ErrorNotification)), frame
+    _valid(frame)
     return frame
 
 

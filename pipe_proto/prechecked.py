@@ -1,4 +1,4 @@
-"""Events built from values a decoder has just checked.
+"""Events built from values already checked (by a decoder, or the relay's own state).
 
 The events are frozen attrs classes whose validators and converters run on
 every construction: what keeps an application from building an event the

@@ -1,4 +1,8 @@
-"""The decoders' builders (pipe_proto.prechecked) make what the events' own constructors make."""
+"""The decoders' builders (pipe_proto.prechecked) make what the events' own constructors make.
+
+That the decoders hand them only what the validators accept is checked by the fuzz targets of both
+codecs (fuzz/fuzz_pusher_codec.py, fuzz/fuzz_pipe_codec.py), on every event they decode.
+"""
 
 from __future__ import annotations
 
@@ -41,17 +45,9 @@ def test_a_builder_takes_every_field_of_its_class_in_order(cls: type, build: Cal
 
 
 def same(built: Any, constructed: Any) -> None:
-    assert type(built) is type(constructed)
+    # attrs' == compares the classes too; repr shows every field, and so tells a field set under a wrong name.
     assert built == constructed
     assert repr(built) == repr(constructed)
-    try:
-        expected = hash(constructed)
-    except TypeError:  # data holding a list or a dict
-        pass
-    else:
-        assert hash(built) == expected
-    with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        setattr(built, attrs.fields(type(built))[0].name, None)
 
 
 @given(event=text.filter(bool), data=json_value, channel=maybe_text, user_id=maybe_text)
