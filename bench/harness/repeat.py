@@ -35,7 +35,7 @@ __all__ = ["combine"]
 #: Counts of failures: the largest of the runs is reported.
 WORST_HIGH = frozenset((
     "lost", "failed", "duplicates", "errors", "subscribers_closed", "subscribers_short", "triggers_failed",
-    "unanswered", "webhooks_refused",
+    "unanswered", "webhooks_refused", "sockets_closed", "malformed_frames",
 ))
 #: Counts of successes out of a fixed number: the smallest of the runs is reported.
 WORST_LOW = frozenset(("established", "subscribed"))

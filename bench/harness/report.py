@@ -54,6 +54,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("latency_p99_ms", "round trip p99 (ms)", "{:.2f}"),
         ("latency_max_ms", "round trip max (ms)", "{:.2f}"),
         ("unanswered", "questions unanswered for 5 s", "{}"),
+        ("sockets_closed", "sockets the server closed", "{}"),
+        ("malformed_frames", "frames that are not JSON", "{}"),
         ("events_per_webhook", "client events per webhook", "{:.1f}"),
         ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),
         ("redis_cpu_pct", "redis-server CPU (% of a core)", "{:.0f}"),

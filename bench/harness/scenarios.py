@@ -341,6 +341,7 @@ def _round_trip_figures(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
     return {
         "sockets": cfg.s4_sockets, "round_trips": result["roundTrips"], "round_trip_rate": result["rate"],
         "errors": result["errors"], "unanswered": result["lost"],
+        "malformed_frames": result["malformed"], "sockets_closed": result["closed"],
         "latency_p50_ms": lat["p50"], "latency_p99_ms": lat["p99"], "latency_max_ms": lat["max"],
         "loadgen_cpu_pct": _cpu_pct(result["cpuS"], cfg.s4_seconds),
     }

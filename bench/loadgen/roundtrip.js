@@ -6,7 +6,8 @@
 // for --duration seconds: ask with a sequence number, wait for the backend's
 // `rt-pong` (to this socket alone), record the round trip, ask again. Prints
 // one JSON line: {"type":"result", roundTrips, rate, latencyMs: {p50, p99,
-// max, mean, n}, errors, lost (questions unanswered for 5 s, asked again), cpuS}.
+// max, mean, n}, errors, lost (questions unanswered for 5 s, asked again), malformed (frames that are
+// not JSON), closed (sockets the server closed once ready), cpuS}.
 //
 // --mode pipe (the relay's Pipe): the question is the back-channel event
 // `rt-ping`; the backend answers with send_to_socket.
@@ -36,6 +37,8 @@ const ANSWER_TIMEOUT_NS = 5_000_000_000n;
 const samples = [];
 let errors = 0;
 let lost = 0;
+let malformed = 0; // frames that are not JSON (rawws hands fragmented and binary ones over empty)
+let closed = 0; // sockets the server closed after they were ready
 let measuring = false;
 let running = true;
 
@@ -45,6 +48,11 @@ function connect(index) {
     let seq = 0;
     let sentAt = 0n;
     let ws = null;
+    let ready = false;
+    const done = (socket) => {
+      ready = true;
+      resolve(socket);
+    };
     const ping = () => {
       seq += 1;
       sentAt = process.hrtime.bigint();
@@ -58,17 +66,23 @@ function connect(index) {
     ws = new RawWebSocket(url, {
       open() {},
       message(buf, start, end) {
-        const msg = JSON.parse(buf.toString('utf8', start, end));
+        let msg;
+        try {
+          msg = JSON.parse(buf.toString('utf8', start, end));
+        } catch {
+          malformed += 1;
+          return;
+        }
         if (msg.event === 'pusher:connection_established') {
           if (opts.mode === 'pipe') {
-            resolve(ws);
+            done(ws);
             return;
           }
           const socketId = JSON.parse(msg.data).socket_id;
           const signature = crypto.createHmac('sha256', opts.secret).update(`${socketId}:${channel}`).digest('hex');
           ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: `${opts.key}:${signature}` } }));
         } else if (msg.event === 'pusher_internal:subscription_succeeded') {
-          resolve(ws);
+          done(ws);
         } else if (msg.event === 'rt-pong') {
           const data = typeof msg.data === 'string' ? JSON.parse(msg.data) : msg.data;
           if (data.seq !== seq) return; // the answer to a question given up on (see `overdue`)
@@ -76,12 +90,15 @@ function connect(index) {
           if (running) ping();
         } else if (msg.event === 'pusher:ping') {
           ws.send('{"event":"pusher:pong","data":{}}');
+        } else if (msg.event === 'pusher:subscription_error') {
+          reject(new Error(`socket ${index} could not subscribe: ${JSON.stringify(msg.data)}`));
         } else if (msg.event === 'pusher:error') {
           errors += 1;
         }
       },
       close(code, reason) {
-        reject(new Error(`socket ${index} closed: ${code} ${reason}`));
+        if (ready) closed += 1;
+        else reject(new Error(`socket ${index} closed: ${code} ${reason}`));
       },
     });
     ws.start = ping;
@@ -121,7 +138,7 @@ async function main() {
   const sorted = samples.slice().sort((a, b) => a - b);
   const mean = sorted.reduce((a, b) => a + b, 0) / (sorted.length || 1);
   process.stdout.write(JSON.stringify({
-    type: 'result', roundTrips: sorted.length, rate: sorted.length / seconds, seconds, errors, lost,
+    type: 'result', roundTrips: sorted.length, rate: sorted.length / seconds, seconds, errors, lost, malformed, closed,
     latencyMs: { p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), max: sorted[sorted.length - 1] || null, mean, n: sorted.length },
     cpuS: (cpu.user + cpu.system) / 1e6,
   }) + '\n');
