@@ -27,7 +27,7 @@ from .pusher.events import Message
 
 __all__ = ["message", "notification", "send_to_socket", "socket_message"]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 _set = object.__setattr__
 
@@ -42,7 +42,7 @@ _NOTIFICATION = _names(Notification)
 _SEND_TO_SOCKET = _names(SendToSocket)
 
 
-def _filled(cls: type[T], names: tuple[str, ...], values: tuple[Any, ...]) -> T:
+def _filled(cls: type[_T], names: tuple[str, ...], values: tuple[Any, ...]) -> _T:
     built = cls.__new__(cls)
     for name, value in zip(names, values, strict=True):
         _set(built, name, value)
