@@ -97,8 +97,6 @@ class Watcher:
 class Publisher:
     """Base: publishes lists of data strings as EVENT on one channel."""
 
-    batch_max = 10  # the REST API's batch limit; the other ways use the same for symmetry
-
     def __init__(self, server: RunningServer) -> None:
         self.server = server
 
@@ -293,10 +291,12 @@ class Progress:
 
 
 async def flood(
-    pub: Publisher, watcher: Watcher, channel: str, seconds: float, window: int, progress: Progress | None = None
+    pub: Publisher, watcher: Watcher, channel: str, seconds: float, batch: int, window: int,
+    progress: Progress | None = None,
 ) -> tuple[int, bool]:
-    """Publish for `seconds` with at most `window` events unacknowledged (and,
-    with `progress`, not too far ahead of the load generator).
+    """Publish for `seconds`, up to `batch` events per publish (one REST
+    `batch_events`, one pipe `batch` frame), with at most `window` events
+    unacknowledged (and, with `progress`, not too far ahead of the load generator).
     Returns (events sent, whether it stopped early because acknowledgements stalled)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
@@ -306,7 +306,7 @@ async def flood(
             return sent, True
         if progress is not None and not await progress.wait_within(sent):
             return sent, True
-        n = min(pub.batch_max, window - (sent - watcher.seen))
+        n = min(batch, window - (sent - watcher.seen))
         await pub.publish(channel, [payload(sent + i) for i in range(n)])
         sent += n
     return sent, False

@@ -23,7 +23,7 @@ from .loadgen import LOADGEN_DIR as LOADGEN
 from .loadgen import LoadGen
 from .procstat import MachineCpu, Sampler, cpu_seconds, peak_rss_bytes, rss_bytes
 from .publish import PUBLISHERS, Progress, Watcher, flood, paced
-from .servers import HOST, WEBHOOK_PATH, RunningServer
+from .servers import HOST, MAX_BATCH, WEBHOOK_PATH, RunningServer
 
 CHANNEL_PREFIX = "bench-"  # the load generator subscribes connection i to bench-{i % channels}
 
@@ -42,7 +42,9 @@ class Config:
     s4_seconds: float = 10.0
     s4_work_us: float = 1000.0  # CPU a busy backend spends per message (the "busy backend" rows)
     s5_seconds: float = 60.0  # long enough to pass common keepalive timeouts (websockets: 20 s + 20 s)
-    window: int = 20  # events in flight in S2/S5 (see publish.flood)
+    batch: int = 10  # events per publish in S2/S5: one REST batch_events (Pusher's limit: 10)
+    big_batch: int = MAX_BATCH  # events per publish in "S2 fan-out, batches of 100": what both servers take
+    window: int = 20  # events in flight in S2/S5 (see publish.flood); twice the batch with big_batch
     backlog: int = 200  # events the load generator's subscribers may lag behind the publisher (publish.Progress)
     settle: float = 1.0  # idle time before "RSS after" in S1
     drain_stall: float = 3.0  # give up waiting for deliveries after this long without progress
@@ -174,8 +176,12 @@ class Flood:
     `prefix`), events published as fast as the server takes them (publish.flood)."""
 
     def __init__(self, server: RunningServer, cfg: Config, how: str, prefix: str = CHANNEL_PREFIX,
-                 slow: int = 0) -> None:
+                 slow: int = 0, batch: int | None = None) -> None:
         self.cfg, self.channel, self.subs = cfg, prefix + "0", cfg.s2_subscribers
+        # A larger batch needs room for two in flight, or each would wait for the last.
+        self.batch = batch or cfg.batch
+        self.window = max(cfg.window, 2 * self.batch)
+        self.backlog = max(cfg.backlog, 2 * self.batch)
         self.lg = _loadgen(server, cfg, self.subs, prefix, channels=1, slow=slow)
         self.watcher = Watcher(server, self.channel)
         self.pub = PUBLISHERS[how](server)
@@ -190,8 +196,10 @@ class Flood:
         """(events sent, whether the publisher stalled, seconds spent publishing)."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        async with Progress(self.lg, self.subs, self.cfg.backlog) as progress:
-            sent, stalled = await flood(self.pub, self.watcher, self.channel, seconds, self.cfg.window, progress)
+        async with Progress(self.lg, self.subs, self.backlog) as progress:
+            sent, stalled = await flood(
+                self.pub, self.watcher, self.channel, seconds, self.batch, self.window, progress
+            )
         return sent, stalled, loop.time() - t0
 
     async def close(self) -> None:
@@ -205,14 +213,16 @@ def _publish_how(server: RunningServer, publish: str | None) -> str:
     return publish if publish is not None and server.spec.publish != "frame" else server.spec.publish
 
 
-async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str | None = None) -> dict[str, Any]:
+async def fanout(
+    server: RunningServer, cfg: Config, slow: int = 0, publish: str | None = None, batch: int | None = None
+) -> dict[str, Any]:
     """S2 (slow=0) and S5 (slow=1): cfg.s2_subscribers on one channel, events
     published as fast as the server takes them; `slow` subscribers stop reading
     when publishing starts. `publish` overrides how events get in, for servers
-    that offer it."""
+    that offer it; `batch` the events per publish (cfg.batch)."""
     subs = cfg.s2_subscribers
     seconds = cfg.s5_seconds if slow else cfg.s2_seconds
-    job = Flood(server, cfg, _publish_how(server, publish), slow=slow)
+    job = Flood(server, cfg, _publish_how(server, publish), slow=slow, batch=batch)
     lg = job.lg
     sampler = Sampler(server.pids)
     try:
@@ -239,7 +249,8 @@ async def fanout(server: RunningServer, cfg: Config, slow: int = 0, publish: str
     rx_s = (after["lastRx"] - after["firstRx"]) / 1000
     server_deliveries = after["delivered"] + job.watcher.seen  # the watcher is a subscriber too
     out: dict[str, Any] = {
-        "subscribers": subs, "subscribed": ready["subscribed"], "events_sent": sent, "publisher_stalled": stalled,
+        "subscribers": subs, "subscribed": ready["subscribed"], "batch": job.batch, "events_sent": sent,
+        "publisher_stalled": stalled,
         "publish_rate": sent / publish_s,
         "delivery_rate": others["sum"] / rx_s if rx_s > 0 else None,
         "lost": sent * others["n"] - others["sum"], "subscribers_short": others["short"],
@@ -451,6 +462,9 @@ def plan(cfg: Config) -> list[Scenario]:
         Scenario(f"S1 reconnect storm {cfg.storm_sockets}", storm, PUSHER_SERVERS),
         Scenario("S2 fan-out", fanout, EVERY, ("--redis", "--workers 2", "2 nodes")),
         Scenario("S2 fan-out, relay via the Pipe", lambda server, cfg: fanout(server, cfg, publish="pipe"), RELAY),
+        # Pusher's batch_events takes 10 events; a server of one's own may take more.
+        Scenario(f"S2 fan-out, batches of {cfg.big_batch}",
+                 lambda server, cfg: fanout(server, cfg, batch=cfg.big_batch), PUSHER_SERVERS),
         Scenario("S3 latency, idle between events", latency, EVERY, ("2 nodes",)),
         Scenario("S3 latency under S2 load", lambda server, cfg: latency(server, cfg, loaded=True), EVERY),
         Scenario("S4 today's path: client event, webhook, REST", webhook_roundtrip, PUSHER_SERVERS),

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -33,6 +34,8 @@ BENCH = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SOKETI = BENCH / "soketi" / "node_modules" / "@soketi" / "soketi" / "bin" / "server.js"
 RELAY_CONFIG = BENCH / "relay.toml"
+# Events per REST batch_events both servers take: bench/relay.toml's, given to Soketi too.
+MAX_BATCH: int = tomllib.loads(RELAY_CONFIG.read_text())["apps"][0]["limits"]["max_batch_events"]
 #: Where the harness's webhook receiver listens, on the port the server was told.
 WEBHOOK_PATH = "/pusher/webhooks"
 
@@ -119,6 +122,7 @@ def soketi_config(spec: ServerSpec, port: int, webhook_port: int) -> dict[str, o
             "id": spec.app.app_id, "key": spec.app.key, "secret": spec.app.secret, "enabled": True,
             "enableClientMessages": True, "maxConnections": -1, "maxBackendEventsPerSecond": -1,
             "maxClientEventsPerSecond": -1, "maxReadRequestsPerSecond": -1,
+            "maxEventBatchSize": MAX_BATCH,
             "webhooks": [{"url": f"http://{HOST}:{webhook_port}{WEBHOOK_PATH}", "event_types": ["client_event"]}],
         }],
     }
