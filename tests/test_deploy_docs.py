@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 import shutil
@@ -14,7 +15,8 @@ import pytest
 
 from pipe_trio.cli import build_parser, check_config
 
-DEPLOY = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = (ROOT / "docs" / "deploy.md").read_text()
 PIPE_RELAY = str(Path(sys.executable).with_name("pipe-relay"))
 
 
@@ -65,3 +67,39 @@ def test_the_kernel_settings_exist() -> None:
     assert names
     for name in names:
         assert Path("/proc/sys", *name.split(".")).exists(), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (tests/run installs one)")
+def test_the_documented_compiled_install_builds_without_the_redis_extra(tmp_path: Path) -> None:
+    """"The compiled core"'s commands, as written, in a fresh virtualenv on a copy of the sources
+    (no redis extra, so no coredis whose types mypyc could read): the relay runs on the compiled core."""
+    import pipe_proto.relay.relay
+
+    if not pipe_proto.relay.relay.__file__.endswith(".py"):
+        pytest.skip("runs once, in the pure Python pass (this one imports the compiled core)")
+    (commands,) = [b for b in blocks("sh") if "PIPE_RELAY_COMPILE=1" in b]
+    source = tmp_path / "pipe-relay"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "node_modules", "__pycache__", "build", "*.so", "*.egg-info", ".*_cache", ".hypothesis",
+    ))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIPE_RELAY_COMPILE", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands], cwd=source, env=env, capture_output=True, text=True,
+        timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].endswith(".so"), done.stdout[-2000:]
+    check = (
+        "import importlib.util, pipe_proto.prechecked, pipe_trio.cli, pipe_trio._wsframes;"
+        "assert importlib.util.find_spec('coredis') is None;"
+        "print(pipe_proto.prechecked.__file__, pipe_trio._wsframes.__file__)"
+    )
+    python = source / ".venv" / "bin" / "python"
+    done = subprocess.run([python, "-P", "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [name.endswith(".so") for name in done.stdout.split()] == [True, True], done.stdout
+    help_text = subprocess.run([source / ".venv" / "bin" / "pipe-relay", "serve", "--help"], env=env,
+                               capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "--redis" in help_text
