@@ -34,6 +34,9 @@ if (opts.mode !== 'pipe' && opts.mode !== 'webhook') throw new Error(`unknown mo
 const url = `${opts.url.replace(/\/$/, '')}/app/${opts.key}?protocol=7&client=js&version=8.6.0&flash=false`;
 
 const ANSWER_TIMEOUT_NS = 5_000_000_000n;
+// A socket not ready this long after it was opened (no connection_established,
+// or its subscribe never answered) fails the run instead of hanging it.
+const READY_TIMEOUT_MS = 30_000;
 const samples = [];
 let errors = 0;
 let lost = 0;
@@ -49,8 +52,12 @@ function connect(index) {
     let sentAt = 0n;
     let ws = null;
     let ready = false;
+    const timer = setTimeout(() => {
+      reject(new Error(`socket ${index} not ready after ${READY_TIMEOUT_MS} ms`));
+    }, READY_TIMEOUT_MS);
     const done = (socket) => {
       ready = true;
+      clearTimeout(timer);
       resolve(socket);
     };
     const ping = () => {
