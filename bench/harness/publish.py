@@ -5,7 +5,8 @@ the relay and Soketi (`POST /apps/{id}/batch_events`, signed as the SDKs
 sign), and the relay's Pipe (`send_to_channel` on a backend connection).
 
 Flow control is shared: a `Watcher` (a subscriber inside the harness) sees the
-events come back, and `flood` keeps at most `window` events unacknowledged.
+events come back, and `flood` keeps at most `in_flight` publishes (batches of
+events) unacknowledged.
 That is "as fast as the server accepts them" without a backlog of thousands of
 events queued in socket buffers that the server would still be fanning out
 long after publishing stopped, which would blur both rate and loss figures.
@@ -124,7 +125,7 @@ class FramePublisher(Publisher):
 
 
 class RestPublisher(Publisher):
-    """Signed REST `batch_events` over keep-alive HTTP/1.1 connections, up to `in_flight` at once.
+    """Signed REST `batch_events` over keep-alive HTTP/1.1 connections, up to `connections` at once.
 
     Requests are signed with the formula every Pusher SDK uses
     (`pipe_proto.signatures.sign_query`; tests/interop/test_sdks.py checks
@@ -132,15 +133,15 @@ class RestPublisher(Publisher):
     Python SDK spends about 1.4 ms of CPU per request in `requests`, which
     on two cores made the harness, not the server, the bottleneck. One
     request at a time would measure a request's round trip, so several run
-    at once, as from a backend's several workers; `flood`'s window still
-    bounds the events in flight.
+    at once, as from a backend's several workers; `flood` still bounds the
+    publishes in flight.
     """
 
-    in_flight = 4
+    connections = 4
 
     async def open(self) -> None:
-        self.conns = [await asyncio.open_connection(HOST, self.server.api_port) for _ in range(self.in_flight)]
-        self.idle = list(range(self.in_flight))
+        self.conns = [await asyncio.open_connection(HOST, self.server.api_port) for _ in range(self.connections)]
+        self.idle = list(range(self.connections))
         self.reconnects = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -291,25 +292,28 @@ class Progress:
 
 
 async def flood(
-    pub: Publisher, watcher: Watcher, channel: str, seconds: float, batch: int, window: int,
+    pub: Publisher, watcher: Watcher, channel: str, seconds: float, batch: int, in_flight: int,
     progress: Progress | None = None,
-) -> tuple[int, bool]:
-    """Publish for `seconds`, up to `batch` events per publish (one REST
-    `batch_events`, one pipe `batch` frame), with at most `window` events
-    unacknowledged (and, with `progress`, not too far ahead of the load generator).
-    Returns (events sent, whether it stopped early because acknowledgements stalled)."""
+) -> tuple[int, int, bool]:
+    """Publish for `seconds`, `batch` events per publish (one REST `batch_events`,
+    one pipe `batch` frame), with at most `in_flight` publishes unacknowledged
+    (and, with `progress`, not too far ahead of the load generator): each
+    publish waits until the watcher has seen every event but the last
+    `in_flight - 1` batches', so that every publish carries a whole batch.
+    Returns (events sent, publishes, whether it stopped early because
+    acknowledgements stalled)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    sent = 0
+    sent = publishes = 0
     while loop.time() < end:
-        if not await watcher.wait_until(sent - window + 1):
-            return sent, True
+        if not await watcher.wait_until(sent - (in_flight - 1) * batch):
+            return sent, publishes, True
         if progress is not None and not await progress.wait_within(sent):
-            return sent, True
-        n = min(batch, window - (sent - watcher.seen))
-        await pub.publish(channel, [payload(sent + i) for i in range(n)])
-        sent += n
-    return sent, False
+            return sent, publishes, True
+        await pub.publish(channel, [payload(sent + i) for i in range(batch)])
+        sent += batch
+        publishes += 1
+    return sent, publishes, False
 
 
 async def paced(pub: Publisher, channel: str, rate: float, seconds: float) -> tuple[int, float]:

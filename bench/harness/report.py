@@ -21,6 +21,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "S2": [
         ("publish_rate", "events published /s", "{:,.0f}"),
+        ("events_per_publish", "events per publish", "{:,.0f}"),
         ("delivery_rate", "deliveries /s", "{:,.0f}"),
         ("server_cpu_us_per_delivery", "server CPU per delivery (us)", "{:.2f}"),
         ("server_cpu_pct", "server CPU (% of a core)", "{:.0f}"),

@@ -44,7 +44,7 @@ class Config:
     s5_seconds: float = 60.0  # long enough to pass common keepalive timeouts (websockets: 20 s + 20 s)
     batch: int = 10  # events per publish in S2/S5: one REST batch_events (Pusher's limit: 10)
     big_batch: int = MAX_BATCH  # events per publish in "S2 fan-out, batches of 100": what both servers take
-    window: int = 20  # events in flight in S2/S5 (see publish.flood); twice the batch with big_batch
+    in_flight: int = 2  # publishes unacknowledged at once in S2/S5 (see publish.flood)
     backlog: int = 200  # events the load generator's subscribers may lag behind the publisher (publish.Progress)
     settle: float = 1.0  # idle time before "RSS after" in S1
     drain_stall: float = 3.0  # give up waiting for deliveries after this long without progress
@@ -178,10 +178,10 @@ class Flood:
     def __init__(self, server: RunningServer, cfg: Config, how: str, prefix: str = CHANNEL_PREFIX,
                  slow: int = 0, batch: int | None = None) -> None:
         self.cfg, self.channel, self.subs = cfg, prefix + "0", cfg.s2_subscribers
-        # A larger batch needs room for two in flight, or each would wait for the last.
         self.batch = batch or cfg.batch
-        self.window = max(cfg.window, 2 * self.batch)
-        self.backlog = max(cfg.backlog, 2 * self.batch)
+        self.publishes = 0
+        # The load generator may lag by what is in flight, at least.
+        self.backlog = max(cfg.backlog, cfg.in_flight * self.batch)
         self.lg = _loadgen(server, cfg, self.subs, prefix, channels=1, slow=slow)
         self.watcher = Watcher(server, self.channel)
         self.pub = PUBLISHERS[how](server)
@@ -197,8 +197,8 @@ class Flood:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         async with Progress(self.lg, self.subs, self.backlog) as progress:
-            sent, stalled = await flood(
-                self.pub, self.watcher, self.channel, seconds, self.batch, self.window, progress
+            sent, self.publishes, stalled = await flood(
+                self.pub, self.watcher, self.channel, seconds, self.batch, self.cfg.in_flight, progress
             )
         return sent, stalled, loop.time() - t0
 
@@ -249,7 +249,8 @@ async def fanout(
     rx_s = (after["lastRx"] - after["firstRx"]) / 1000
     server_deliveries = after["delivered"] + job.watcher.seen  # the watcher is a subscriber too
     out: dict[str, Any] = {
-        "subscribers": subs, "subscribed": ready["subscribed"], "batch": job.batch, "events_sent": sent,
+        "subscribers": subs, "subscribed": ready["subscribed"], "events_sent": sent,
+        "events_per_publish": sent / job.publishes if job.publishes else None,
         "publisher_stalled": stalled,
         "publish_rate": sent / publish_s,
         "delivery_rate": others["sum"] / rx_s if rx_s > 0 else None,
