@@ -164,9 +164,9 @@ class FrameReader:
     __slots__ = (
         "_decoder",
         "_discard",
+        "_message",
         "_need",
         "_opcode",
-        "_parts",
         "_pending",
         "_pending_size",
         "_size",
@@ -192,7 +192,10 @@ class FrameReader:
         self._opcode = 0  # first opcode of the fragmented message in progress
         self._discard = False  # that message is being dropped
         self._size = 0  # its bytes so far
-        self._parts: list[str] | None = None
+        # The fragmented text's bytes so far, in one buffer: decoded pieces
+        # kept in a list would cost an object per frame (empty ones
+        # included), which the size limit (payload bytes) does not see.
+        self._message: bytearray | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[tuple[int, Any]]:
@@ -300,7 +303,7 @@ class FrameReader:
             if not discard and size > max_message:
                 out.append((OVERSIZED, size))
                 discard = True
-                self._parts = None
+                self._message = None
                 self._decoder = None
             if discard:
                 self._opcode = 0 if fin else (opcode or self._opcode)
@@ -326,22 +329,23 @@ class FrameReader:
         return pos
 
     def _fragment(self, opcode: int, payload: bytes, fin: int, size: int, out: list[tuple[int, Any]]) -> None:
-        # Fragmented text is decoded as it comes, so bad UTF-8 fails at once.
         if opcode == TEXT:
             self._opcode = TEXT
             self._decoder = codecs.getincrementaldecoder("utf-8")()
-            self._parts = []
+            self._message = bytearray()
         decoder = self._decoder
-        parts = self._parts
-        assert decoder is not None and parts is not None
+        message = self._message
+        assert decoder is not None and message is not None
         try:
-            parts.append(decoder.decode(payload, bool(fin)))
+            # Checked as it comes, so bad UTF-8 fails at once; decoded whole at the end.
+            decoder.decode(payload, bool(fin))
         except UnicodeDecodeError as exc:
             raise FrameError(1007, f"text message is not UTF-8: {exc}") from None
+        message += payload
         self._size = size
         if fin:
-            out.append((TEXT, "".join(parts)))
-            self._parts = None
+            out.append((TEXT, message.decode("utf-8")))
+            self._message = None
             self._decoder = None
             self._opcode = 0
             self._size = 0

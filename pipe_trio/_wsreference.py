@@ -66,14 +66,15 @@ class ReferenceReader:
             a server's frames.
     """
 
-    __slots__ = ("_discard", "_frames", "_parts", "_size", "closed", "max_message")
+    __slots__ = ("_discard", "_frames", "_message", "_size", "closed", "max_message")
 
     def __init__(self, max_message: int = 1 << 62, *, masked: bool = True) -> None:
         self.max_message = max_message
         self._frames = FrameProtocol(client=not masked, extensions=[])
         self.closed = False
-        self._parts: list[str] = []
-        self._size = 0  # bytes of the text message in progress
+        # The fragmented text message's bytes so far, in one buffer (as FrameReader keeps them).
+        self._message: bytearray | None = None
+        self._size = 0  # its bytes so far
         self._discard = False  # it is being dropped
 
     def feed(self, data: bytes) -> list[tuple[int, Any]]:
@@ -111,14 +112,18 @@ class ReferenceReader:
         size = self._size + (len(text) if text.isascii() else len(text.encode("utf-8")))
         if size > self.max_message:
             out.append((OVERSIZED, size))
-            self._parts = []
+            self._message = None
             self._size = 0
             self._discard = not finished
         elif finished:
-            self._parts.append(text)
-            out.append((TEXT, "".join(self._parts)))
-            self._parts = []
+            if self._message is not None:
+                self._message += text.encode("utf-8")
+                text = self._message.decode("utf-8")
+                self._message = None
+            out.append((TEXT, text))
             self._size = 0
         else:
-            self._parts.append(text)
+            if self._message is None:
+                self._message = bytearray()
+            self._message += text.encode("utf-8")
             self._size = size

@@ -8,11 +8,24 @@ own bound.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
 from pipe_trio import _wsreference
-from pipe_trio._wsframes import BROKEN, OVERSIZED, PING, PONG, TEXT, FrameReader, close_frame, control_frame, text_frame
+from pipe_trio._wsframes import (
+    BROKEN,
+    OVERSIZED,
+    PING,
+    PONG,
+    TEXT,
+    FrameReader,
+    close_frame,
+    control_frame,
+    masked_frame,
+    text_frame,
+)
 from pipe_trio._wsreference import ReferenceReader
 
 CLIENT = FrameProtocol(client=True, extensions=[])
@@ -73,7 +86,32 @@ def test_the_reference_reader_drops_an_oversized_message_as_it_streams_in() -> N
     events = []
     for start in range(0, len(frame), 65536):
         events += reader.feed(frame[start : start + 65536])
-        assert not reader._parts  # nothing of it is kept
+        assert reader._message is None  # nothing of it is kept
     events += reader.feed(bytes(CLIENT.send_data("after", fin=True)))
     assert [kind for kind, _ in events] == [OVERSIZED, TEXT]
     assert events[-1] == (TEXT, "after")
+
+
+@pytest.mark.parametrize("reader_class", [FrameReader, ReferenceReader])
+def test_a_fragmented_message_holds_its_bytes_and_no_more(reader_class: type[FrameReader | ReferenceReader]) -> None:
+    # Each fragment counts its payload against the limit: empty ones count
+    # nothing, so they must cost nothing either, nor may a tiny one cost more
+    # than its bytes (a decoded piece per frame would be ~25 times the limit).
+    reader = reader_class(max_message=32768)
+    mask = b"\x01\x02\x03\x04"
+    empty = masked_frame(0x00, b"", mask)  # continuation, not final
+    tiny = [masked_frame(0x00, "€".encode(), mask) for _ in range(10_000)]
+    assert reader.feed(masked_frame(0x01, b"", mask)) == []  # text, not final
+    tracemalloc.start()
+    try:
+        for _ in range(20):
+            assert reader.feed(empty * 5000) == []
+        after_empty, _ = tracemalloc.get_traced_memory()
+        for frame in tiny:
+            assert reader.feed(frame) == []
+        after_tiny, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after_empty < 4096
+    assert after_tiny < 2 * 30_000 + 4096  # the message's 30,000 bytes (a buffer may double)
+    assert reader.feed(masked_frame(0x80, b"!", mask)) == [(TEXT, "€" * 10_000 + "!")]
