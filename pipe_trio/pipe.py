@@ -233,7 +233,8 @@ class Pipe:
         # Set when calls are queued (Pipe.send): the session's flusher writes them.
         self._outgoing = trio.Event()
         self._replies: dict[int, tuple[trio.Event, list[Any]]] = {}
-        self._queue: deque[ev.Notification] = deque()
+        # Notifications received and not processed yet, with the epoch (session) of each.
+        self._queue: deque[tuple[int, ev.Notification]] = deque()
         self._queued = trio.Event()
         self._room = trio.Event()
         self._iterators = 0
@@ -584,7 +585,7 @@ class Pipe:
                     while len(self._queue) >= MAX_QUEUED:
                         self._room = trio.Event()
                         await self._room.wait()
-                    self._queue.append(item.notification)
+                    self._queue.append((self.core.epoch, item.notification))
                     self._queued.set()
 
     def _on_established(self, notice: ev.Established) -> None:
@@ -619,10 +620,10 @@ class Pipe:
                 await self._queued.wait()
             if self._leaving:
                 await trio.sleep_forever()  # what is not processed goes to the other members
-            notification = self._queue.popleft()
+            epoch, notification = self._queue.popleft()
             self._room.set()
             await self._deliver(notification)
-            self.core.processed(notification.seq)
+            self.core.processed(notification.seq, epoch)
             ack = self.core.take_ack()
             if ack is not None:
                 await self._send_quietly(ack)

@@ -31,10 +31,12 @@ def default_apps() -> list[App]:
     ]
 
 
-async def start_relay(nursery: trio.Nursery, apps: Sequence[App] | None = None, **options: object) -> RelayServer:
-    """Serve a new relay on 127.0.0.1 and a free port; returns the running server."""
-    relay = Relay(list(apps) if apps is not None else default_apps(), id_base=1000)
-    server: RelayServer = await nursery.start(lambda task_status: serve(relay, "127.0.0.1", 0, task_status=task_status, **options))
+async def start_relay(
+    nursery: trio.Nursery, apps: Sequence[App] | None = None, *, port: int = 0, id_base: int = 1000, **options: object
+) -> RelayServer:
+    """Serve a new relay on 127.0.0.1 and ``port`` (a free one by default); returns the running server."""
+    relay = Relay(list(apps) if apps is not None else default_apps(), id_base=id_base)
+    server: RelayServer = await nursery.start(lambda task_status: serve(relay, "127.0.0.1", port, task_status=task_status, **options))
     return server
 
 

@@ -77,6 +77,49 @@ async def test_survives_a_relay_restart(nursery: trio.Nursery) -> None:
     assert got == [{"again": True}]
 
 
+async def test_events_left_from_an_ended_session_are_handled_but_not_acked_in_the_next(nursery: trio.Nursery) -> None:
+    """Events still queued in the client when its session ends (a relay restart) are handled, but
+    acking their seqs in the fresh session would settle its own events before they were handled."""
+    first = await start_relay(nursery)
+    port = first.port
+    url = url_of(first)
+    seen: list[Any] = []
+    release = trio.Event()
+    with trio.fail_after(20):
+        async with open_pipe(
+            url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"], max_backoff=0.5
+        ) as pipe:
+
+            @pipe.sockets.on("event:n")
+            async def handle(socket_id: str, data: Any) -> None:
+                seen.append(data)
+                if data == {"old": 1}:
+                    await release.wait()
+
+            async with connect(url, APP_KEY) as client:
+                for n in (1, 2, 3):
+                    await client.send_event("n", {"old": n})
+                while len(pipe._queue) < 2:  # 1 being handled, 2 and 3 queued in the client
+                    await trio.testing.wait_all_tasks_blocked()
+            await first.shutdown(timeout=1)
+            second = await start_relay(nursery, port=port, id_base=50_000)
+            await pipe.wait_connected(after=1)
+            assert not pipe.core.resumed
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("n", {"new": 1})
+                await client.send_event("n", {"new": 2})
+                session = second.relay.state_of(APP_ID).hub.groups["default"].sessions[pipe.session or ""]
+                while session.next_seq < 3:
+                    await trio.testing.wait_all_tasks_blocked()
+                release.set()
+                while len(seen) < 5:
+                    await trio.testing.wait_all_tasks_blocked()
+                while pipe.acked_seq < 2:
+                    await trio.testing.wait_all_tasks_blocked()
+                assert seen == [{"old": 1}, {"old": 2}, {"old": 3}, {"new": 1}, {"new": 2}]
+                assert pipe.last_seq == pipe.acked_seq == session.acked == 2  # the fresh session's own
+
+
 async def test_a_slow_handler_holds_the_stream_back_not_memory(nursery: trio.Nursery) -> None:
     """With a small window, a blocked handler leaves the rest waiting on the relay, not in the client."""
     app = App(id=APP_ID, key=APP_KEY, secret=APP_SECRET, pipe=PipeSettings(window=5))

@@ -158,6 +158,24 @@ def test_a_fresh_session_forgets_the_old_one() -> None:
     assert [i.notification.seq for i in conn.receive(message(1), 1.0)] == [1]
 
 
+def test_what_an_ended_session_left_unprocessed_is_not_acked_in_the_next() -> None:
+    """A notification finished after its session ended does not count: in the fresh session its
+    seq names another event, which an ack would settle before the application saw it."""
+    conn = opened("s1")
+    old = conn.epoch
+    seqs = [i.notification.seq for m in (1, 2, 3) for i in conn.receive(message(m), 0.0)]
+    conn.closed()
+    conn.connecting(1.0)
+    list(conn.receive(established("s2", resumed=False), 1.0))
+    assert conn.epoch != old
+    assert [i.notification.seq for i in conn.receive(message(1), 1.0)] == [1]
+    for seq in seqs:  # the application finishes what it held of s1
+        conn.processed(seq, old)
+    assert conn.last_processed == 0 and conn.take_ack(force=True) is None
+    conn.processed(1, conn.epoch)
+    assert json.loads(conn.take_ack(force=True) or "")["params"] == {"seq": 1}
+
+
 def test_acks_are_cumulative_and_batched() -> None:
     """No ack until ACK_EVERY are processed, unless forced; never the same ack twice."""
     conn = opened()

@@ -141,6 +141,9 @@ class PipeClientConnection:
         self.last_processed = 0
         #: Highest seq received in this session (the application may still hold it).
         self.last_received = 0
+        #: Counts the sessions this pipe has had: a notification is processed
+        #: in the epoch it was received in (see :meth:`processed`).
+        self.epoch = 0
         self._acked = 0
         self._next_id = 1
         self._pending: dict[int, PipeCall] = {}
@@ -163,6 +166,7 @@ class PipeClientConnection:
         """Continue a session saved by an earlier process (before the first connection)."""
         self.session = session
         self.last_processed = self.last_received = self._acked = last_seq
+        self.epoch += 1
 
     @property
     def acked(self) -> int:
@@ -320,6 +324,7 @@ class PipeClientConnection:
         if not notice.resumed or notice.session != self.session:
             self.session = notice.session
             self.last_processed = self.last_received = self._acked = 0
+            self.epoch += 1
         self.subscribing = None
         if notice.resumed or not self.events or self.state is not ClientState.OPEN:
             return None
@@ -329,8 +334,17 @@ class PipeClientConnection:
 
     # --------------------------------------------------------------- acks
 
-    def processed(self, seq: int | None) -> None:
-        """The application finished the notification with this seq."""
+    def processed(self, seq: int | None, epoch: int | None = None) -> None:
+        """The application finished the notification with this seq.
+
+        ``epoch``: the :attr:`epoch` it was received in. One received in an
+        earlier session counts for nothing: its seq numbers are that
+        session's, and acking them in the new one would ack the new events
+        with those numbers, still unprocessed, for good. (The relay has moved
+        the old session's unacked events on, or lost them with a restart.)
+        """
+        if epoch is not None and epoch != self.epoch:
+            return
         if seq is not None and seq > self.last_processed:
             self.last_processed = seq
 
