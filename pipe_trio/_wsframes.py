@@ -115,7 +115,8 @@ def close_payload(code: int | None, reason: str = "") -> bytes:
     """The payload of a close frame; ``code`` None sends none (the peer sees 1005)."""
     if code is None:
         return b""
-    encoded = reason.encode("utf-8")[:123]
+    # A lone surrogate (which the codecs refuse in a reason) becomes "?", not a traceback.
+    encoded = reason.encode("utf-8", "replace")[:123]
     # Cutting inside a multi-byte character would send invalid UTF-8.
     encoded = encoded.decode("utf-8", "ignore").encode("utf-8")
     return code.to_bytes(2, "big") + encoded

@@ -168,6 +168,7 @@ def test_send_to_channel_with_exclusion() -> None:
         ("send_to_channel", {"channel": "c", "event": "e", "data": "x" * 10241}, 4213),
         ("send_to_socket", {"socket_ids": [f"{i}.1" for i in range(101)], "event": "e", "data": ""}, 4214),
         ("send_to_socket", {"socket_id": 5, "event": "e"}, 4220),
+        ("disconnect_socket", {"socket_id": "1.1", "reason": "bye \ud800"}, 4220),  # no close frame can carry it
         ("nope", {}, 4221),
         ("auth_response", {"request_id": "404", "allow": True}, 4222),
         ("subscribe", {"events": ["everything"]}, 4240),

@@ -46,6 +46,10 @@ def test_close_frame_equals_wsproto(code: int | None, reason: str) -> None:
     assert close_frame(code, reason) == _wsreference.close_frame(code, reason)
 
 
+def test_a_close_reason_no_utf_8_can_carry_is_sent_with_a_replacement() -> None:
+    assert close_frame(4009, "bye \ud800") == close_frame(4009, "bye ?")
+
+
 def test_control_frames_equal_wsproto() -> None:
     assert control_frame(PING) == _wsreference.ping_frame()
     assert control_frame(PONG, b"abc") == _wsreference.pong_frame(b"abc")

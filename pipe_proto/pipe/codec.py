@@ -154,9 +154,19 @@ def _disconnect(p: dict[str, Any]) -> DisconnectSocket:
     # 43xx are frame-only codes: pusher-js gives up for good on such a close (pusher-channels.md 1.7).
     if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999 or 4300 <= code <= 4399:
         raise _Malformed("params.code must be an integer from 4000 to 4999, but not 4300-4399")
-    return DisconnectSocket(
-        socket_id=_str(p, "socket_id"), code=code, reason=_opt_str(p, "reason") or ""
-    )
+    reason = _opt_str(p, "reason") or ""
+    if not _encodable(reason):
+        raise _Malformed("params.reason must be Unicode text (it has a lone surrogate)")
+    return DisconnectSocket(socket_id=_str(p, "socket_id"), code=code, reason=reason)
+
+
+def _encodable(text: str) -> bool:
+    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 close frame can carry.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ack(p: dict[str, Any]) -> Ack:
