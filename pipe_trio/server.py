@@ -152,6 +152,20 @@ def _response(status: int, body: Any, *, head: bool = False) -> bytes:
     )
 
 
+async def _send_response(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write a whole HTTP response, giving a client that does not take it ``HTTP_IDLE_TIMEOUT`` seconds.
+
+    Raises:
+        trio.BrokenResourceError: it did not (the connection is then closed,
+            as for a client that went away: pipelining requests without
+            reading the answers must not hold a connection forever).
+    """
+    with trio.move_on_after(HTTP_IDLE_TIMEOUT):
+        await stream.send_all(data)
+        return
+    raise trio.BrokenResourceError("the client did not take its response")
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -774,7 +788,7 @@ class RelayServer:
             if found.kind is not RouteKind.REST or wants_websocket(plain.headers):
                 break
             status, answer = await self._rest_answer(method, found, plain.body)
-            await stream.send_all(_response(status, answer, head=method == "HEAD"))
+            await _send_response(stream, _response(status, answer, head=method == "HEAD"))
             data = await self._first_bytes(stream)
             if not data:
                 return None
@@ -814,12 +828,14 @@ class RelayServer:
             found = route(method, target, upgrade=False)
             head = method == "HEAD"
             if found.kind is RouteKind.REST or (found.kind is RouteKind.CONSOLE_TOKEN and self.console is not None):
-                with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # nor may a body
+                with trio.move_on_after(HTTP_IDLE_TIMEOUT) as reading:  # nor may a body
                     try:
                         await self._rest(stream, conn, method, found, headers)
                     except h11.RemoteProtocolError as exc:  # a malformed body
                         await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
                         return None
+                if reading.cancelled_caught:
+                    return None  # the answer may be cut short: nothing more on this connection
             else:
                 # These routes take no body: a request without one ends here,
                 # and the connection is kept (unless the relay is stopping);
@@ -890,7 +906,7 @@ class RelayServer:
         )
         start = conn.send(response) or b""
         payload = b"" if head else conn.send(h11.Data(data=data)) or b""
-        await stream.send_all(start + payload + (conn.send(h11.EndOfMessage()) or b""))
+        await _send_response(stream, start + payload + (conn.send(h11.EndOfMessage()) or b""))
 
     async def _rest(
         self,

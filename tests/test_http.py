@@ -316,6 +316,29 @@ async def test_connections_over_the_per_address_limit_get_429(nursery: trio.Nurs
             await second.aclose()
 
 
+@pytest.mark.parametrize("path", [b"/", b"/apps/1/channels"], ids=["status", "rest"])
+async def test_a_client_that_never_reads_its_responses_is_closed(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, path: bytes
+) -> None:
+    """Requests pipelined by a client that reads none of the answers fill the socket's buffers: the
+    server gives the client its idle timeout to take a response, then closes the connection."""
+    monkeypatch.setattr("pipe_trio.server.HTTP_IDLE_TIMEOUT", 0.5)
+    server = await start_relay(nursery, max_connections_per_ip=1)
+    request = b"GET " + path + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+    with trio.fail_after(20):
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", server.port))
+        with sock, pytest.raises(OSError) as gone:
+            # The server stops reading once its answers are stuck; when it
+            # gives up on the client, it closes with requests unread: a reset.
+            while True:
+                await sock.send(request * 200)
+    assert gone.value.errno in (errno.ECONNRESET, errno.EPIPE)
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.open_connections == 0 and server._per_ip == {}  # the address's slot is free again
+
+
 async def test_no_per_address_limit_by_default(relay_server: RelayServer) -> None:
     """Without the option, one address may open many connections."""
     with trio.fail_after(10):
