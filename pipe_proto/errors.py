@@ -72,6 +72,9 @@ class PusherCode(IntEnum):
 class PipeCode(IntEnum):
     """Pipe error codes (pipe-protocol.md section 4) and pipe close codes."""
 
+    #: Close code: another connection resumed this one's session (pipe-protocol.md 6).
+    #: The client must not resume it again; it may connect with a fresh session.
+    SESSION_TAKEN_OVER = 4203
     INVALID_EVENT_NAME = 4210
     INVALID_CHANNEL_NAME = 4211
     MALFORMED_SOCKET_ID = 4212

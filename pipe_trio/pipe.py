@@ -514,14 +514,20 @@ class Pipe:
             client=self._client_name,
         )
         refused: HandshakeRefused | None = None
+        code: int | None = None
         try:
             async with open_websocket(url, ssl_context=self._ssl, max_message=MAX_FRAME_BYTES) as ws:
-                await self._session(ws, task_status)
+                try:
+                    await self._session(ws, task_status)
+                finally:
+                    code = ws.closed.code if ws.closed is not None else None
         except HandshakeRefused as exc:
             refused = exc
         finally:
             if self.core.state is not ClientState.CLOSED:
-                self.core.closed()
+                self.core.closed(code)
+                if self.core.session is None and code == PipeCode.SESSION_TAKEN_OVER:
+                    log.warning("another connection resumed this pipe's session; starting a fresh one")
         if refused is not None:
             body = refused.body.decode("utf-8", "replace")
             message = f"relay refused the pipe: {refused.status_code} {body}"

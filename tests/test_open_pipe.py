@@ -120,6 +120,34 @@ async def test_events_left_from_an_ended_session_are_handled_but_not_acked_in_th
                 assert pipe.last_seq == pipe.acked_seq == session.acked == 2  # the fresh session's own
 
 
+async def test_a_process_whose_session_another_resumed_goes_on_with_a_fresh_one(relay_server: RelayServer) -> None:
+    """A second process resuming a live session (a restart overlapping the old process) takes it; the
+    first, closed with 4203, connects again with a fresh session instead of taking it back (the two
+    would take it from each other for ever)."""
+    url = url_of(relay_server)
+    got: list[str] = []
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as first:
+            first.sockets.on("event:n", lambda socket_id, data: got.append("first"))
+            session = first.session
+            async with open_pipe(
+                url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"],
+                resume=(session or "", first.last_seq),
+            ) as second:
+                second.sockets.on("event:n", lambda socket_id, data: got.append("second"))
+                await first.wait_connected(after=1)
+                assert second.session == session and second.core.resumed
+                assert first.session not in (None, session) and not first.core.resumed
+                async with connect(url, APP_KEY) as client:
+                    for n in range(20):
+                        await client.send_event("n", {"n": n})
+                    while len(got) < 20:
+                        await trio.testing.wait_all_tasks_blocked()
+                # Each event reached one member of the group (they share the sockets by key),
+                # and neither connection was taken from the other again.
+                assert len(got) == 20 and (first.connections, second.connections) == (2, 1)
+
+
 async def test_a_slow_handler_holds_the_stream_back_not_memory(nursery: trio.Nursery) -> None:
     """With a small window, a blocked handler leaves the rest waiting on the relay, not in the client."""
     app = App(id=APP_ID, key=APP_KEY, secret=APP_SECRET, pipe=PipeSettings(window=5))

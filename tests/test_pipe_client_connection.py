@@ -176,6 +176,17 @@ def test_what_an_ended_session_left_unprocessed_is_not_acked_in_the_next() -> No
     assert json.loads(conn.take_ack(force=True) or "")["params"] == {"seq": 1}
 
 
+def test_a_session_taken_over_is_not_resumed_again() -> None:
+    """Closed with 4203 (another connection resumed the session), the next connection asks for a fresh
+    session; any other close keeps the session for resuming."""
+    conn = opened("s1")
+    conn.closed(4200)
+    assert conn.connecting(1.0) == {"session": "s1", "last_seq": "0"}
+    list(conn.receive(established("s1", resumed=True), 1.0))
+    conn.closed(4203)
+    assert conn.connecting(2.0) == {}
+
+
 def test_acks_are_cumulative_and_batched() -> None:
     """No ack until ACK_EVERY are processed, unless forced; never the same ack twice."""
     conn = opened()

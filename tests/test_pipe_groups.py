@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from pipe_proto import App, PipeSettings
 from tests.pipe_helpers import Harness, notices
 
@@ -208,11 +210,28 @@ def test_takeover_by_a_reconnecting_session_closes_the_old_connection() -> None:
     old = member(h, a)
     session = h.relay.state_of("1").hub.by_pipe[old].id
     new, out = h.open_pipe(a, session=session, last_seq=0)
-    assert Close(old, 4200, "session resumed on another connection") in out
+    # 4203, not 4200: a client told to reconnect and resume would take the session back.
+    assert Close(old, 4203, "session resumed on another connection") in out
     assert notices(out, new)[0]["data"]["resumed"] is True
     sock, _ = h.open_socket()
     out = send_all(h, [sock], 1)
     assert len(messages(out, new)) == 1 and messages(out, old) == []
+
+
+@pytest.mark.parametrize("change", [{"group": "other"}, {"version": "0.2"}], ids=["other group", "0.2"])
+def test_a_pipe_refused_the_resume_does_not_close_the_session_holder(change: dict[str, str]) -> None:
+    """Naming a live session it cannot resume (another group's, or as a 0.2 pipe) gets a new session
+    and leaves the holder's connection alone."""
+    from pipe_proto import Close
+
+    a = app()
+    h = Harness([a])
+    holder = member(h, a)
+    session = h.relay.state_of("1").hub.by_pipe[holder].id
+    params: dict[str, object] = {"session": session, "last_seq": 0, **change}
+    _, out = h.open_pipe(a, **params)
+    assert not any(isinstance(o, Close) and o.target == holder for o in out)
+    assert h.relay.state_of("1").hub.by_pipe[holder].id == session
 
 
 def test_status_counts_per_group() -> None:

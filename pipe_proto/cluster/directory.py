@@ -51,7 +51,7 @@ from ..relay.core import Core, frame
 from ..relay.directory import Answer, ChannelFacts, Joined, LocalDirectory, Pending
 from ..relay.later import Later, gather
 from ..relay.outputs import ClusterCall
-from ..relay.pipes import Hub
+from ..relay.pipes import TAKEN_OVER, Hub
 from ..relay.state import AppState, Cached, Channel, PresenceMember, Socket
 from ..webhooks import LEAVE_DELAY
 from .pipes import PP_RECORD, ClusterHub
@@ -724,7 +724,7 @@ class ClusterDirectory:
         elif kind == "px":
             pipe_id = hub.taken_over(words[1], words[2])
             if pipe_id is not None and self._pipes is not None:
-                self._pipes.drop(pipe_id, now, (PusherCode.RECONNECT, "session resumed on another connection"))
+                self._pipes.drop(pipe_id, now, TAKEN_OVER)
 
     # --------------------------------------------------------- transitions
 

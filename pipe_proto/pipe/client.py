@@ -37,7 +37,7 @@ from enum import Enum
 
 import attrs
 
-from ..errors import LocalProtocolError
+from ..errors import LocalProtocolError, PipeCode
 from ..liveness import Liveness, LivenessAction
 from ..statemachine import Transitions
 from .codec import MAX_BATCH_CALLS, decode_server_frame, encode_call, encode_request
@@ -179,9 +179,13 @@ class PipeClientConnection:
             return {}
         return {"session": self.session, "last_seq": str(self.last_processed)}
 
-    def closed(self) -> None:
-        """The connection ended (the session is kept for resuming)."""
+    def closed(self, code: int | None = None) -> None:
+        """The connection ended with close ``code`` (None: unknown); the session is kept for resuming,
+        unless another connection took it over (:attr:`PipeCode.SESSION_TAKEN_OVER`): resuming it back
+        would take it from that one in turn, so the next connection starts a fresh session."""
         _TRANSITIONS.move(self, _Input.CLOSE)
+        if code == PipeCode.SESSION_TAKEN_OVER:
+            self.session = None
 
     # ----------------------------------------------------------- requests
 

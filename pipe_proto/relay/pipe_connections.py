@@ -29,6 +29,7 @@ from .later import Later, gather
 from .observe import Observed, observe_pipe_call
 from .outputs import Close, Probe, Send
 from .pipe_auth import PipeAuthorizations
+from .pipes import TAKEN_OVER
 from .sockets import Sockets
 from .state import Pipe, utf8_size
 from .users import Users
@@ -107,7 +108,7 @@ class PipeConnections:
             accepted.last_seq,
             now,
             new_session=lambda: f"{core.new_id(nonce)}.{accepted.group}",
-            taken_over=lambda old: self.drop(old, now, (PusherCode.RECONNECT, "session resumed on another connection")),
+            taken_over=lambda old: self.drop(old, now, TAKEN_OVER),
             attached=attached,
             failed=failed,
         )

@@ -62,6 +62,7 @@ __all__ = [
     "CONTROL_TYPES",
     "EVENT_OVERHEAD",
     "MAX_GROUPS",
+    "TAKEN_OVER",
     "Group",
     "Hub",
     "PipeHub",
@@ -81,6 +82,10 @@ MAX_GROUPS = 256
 CONTROL_TYPES = frozenset({"channel_existence", "presence"})
 #: Bytes counted for each event held, besides its text: its records here.
 EVENT_OVERHEAD = 320
+#: How a connection whose session another one resumed is closed: a distinct
+#: code, so that its client does not resume the session back (the two would
+#: take it from each other for ever) but starts a fresh one.
+TAKEN_OVER = (PipeCode.SESSION_TAKEN_OVER, "session resumed on another connection")
 
 
 def notification_frame(name: str, data: str, extra: str = "") -> str:
@@ -215,6 +220,11 @@ class Session:
     def legacy(self) -> bool:
         """A 0.2 session: no seq, no acks, no resume."""
         return self.version == "0.2"
+
+
+def _resumes(session: Session, version: str, group: str) -> bool:
+    # Whether a pipe of ``version`` in ``group`` asking for ``session`` resumes it (1.0 on both sides, same group).
+    return not session.legacy and version != "0.2" and session.group.name == group
 
 
 class Group:
@@ -379,7 +389,7 @@ class PipeHub:
         answers later in a cluster (:class:`pipe_proto.cluster.ClusterHub`).
         """
         previous = self.sessions.get(wanted_session or "")
-        if previous is not None and previous.pipe is not None:
+        if previous is not None and previous.pipe is not None and _resumes(previous, version, group):
             taken_over(previous.pipe)
         try:
             session, resumed, gap = self.join(pipe_id, version, group, new_session(), wanted_session, last_seq, now)
@@ -409,12 +419,7 @@ class PipeHub:
         caller must call :meth:`start` to replay and pump.
         """
         session = self.sessions.get(wanted_session) if wanted_session else None
-        resumed = (
-            session is not None
-            and not session.legacy
-            and version != "0.2"
-            and session.group.name == group_name
-        )
+        resumed = session is not None and _resumes(session, version, group_name)
         if session is not None and resumed:
             if session.pipe is not None:
                 # The process came back before its old connection was noticed dead.
