@@ -186,6 +186,9 @@ class Side(Protocol):
     def oversized(self, conn_id: str, size: int) -> None:
         """A message over the limit was discarded."""
 
+    def slow(self, conn_id: str) -> None:
+        """The connection is a slow consumer: what it must be sent is over its bound (a pong, say)."""
+
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         """The connection ended."""
 
@@ -606,9 +609,10 @@ class WebSocket:
                     if not self.closing:
                         side.text(conn_id, value)
                 elif kind == PING:
-                    if not self.close_sent:
-                        self.push(self.framing.pong(value))
-                    side.heard(conn_id)
+                    if self.close_sent or self.push(self.framing.pong(value)):
+                        side.heard(conn_id)
+                    else:  # pings from a peer that reads none of the pongs
+                        side.slow(conn_id)
                 elif kind == PONG:
                     side.heard(conn_id)
                 elif kind == OVERSIZED:

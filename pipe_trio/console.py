@@ -261,5 +261,12 @@ class _ConsoleSide:
         if watcher is not None:
             watcher.ws.close(1009, "Message too big")
 
+    def slow(self, conn_id: str) -> None:
+        """Pongs it does not read (its feed's frames are dropped past their own bound, never queued so far)."""
+        watcher = self.console._conns.get(conn_id)
+        if watcher is not None:
+            watcher.ws.discard_queue()
+            watcher.ws.close(4101, "Slow consumer")
+
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         self.console._gone(conn_id)

@@ -1130,6 +1130,12 @@ class _Side:
     def oversized(self, conn_id: str, size: int) -> None:
         """A message over the limit was discarded."""
 
+    def slow(self, conn_id: str) -> None:
+        """A slow consumer: closed as any other (4101)."""
+        conn = self.server.conns.get(conn_id)
+        if conn is not None:
+            self.server._slow_consumer(conn)
+
     def closed(self, conn_id: str, code: int, reason: str) -> None:
         """The connection ended."""
         self.server.conns.pop(conn_id, None)

@@ -18,7 +18,7 @@ import h11
 import pytest
 import trio
 import trio.testing
-from wsproto.events import CloseConnection, Message, TextMessage
+from wsproto.events import CloseConnection, Message, Ping, TextMessage
 
 from pipe_proto import Probe, Send
 from pipe_proto.pipe import Batch, SendToChannel, pipe_url
@@ -263,6 +263,31 @@ async def test_a_reader_that_stops_is_closed_4101_once_its_queue_reaches_the_bur
                 last = json.loads(event.data)
             assert event.code == 4101
             assert last["data"]["code"] == 4101
+        finally:
+            await client.aclose()
+
+
+async def test_a_client_sending_pings_and_reading_no_pongs_is_closed_4101(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Pongs count against the bound like any frame: pings keep a socket alive, but one that reads none
+    of the answers is a slow consumer all the same (4101)."""
+    limit = 16 * 1024
+    server = await start_relay(nursery, max_socket_buffer=limit)
+    with trio.fail_after(300):
+        client, socket_id = await subscribed_client(server, [], rcvbuf=4096)
+        try:
+            shrink_send_buffer(server, socket_id)
+            sent = 0
+            while socket_id in server.conns:
+                assert sent < 4000, "the connection was never closed"
+                await client.send(Ping(payload=b"p" * 125))
+                sent += 1
+                await trio.testing.wait_all_tasks_blocked()
+            assert sent > (BURST_ALLOWANCE - 1) * limit // 127
+            while not isinstance(event := await client.next_event(), CloseConnection):
+                pass
+            assert event.code == 4101
         finally:
             await client.aclose()
 
