@@ -802,7 +802,7 @@ class RelayServer:
                 try:
                     request = await self._next(stream, conn)
                 except h11.RemoteProtocolError as exc:
-                    await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
+                    await self._bad_request(stream, conn, exc)
                     return None
                 finally:
                     self._idle_http.discard(waiting)
@@ -814,10 +814,14 @@ class RelayServer:
             target = request.target.decode("latin-1")
             headers = request.headers
             if wants_websocket(headers):
-                end = conn.next_event()  # a GET upgrade has no body: its end is here at once...
-                if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
-                    with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # ...unless it is not
-                        end = await self._end_of_request(stream, conn)
+                try:
+                    end = conn.next_event()  # a GET upgrade has no body: its end is here at once...
+                    if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
+                        with trio.move_on_after(HTTP_IDLE_TIMEOUT):  # ...unless it is not
+                            end = await self._end_of_request(stream, conn)
+                except h11.RemoteProtocolError as exc:  # a malformed body
+                    await self._bad_request(stream, conn, exc)
+                    return None
                 if not (isinstance(end, h11.EndOfMessage) or end is h11.PAUSED):
                     return None
                 decision = self._upgrade(stream, request.method, request.target, headers, request.http_version)
@@ -832,7 +836,7 @@ class RelayServer:
                     try:
                         await self._rest(stream, conn, method, found, headers)
                     except h11.RemoteProtocolError as exc:  # a malformed body
-                        await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
+                        await self._bad_request(stream, conn, exc)
                         return None
                 if reading.cancelled_caught:
                     return None  # the answer may be cut short: nothing more on this connection
@@ -840,7 +844,11 @@ class RelayServer:
                 # These routes take no body: a request without one ends here,
                 # and the connection is kept (unless the relay is stopping);
                 # one with a body is answered, unread, and the connection closed.
-                ended = isinstance(conn.next_event(), h11.EndOfMessage)
+                try:
+                    ended = isinstance(conn.next_event(), h11.EndOfMessage)
+                except h11.RemoteProtocolError as exc:  # a malformed body
+                    await self._bad_request(stream, conn, exc)
+                    return None
                 close = self._stopping or not ended
                 if found.kind is RouteKind.STATUS:
                     await self._respond(stream, conn, 200, self.status(), head=head, close=close)
@@ -861,6 +869,10 @@ class RelayServer:
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                 return None
             conn.start_next_cycle()
+
+    async def _bad_request(self, stream: trio.abc.Stream, conn: h11.Connection, exc: h11.RemoteProtocolError) -> None:
+        """Answer a request h11 could not read (its status, 400 mostly), and close the connection."""
+        await self._respond(stream, conn, exc.error_status_hint, {"error": escaped(exc)}, close=True)
 
     @staticmethod
     async def _next(stream: trio.abc.Stream, conn: h11.Connection) -> Any:

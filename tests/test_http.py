@@ -361,3 +361,23 @@ async def test_a_chunk_not_ended_by_crlf_is_refused(relay_server: RelayServer) -
             await stream.send_all(head + body)
             received = await read_to_end(stream)
     assert received.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        b"GET " + SOCKET_PATH.encode() + b" HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n",
+    ],
+    ids=["status page", "upgrade"],
+)
+async def test_a_malformed_body_on_a_request_that_takes_none_is_a_400(relay_server: RelayServer, head: bytes) -> None:
+    """A chunked body that is not chunked is answered 400 with Connection: close on every route, not only REST."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay_server.port)
+        async with stream:
+            await stream.send_all(head + b"transfer-encoding: chunked\r\n\r\nzz\r\n\r\n")
+            received = await read_to_end(stream)
+    assert received.startswith(b"HTTP/1.1 400")
+    assert b"\r\nconnection: close\r\n" in received.lower()
