@@ -246,6 +246,10 @@ def test_activity_timeout_comes_from_the_app() -> None:
         ([make_app()], "unknown", {"protocol": "7"}, False, 4001),
         ([make_app(enabled=False)], KEY, {"protocol": "7"}, False, 4003),
         ([make_app(features=Features(tls_only=True))], KEY, {"protocol": "7"}, False, 4000),
+        # The protocol's checks come first (pusher-channels.md 1.2): a retry over TLS could not fix them.
+        ([make_app(features=Features(tls_only=True))], KEY, {"protocol": "3"}, False, 4007),
+        ([make_app(features=Features(tls_only=True))], KEY, {"protocol": "abc"}, False, 4006),
+        ([make_app(features=Features(tls_only=True))], KEY, {}, False, 4008),
         ([make_app()], KEY, {"protocol": "abc"}, False, 4006),
         ([make_app()], KEY, {"protocol": ""}, False, 4006),
         ([make_app()], KEY, {"protocol": "7.0"}, False, 4006),

@@ -121,8 +121,6 @@ class Sockets:
             return PusherCode.APP_NOT_FOUND, "App key does not exist on this relay"
         if not app.enabled:
             return PusherCode.APP_DISABLED, "Application is disabled"
-        if app.features.tls_only and not secure:
-            return PusherCode.TLS_ONLY, "Application only accepts TLS connections"
         protocol = query.get("protocol")
         if protocol is None:
             return PusherCode.NO_PROTOCOL_VERSION, "No protocol version supplied"
@@ -132,6 +130,10 @@ class Sockets:
             return PusherCode.INVALID_VERSION_FORMAT, "Invalid version string format"
         if len(protocol) > 9 or int(protocol) not in SUPPORTED_PROTOCOLS:
             return PusherCode.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol}"
+        # After the protocol's checks (pusher-channels.md 1.2): pusher-js retries a 4000
+        # over TLS at once, which would only bring a refusal the plain connection could have had.
+        if app.features.tls_only and not secure:
+            return PusherCode.TLS_ONLY, "Application only accepts TLS connections"
         return None
 
     @staticmethod
