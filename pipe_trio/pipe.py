@@ -327,7 +327,8 @@ class Pipe:
         every task running now had its turn: the calls made meanwhile (a
         burst of answers) go out with it in one frame, a ``batch``, and
         before any later request or ack. A full queue (100 calls or about
-        16 KiB) is written at once. Calls still queued when the connection
+        16 KiB) is written before another call is queued (that call waits
+        for the write; cancelled meanwhile, it is not made). Calls still queued when the connection
         ends go out first on the next one (or, when the pipe ends, are
         logged as not sent); as with any write, calls already handed to the
         kernel when a connection breaks may be lost.
@@ -345,22 +346,20 @@ class Pipe:
                 await self._write(ws, text)
                 return
             while self.core.full:
-                # A write failed with the queue full (the connection is
-                # ending), or others filled it while this one waited: no
-                # call is queued beyond its bound.
+                # Filled by an earlier call (which left it to the flusher),
+                # or by others while this one waited: it is written before
+                # this call is queued, so no call is queued beyond the bound,
+                # and a cancellation here leaves this one unmade.
                 await self._write(ws)
-            full = self.core.queue(call)
+            self.core.queue(call)
         except ConnectionClosed:
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
         except LocalProtocolError:  # the connection ended while a write waited
             raise PipeDisconnectedError("the pipe disconnected", code=None) from None
-        if full:
-            with suppress(ConnectionClosed):  # then the calls stay queued for the next connection
-                await self._write(ws)
-        else:
-            # Written by the flusher once the running tasks had their turn:
-            # the calls they make meanwhile (a burst of answers) go together.
-            self._outgoing.set()
+        # Written by the flusher once the running tasks had their turn: the
+        # calls they make meanwhile (a burst of answers) go together. Once
+        # queued, the call is made: nothing after this point can be cancelled.
+        self._outgoing.set()
 
     async def _write(self, ws: ClientWebSocket, *texts: str) -> None:
         """Write ``texts`` after the calls queued before them, in one write.
