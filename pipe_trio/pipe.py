@@ -119,14 +119,16 @@ class _Emitter:
         if handler in self._handlers.get(name, []):
             self._handlers[name].remove(handler)
 
-    async def emit(self, name: str, *args: Any) -> None:
+    async def emit(self, name: str, *args: Any) -> bool:
+        """Call the handlers of ``name`` in order; whether there were any."""
         handlers = self._handlers.get(name)
         if not handlers:  # the usual case for most names: nothing to copy
-            return
+            return False
         for handler in list(handlers):
             result = handler(*args)
             if inspect.isawaitable(result):
                 await result
+        return True
 
 
 class SocketRef(_Emitter):
@@ -238,6 +240,7 @@ class Pipe:
         self._queued = trio.Event()
         self._room = trio.Event()
         self._iterators = 0
+        self._iterated = False  # an ``async for`` has begun (see _deliver)
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
         self._reconnected = trio.Event()
@@ -433,6 +436,7 @@ class Pipe:
 
     async def _iterate(self, *, meta: bool) -> AsyncIterator[Any]:
         self._iterators += 1
+        self._iterated = True
         self._consumers.set()
         try:
             while True:
@@ -647,6 +651,7 @@ class Pipe:
         if not self._consumers.is_set():
             await self._consumers.wait()
         notice = notification.notice
+        handled = False
         if isinstance(notice, ev.SocketMessage):
             # An emitter is asked for handlers before its emit is awaited:
             # most have none, and an emit awaited for nothing still makes and
@@ -655,37 +660,44 @@ class Pipe:
             if notice.channel is not None:
                 handlers = self.channels._handlers
                 if "event" in handlers:
-                    await self.channels.emit("event", notice.name, notice.channel, notice.socket_id, notice.data)
+                    handled |= await self.channels.emit(
+                        "event", notice.name, notice.channel, notice.socket_id, notice.data
+                    )
                 if named in handlers:
-                    await self.channels.emit(named, notice.channel, notice.socket_id, notice.data)
+                    handled |= await self.channels.emit(named, notice.channel, notice.socket_id, notice.data)
                 channel = self._channels.get(notice.channel)
                 if channel is not None:
-                    await channel.emit("event", notice.name, notice.socket_id, notice.data)
-                    await channel.emit(named, notice.socket_id, notice.data)
+                    handled |= await channel.emit("event", notice.name, notice.socket_id, notice.data)
+                    handled |= await channel.emit(named, notice.socket_id, notice.data)
             else:
                 handlers = self.sockets._handlers
                 if "event" in handlers:
-                    await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
+                    handled |= await self.sockets.emit("event", notice.name, notice.socket_id, notice.data)
                 if named in handlers:
-                    await self.sockets.emit(named, notice.socket_id, notice.data)
+                    handled |= await self.sockets.emit(named, notice.socket_id, notice.data)
                 socket = self._sockets.get(notice.socket_id)
                 if socket is not None:
-                    await socket.emit("event", notice.name, notice.data)
-                    await socket.emit(named, notice.data)
+                    handled |= await socket.emit("event", notice.name, notice.data)
+                    handled |= await socket.emit(named, notice.data)
         elif isinstance(notice, ev.SocketOpened):
-            await self.sockets.emit("open", notice.socket_id)
+            handled |= await self.sockets.emit("open", notice.socket_id)
         elif isinstance(notice, ev.SocketClosed):
-            await self.sockets.emit("close", notice.socket_id)
+            handled |= await self.sockets.emit("close", notice.socket_id)
             socket = self._sockets.pop(notice.socket_id, None)
             if socket is not None:
-                await socket.emit("close")
+                handled |= await socket.emit("close")
         elif isinstance(notice, ev.AuthRequest) and self._auth is not None and self._tasks is not None:
             # Each authorization is answered on its own: one slow decision
             # must not hold up the others (the relay times each out anyway).
             self._tasks.start_soon(self._answer_auth, notice)
+            handled = True
         if notice.event in self._emitter._handlers:
-            await self._emitter.emit(notice.event, notice)
-        if self._iterators:
+            handled |= await self._emitter.emit(notice.event, notice)
+        # Once the application has iterated, an event no handler took waits
+        # for its next ``async for`` (the hand-off takes a receiver), as items
+        # of a channel do: one that breaks out of a loop and iterates again
+        # later sees what came between, and nothing is acked unseen.
+        if self._iterators or (self._iterated and not handled):
             done = trio.Event()
             await self._handoff_send.send((notification, done))
             await done.wait()

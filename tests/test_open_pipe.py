@@ -220,6 +220,39 @@ async def test_events_before_the_loop_begins_wait_for_it(relay_server: RelayServ
             assert got == [0, 1, 2, 3, 4]
 
 
+async def test_events_between_two_loops_wait_for_the_second_unless_a_handler_takes_them(
+    relay_server: RelayServer,
+) -> None:
+    """Once the application has iterated, an event no handler takes waits for its next ``async for``
+    (nothing is acked unseen); events a handler takes are handled meanwhile, in order."""
+    url = url_of(relay_server)
+    handled: list[int] = []
+    with trio.fail_after(20):
+        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
+            pipe.sockets.on("event:handled", lambda socket_id, data: handled.append(data["n"]))
+            async with connect(url, APP_KEY) as client:
+                await client.send_event("looped", {"n": 0})
+                async with aclosing(pipe.events()) as notices:
+                    async for notice in notices:
+                        assert isinstance(notice, SocketMessage) and notice.data == {"n": 0}
+                        break
+                await client.send_event("handled", {"n": 1})
+                await client.send_event("looped", {"n": 2})
+                await client.send_event("handled", {"n": 3})
+                while pipe.core.last_received < 4:
+                    await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                assert handled == [1] and pipe.last_seq == 2  # 3 waits for a loop, and 4 behind it
+                got = []
+                async with aclosing(pipe.events()) as notices:
+                    async for notice in notices:
+                        assert isinstance(notice, SocketMessage)
+                        got.append(notice.data["n"])
+                        if len(got) == 2:
+                            break
+                assert got == [2, 3] and handled == [1, 3]
+
+
 async def _raw_socket(url: str) -> tuple[ClientWebSocket, str]:
     """A bare WebSocket to the relay as a Pusher socket; returns it and its socket id."""
     host, port = url.removeprefix("ws://").split(":")
