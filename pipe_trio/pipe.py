@@ -22,7 +22,8 @@ deduplicate on something in the event itself.
 
 Notifications wait until the application can take them: once a handler is
 registered or an ``async for`` over the pipe has begun (events replayed on
-connecting are often there before the body of ``async with`` runs).
+connecting are often there before the body of ``async with`` runs). After
+an ``async for`` has begun, one no handler takes waits for the next.
 
 Backpressure: the relay sends a member at most ``window`` unacked events; a
 slow handler therefore slows the stream instead of growing a buffer here.
