@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -132,11 +133,25 @@ class PipeSettings:
     expose_headers: tuple[str, ...] = attrs.field(default=(), converter=_lowercase)
 
 
+def _webhook_url(instance: Any, attr: Any, value: Any) -> None:
+    # Checked whole here: a URL the sender cannot connect to (a port out of
+    # range, no host) must fail the configuration, not the first webhook.
+    if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
+        raise ConfigError(f"webhook url must be an http:// or https:// URL, not {value!r}")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise ConfigError(f"webhook url {value!r} is not usable: {exc}") from None
+    if not parts.hostname:
+        raise ConfigError(f"webhook url {value!r} has no host")
+
+
 @attrs.frozen(kw_only=True)
 class WebhookTarget:
     """Where an app's webhooks go and which kinds (empty: all kinds)."""
 
-    url: str = attrs.field(validator=attrs.validators.matches_re(r"https?://\S+"))
+    url: str = attrs.field(validator=_webhook_url)
     kinds: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
 
     def __attrs_post_init__(self) -> None:

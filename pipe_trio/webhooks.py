@@ -155,7 +155,10 @@ class WebhookSender:
                     target.sent += count
                     return
                 problem = f"status {status}"
-            except (OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            except (
+                OSError, trio.TooSlowError, h11.ProtocolError, trio.BrokenResourceError, ssl.SSLError,
+                ValueError,  # a host name the resolver cannot encode, say: this target's failure, nobody else's
+            ) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             self.stats["failed_attempts"] += 1
             target.failed += 1

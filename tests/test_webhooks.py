@@ -67,6 +67,17 @@ def test_kinds_filter() -> None:
     assert [e["name"] for e in sent] == ["client_event"]
 
 
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example:80800/pusher", "http:///pusher", "ftp://hooks.example/", "http://a b/"]
+)
+def test_a_webhook_url_the_sender_could_not_use_fails_the_configuration(url: str) -> None:
+    """A port out of range, no host, another scheme: refused when the app is configured, not at the first webhook."""
+    from pipe_proto import ConfigError
+
+    with pytest.raises(ConfigError):
+        WebhookTarget(url=url)
+
+
 def test_retry_schedule_backs_off_to_a_minute() -> None:
     """Retries wait 1, 2, 4 ... seconds, at most 60."""
     assert [retry_delay(n) for n in (1, 2, 3, 7, 8, 20)] == [1, 2, 4, 60, 60, 60]
@@ -136,6 +147,26 @@ async def test_failing_receiver_is_retried_without_stalling_delivery(nursery: tr
         assert requests[0].body == requests[1].body == requests[2].body == first[0].body
         assert requests[1].at - requests[0].at >= 1.0
         assert server.webhooks.stats["failed_attempts"] == 2 and server.webhooks.stats["sent"] == 1
+
+
+async def test_a_target_whose_host_cannot_be_looked_up_fails_alone(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    """A host name the resolver refuses to encode (a label over 63 characters) is that target's failed
+    delivery, retried and given up on: the sender (and so the relay) goes on."""
+    unusable = "http://" + "a" * 64 + ".example/hook"
+    receiver: HttpReceiver = await nursery.start(HttpReceiver(lambda r: 200).serve)
+    sender = WebhookSender(AppRegistry([hook_app(unusable)]), trio.current_time)
+    await nursery.start(lambda task_status: _started_then_run(sender, task_status))
+    with trio.fail_after(600):
+        sender.add("1", (unusable,), {"name": "channel_vacated", "channel": "a"})
+        while sender.stats["dropped"] < 1:
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(30)  # MockClock: skips through the retries' back-off
+        sender.add("1", (receiver.url,), {"name": "channel_vacated", "channel": "b"})
+        [request] = await receiver.wait_for(1)
+    assert json.loads(request.body)["events"][0]["channel"] == "b"
+    assert sender.stats["failed_attempts"] >= 2
 
 
 async def test_full_queue_drops_oldest_and_counts(nursery: trio.Nursery, clock: trio.testing.MockClock) -> None:
