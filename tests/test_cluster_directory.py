@@ -157,6 +157,28 @@ def test_departure_webhooks_wait_and_are_confirmed_against_redis() -> None:
     assert relay.cluster_result(confirm.token, 0, 4.7) == []
 
 
+def test_subscription_count_webhooks_follow_joins_and_leaves_as_on_one_relay() -> None:
+    """Each join's answer brings the cluster's count, sent as a webhook; each leave's too, but for
+    the last (channel_vacated says that one), as a lone relay sends them."""
+    relay = node(features=Features(subscription_count=True))
+    connected(relay)
+    sid = open_socket(relay, 1)
+    (join,) = calls(subscribe(relay, sid, "news"))
+    answer = b'{"count":3,"members":null,"cache":null,"miss":false,"transitions":[]}'
+    out = relay.cluster_message(f"r {join[3]}\n".encode() + answer, 0.0)
+    hooks = [o.event for o in out if isinstance(o, WebhookEvent)]
+    assert [(e["name"], e["subscription_count"]) for e in hooks] == [("subscription_count", 3)]
+    for count, expected in ((2, [("subscription_count", 2)]), (0, [])):
+        other = open_socket(relay, 10 + count)
+        (join,) = calls(subscribe(relay, other, "news"))
+        relay.cluster_message(f"r {join[3]}\n".encode() + answer, 0.0)
+        out = relay.socket_closed(other, 1.0, 1000, "bye")
+        (leave,) = [c for c in out if isinstance(c, ClusterCall) and c.args[0] == "leave"]
+        assert leave.token is not None
+        out = relay.cluster_result(leave.token, json.dumps({"count": count, "transitions": []}), 1.0)
+        assert [(o.event["name"], o.event["subscription_count"]) for o in out if isinstance(o, WebhookEvent)] == expected
+
+
 def test_without_redis_a_node_answers_from_its_own_records_and_resyncs_after() -> None:
     """cluster_down: waiting joins are answered from this node's records; cluster_up sends its share."""
     relay = node(features=Features(subscription_count=True))

@@ -423,6 +423,9 @@ class ClusterDirectory:
             subscription_count=count,
         )
         self._channels.joined(sock, channel, joined, now)
+        if count is not None:
+            # As on one relay: each join's node sends the count it made, each leave's the one it left.
+            self._count_hook(state, channel, int(count), now)
 
     def leave(self, state: AppState, channel: Channel, sock: Socket, key: str | None, joined: bool, now: float) -> None:
         if not joined:
@@ -448,10 +451,16 @@ class ClusterDirectory:
         def left(result: Any, now: float) -> None:
             reply = jsontext.loads(result)
             self._transitions(reply["transitions"], now, None)
-            if state.webhooks.wants("subscription_count") and self._counted(state, channel) == "1":
-                state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=reply["count"])
+            if self._counted(state, channel) == "1" and reply["count"]:
+                # None when the channel emptied: channel_vacated says so (as on one relay).
+                self._count_hook(state, channel, int(reply["count"]), now)
 
         self.call("leave", *args, answer=left)
+
+    @staticmethod
+    def _count_hook(state: AppState, channel: Channel, count: int, now: float) -> None:
+        if state.webhooks.wants("subscription_count"):
+            state.webhooks.event("subscription_count", now, channel=channel.name, subscription_count=count)
 
     def members(self, state: AppState, channel: Channel, sock: Socket, now: float) -> None:
         assert self._channels is not None
