@@ -197,6 +197,34 @@ def test_without_redis_a_node_answers_from_its_own_records_and_resyncs_after() -
     assert fields[1::5] == ("1", "1")
 
 
+def test_without_redis_a_node_tells_its_own_subscribers_of_its_members_coming_and_going() -> None:
+    """A presence member joining or leaving while Redis is down is announced to the node's other
+    subscribers, as one relay would; the resync's announcement of the join is not passed on again."""
+    from pipe_proto.pusher.events import MemberAdded
+    from pipe_proto.relay.core import frame
+
+    room = "presence-room"
+    relay = node()
+    connected(relay)
+    alice = open_socket(relay, 1)
+    data = json.dumps({"user_id": "alice"})
+    (join,) = calls(subscribe(relay, alice, room, auth=channel_auth(KEY, SECRET, alice, room, data), channel_data=data))
+    answer = {"count": 1, "members": [["alice", None]], "cache": None, "miss": False, "transitions": []}
+    relay.cluster_message(f"r {join[3]}\n".encode() + json.dumps(answer).encode(), 0.0)
+    relay.cluster_down(1.0)
+    bob = open_socket(relay, 2)
+    data = json.dumps({"user_id": "bob"})
+    out = subscribe(relay, bob, room, auth=channel_auth(KEY, SECRET, bob, room, data), channel_data=data)
+    [added] = frames(out, alice)
+    assert added["event"] == "pusher_internal:member_added" and json.loads(added["data"])["user_id"] == "bob"
+    relay.cluster_up(2.0)
+    echo = frame(MemberAdded(channel=room, user_id="bob", user_info=None))
+    assert frames(relay.cluster_message(f"m 1 {room}\n{echo}".encode(), 2.1), alice) == []
+    relay.cluster_down(3.0)
+    [removed] = frames(relay.socket_closed(bob, 3.1, 1000, "bye"), alice)
+    assert removed["event"] == "pusher_internal:member_removed" and json.loads(removed["data"])["user_id"] == "bob"
+
+
 def test_a_node_reaped_while_paused_closes_its_connections_and_starts_afresh() -> None:
     """A heartbeat that finds the node unlisted: its sockets get 4200, nothing is said to Redis for them, resync."""
     relay = node()

@@ -50,7 +50,7 @@ from ..relay.authorization import Member, Refuse, SignedInUser
 from ..relay.core import Core, frame
 from ..relay.directory import Answer, ChannelFacts, Joined, LocalDirectory, Pending
 from ..relay.later import Later, gather
-from ..relay.outputs import ClusterCall
+from ..relay.outputs import ClusterCall, Send
 from ..relay.pipes import TAKEN_OVER, Hub
 from ..relay.state import AppState, Cached, Channel, PresenceMember, Socket
 from ..webhooks import LEAVE_DELAY
@@ -345,6 +345,12 @@ class ClusterDirectory:
     def join(self, state: AppState, channel: Channel, sock: Socket, member: Member | None, now: float) -> None:
         assert self._channels is not None
         if not self.connected:
+            # Without Redis, as one relay would with this node's members: the
+            # others here hear of a new one (the resync's announcement of it
+            # is then known here, and not passed on again).
+            if member is not None and channel.members is not None and member.key not in channel.members:
+                added = MemberAdded(channel=channel.name, user_id=member.user_id, user_info=member.info)
+                self._tell_here(channel, added)
             self._add_member(channel, sock, member)
             self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
             return
@@ -377,6 +383,11 @@ class ClusterDirectory:
             channel.members[member.key] = PresenceMember(member, sock.id)
         else:
             known.sockets.add(sock.id)
+
+    def _tell_here(self, channel: Channel, event: MemberAdded | MemberRemoved) -> None:
+        """Send a member's arrival or departure to this node's subscribers of ``channel``."""
+        if channel.sockets:
+            self.core.out.append(Send(tuple(channel.sockets), frame(event)))
 
     @staticmethod
     def _local_members(channel: Channel) -> list[tuple[str | int, Any]] | None:
@@ -440,6 +451,10 @@ class ClusterDirectory:
                 known.sockets.discard(sock.id)
                 if not known.sockets:
                     del channel.members[key]
+                    if not self.connected:
+                        # As for a join without Redis; the resync may announce the
+                        # departure again, which pusher-js ignores for a member it no longer has.
+                        self._tell_here(channel, MemberRemoved(channel=channel.name, user_id=known.user_id))
         if self.connected:
             self._call_leave(state, channel, key)
 
