@@ -106,6 +106,17 @@ async def test_resync_moves_counts_by_the_difference(script: Script) -> None:
     assert await script.client.hget(script.key("node:a"), "s|1|news") == b"1"
 
 
+async def test_a_resync_makes_the_departures_its_node_held_back_due(script: Script) -> None:
+    """A node whose link broke forgot the departures waiting their delay (or never heard of them, its
+    answers lost): its resync makes its own due at once, and leaves other nodes' waiting."""
+    await join(script, "a", "news")
+    await join(script, "b", "sports")
+    await script("leave", "a", "1", "news", "0")
+    await script("leave", "b", "1", "sports", "0")
+    assert json.loads(await script("rs_begin", "a", "1")) == [["due", "1", "v|news"]]
+    assert list(await script.client.hkeys(script.key("a:1:delay"))) == [b"v|sports"]
+
+
 async def test_a_quick_return_cancels_the_departure(script: Script) -> None:
     """Leaving and coming back before the confirmation: 'reoccupied', and the confirm finds nothing to send."""
     await join(script, "a", "news")

@@ -872,10 +872,10 @@ class ClusterDirectory:
         """Redis is reachable (again): put this node's share right, then carry on."""
         self.connected = True
         self.counters["resyncs"] += 1
-        self.call("rs_begin")
+        on_result = lambda result, now: self._transitions(jsontext.loads(result), now, None)  # noqa: E731
+        self.call("rs_begin", " ".join(app.id for app in self.core.apps), answer=on_result)
         counted = " ".join(self._counted_apps())
         chunk: list[str] = []
-        on_result = lambda result, now: self._transitions(jsontext.loads(result), now, None)  # noqa: E731
         for field in self._share():
             chunk.extend(field)
             if len(chunk) >= RESYNC_CHUNK * 5:

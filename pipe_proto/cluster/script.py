@@ -698,6 +698,18 @@ function ops.confirm()
   return 0
 end
 
+-- The departures node n holds back in app (their webhooks waiting their
+-- delay) are due now: n is dead, or lost track of them (an outage).
+local function due_departures(app, n)
+  local delays = redis.call('HGETALL', akey(app, 'delay'))
+  for j = 1, #delays, 2 do
+    if string.sub(delays[j + 1], 1, #n + 1) == n .. '|' then
+      redis.call('HDEL', akey(app, 'delay'), delays[j])
+      transitions[#transitions + 1] = {'due', app, delays[j]}
+    end
+  end
+end
+
 -- ARGV: dead bound (ms), apps with subscription counts, all apps, and the
 -- resume grace of each app (ms), in the order of the apps.
 function ops.reap()
@@ -724,13 +736,7 @@ function ops.reap()
       end
       for _, app in ipairs(apps) do
         -- The dead node's delayed webhooks are due now, from this node.
-        local delays = redis.call('HGETALL', akey(app, 'delay'))
-        for j = 1, #delays, 2 do
-          if string.sub(delays[j + 1], 1, #d + 1) == d .. '|' then
-            redis.call('HDEL', akey(app, 'delay'), delays[j])
-            transitions[#transitions + 1] = {'due', app, delays[j]}
-          end
-        end
+        due_departures(app, d)
         -- Its pipes are gone: their sessions wait for their backends' resume.
         local all = pipe_members(app)
         for sid, m in pairs(all) do
@@ -743,6 +749,9 @@ function ops.reap()
   return transitions_json()
 end
 
+-- ARGV[4]: all apps. The departures this node held back before the outage
+-- are due now: it forgot them when the link broke (and may never have heard
+-- of some, whose answers were lost), and nobody else would send them.
 function ops.rs_begin()
   local mine, old = nkey(node), nkey(node) .. ':old'
   if redis.call('EXISTS', old) == 1 then
@@ -753,7 +762,8 @@ function ops.rs_begin()
     redis.call('RENAME', mine, old)
   end
   redis.call('ZADD', P .. ':nodes', now_ms(), node)
-  return 1
+  for app in string.gmatch(ARGV[4] or '', '%S+') do due_departures(app, node) end
+  return transitions_json()
 end
 
 -- ARGV[4]: apps with subscription counts; then groups of five:
