@@ -219,6 +219,10 @@ class ClusterDirectory:
         self._next_beat = math.inf
         #: Departures whose webhooks wait: (due, app id, field, token).
         self._departures: list[tuple[float, str, str, str]] = []
+        #: Presence members whose arrival this node told its own subscribers
+        #: while Redis was down, (app, channel, key): their departure in the
+        #: same outage is told here too.
+        self._told_while_down: set[tuple[str, str, str]] = set()
         self.counters = {
             "messages_in": 0,
             "calls": 0,
@@ -345,13 +349,7 @@ class ClusterDirectory:
     def join(self, state: AppState, channel: Channel, sock: Socket, member: Member | None, now: float) -> None:
         assert self._channels is not None
         if not self.connected:
-            # Without Redis, as one relay would with this node's members: the
-            # others here hear of a new one (the resync's announcement of it
-            # is then known here, and not passed on again).
-            if member is not None and channel.members is not None and member.key not in channel.members:
-                added = MemberAdded(channel=channel.name, user_id=member.user_id, user_info=member.info)
-                self._tell_here(channel, added)
-            self._add_member(channel, sock, member)
+            self._join_here(state, channel, sock, member)
             self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
             return
         join = _Join(sock, channel, member, [False])
@@ -383,6 +381,19 @@ class ClusterDirectory:
             channel.members[member.key] = PresenceMember(member, sock.id)
         else:
             known.sockets.add(sock.id)
+
+    def _join_here(self, state: AppState, channel: Channel, sock: Socket, member: Member | None) -> None:
+        """A join answered from this node's records (Redis is down).
+
+        As one relay would with this node's members, its other subscribers
+        hear of a new one (the resync's announcement of it is then known
+        here, and not passed on). A member also on another node may so be
+        announced twice: this node cannot know.
+        """
+        if member is not None and channel.members is not None and member.key not in channel.members:
+            self._told_while_down.add((state.app.id, channel.name, member.key))
+            self._tell_here(channel, MemberAdded(channel=channel.name, user_id=member.user_id, user_info=member.info))
+        self._add_member(channel, sock, member)
 
     def _tell_here(self, channel: Channel, event: MemberAdded | MemberRemoved) -> None:
         """Send a member's arrival or departure to this node's subscribers of ``channel``."""
@@ -451,9 +462,11 @@ class ClusterDirectory:
                 known.sockets.discard(sock.id)
                 if not known.sockets:
                     del channel.members[key]
-                    if not self.connected:
-                        # As for a join without Redis; the resync may announce the
-                        # departure again, which pusher-js ignores for a member it no longer has.
+                    told = (state.app.id, channel.name, key)
+                    if not self.connected and told in self._told_while_down:
+                        # Its arrival was told here in this outage, so is its departure.
+                        # Others' wait for the resync: the member may be on another node.
+                        self._told_while_down.discard(told)
                         self._tell_here(channel, MemberRemoved(channel=channel.name, user_id=known.user_id))
         if self.connected:
             self._call_leave(state, channel, key)
@@ -725,8 +738,9 @@ class ClusterDirectory:
         """Whether a member_added names a member this node has on the channel.
 
         A join's frame always comes before its own answer, so this only
-        happens when a resync after Redis lost its data announces this
-        node's own members back to it: its sockets knew them all along.
+        happens when a resync announces this node's own members back to it
+        (after Redis lost its data, or for members that joined while it was
+        down, told here then): its sockets knew them all along.
         """
         if not channel.members or '"pusher_internal:member_added"' not in frame:
             return False
@@ -872,8 +886,10 @@ class ClusterDirectory:
         """Redis is reachable (again): put this node's share right, then carry on."""
         self.connected = True
         self.counters["resyncs"] += 1
+        self._told_while_down.clear()
         on_result = lambda result, now: self._transitions(jsontext.loads(result), now, None)  # noqa: E731
-        self.call("rs_begin", " ".join(app.id for app in self.core.apps), answer=on_result)
+        apps = " ".join(app.id for app in self.core.apps)
+        self.call("rs_begin", apps)
         counted = " ".join(self._counted_apps())
         chunk: list[str] = []
         for field in self._share():
@@ -883,7 +899,7 @@ class ClusterDirectory:
                 chunk = []
         if chunk:
             self.call("rs_add", counted, *chunk, answer=on_result)
-        self.call("rs_end", counted, answer=on_result)
+        self.call("rs_end", counted, apps, answer=on_result)
         for app_id, hub in self._hubs.items():
             hub.restore(now)
             self.call("pmembers", app_id, answer=_resetting(hub))
@@ -902,6 +918,7 @@ class ClusterDirectory:
         self._signins.clear()
         self._waiting.clear()
         self._departures.clear()
+        self._told_while_down.clear()
         self.remote_requests.down()
         for hub in self._hubs.values():
             hub.down()
@@ -912,7 +929,7 @@ class ClusterDirectory:
                 channel.joining -= 1
                 self._channels.forget_if_empty(sock.app, channel)
                 continue
-            self._add_member(channel, sock, join.member)
+            self._join_here(sock.app, channel, sock, join.member)
             self._channels.joined(sock, channel, Joined(members=self._local_members(channel)), now)
         # Admissions waiting: the records answer.
         admissions = list(self._admissions.values())

@@ -699,11 +699,15 @@ function ops.confirm()
 end
 
 -- The departures node n holds back in app (their webhooks waiting their
--- delay) are due now: n is dead, or lost track of them (an outage).
-local function due_departures(app, n)
+-- delay) are due now: n is dead. With only_forgotten, those its resync
+-- marked as forgotten (see rs_begin) and nothing has cancelled since.
+local function due_departures(app, n, only_forgotten)
   local delays = redis.call('HGETALL', akey(app, 'delay'))
   for j = 1, #delays, 2 do
-    if string.sub(delays[j + 1], 1, #n + 1) == n .. '|' then
+    local token = delays[j + 1]
+    local due = token == n .. '|forgotten'
+    if not only_forgotten then due = string.sub(token, 1, #n + 1) == n .. '|' end
+    if due then
       redis.call('HDEL', akey(app, 'delay'), delays[j])
       transitions[#transitions + 1] = {'due', app, delays[j]}
     end
@@ -736,7 +740,7 @@ function ops.reap()
       end
       for _, app in ipairs(apps) do
         -- The dead node's delayed webhooks are due now, from this node.
-        due_departures(app, d)
+        due_departures(app, d, false)
         -- Its pipes are gone: their sessions wait for their backends' resume.
         local all = pipe_members(app)
         for sid, m in pairs(all) do
@@ -750,8 +754,10 @@ function ops.reap()
 end
 
 -- ARGV[4]: all apps. The departures this node held back before the outage
--- are due now: it forgot them when the link broke (and may never have heard
--- of some, whose answers were lost), and nobody else would send them.
+-- are marked forgotten: it lost track of them when the link broke (and may
+-- never have heard of some, whose answers were lost), and nobody else would
+-- send them. rs_add cancels those whose channel or member came back on this
+-- node meanwhile (a comeback elsewhere did already); rs_end makes the rest due.
 function ops.rs_begin()
   local mine, old = nkey(node), nkey(node) .. ':old'
   if redis.call('EXISTS', old) == 1 then
@@ -762,8 +768,15 @@ function ops.rs_begin()
     redis.call('RENAME', mine, old)
   end
   redis.call('ZADD', P .. ':nodes', now_ms(), node)
-  for app in string.gmatch(ARGV[4] or '', '%S+') do due_departures(app, node) end
-  return transitions_json()
+  for app in string.gmatch(ARGV[4] or '', '%S+') do
+    local delays = redis.call('HGETALL', akey(app, 'delay'))
+    for j = 1, #delays, 2 do
+      if string.sub(delays[j + 1], 1, #node + 1) == node .. '|' then
+        redis.call('HSET', akey(app, 'delay'), delays[j], node .. '|forgotten')
+      end
+    end
+  end
+  return 1
 end
 
 -- ARGV[4]: apps with subscription counts; then groups of five:
@@ -784,8 +797,11 @@ function ops.rs_add()
   return transitions_json()
 end
 
+-- ARGV[4]: apps with subscription counts; ARGV[5]: all apps.
 function ops.rs_end()
   local old, counted = nkey(node) .. ':old', set_of(ARGV[4])
+  -- Before what is left of the old share goes (its departures are new ones).
+  for app in string.gmatch(ARGV[5] or '', '%S+') do due_departures(app, node, true) end
   local share = redis.call('HGETALL', old)
   redis.call('DEL', old)
   for i = 1, #share, 2 do
