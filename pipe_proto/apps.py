@@ -136,8 +136,10 @@ class PipeSettings:
 def _webhook_url(instance: Any, attr: Any, value: Any) -> None:
     # Checked whole here: a URL the sender cannot connect to (a port out of
     # range, no host) must fail the configuration, not the first webhook.
-    if not isinstance(value, str) or not re.fullmatch(r"https?://\S+", value):
-        raise ConfigError(f"webhook url must be an http:// or https:// URL, not {value!r}")
+    if not isinstance(value, str) or not value.isascii() or not re.fullmatch(r"https?://\S+", value):
+        # ASCII: the request line and Host header are (an IDN host goes in its xn-- form,
+        # other characters percent-encoded).
+        raise ConfigError(f"webhook url must be an http:// or https:// URL in ASCII, not {value!r}")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not one

@@ -184,6 +184,10 @@ class ChannelRef(_Emitter):
         return int(result.get("delivered", 0)) if isinstance(result, dict) else 0
 
 
+#: Notices a pipe receives whatever its ``events=`` (see :meth:`Pipe._deliver`).
+_UNASKED = (ev.Gap, ev.AuthRequest)
+
+
 def _text(data: Any) -> str:
     return data if isinstance(data, str) else dumps(data)
 
@@ -242,6 +246,7 @@ class Pipe:
         self._room = trio.Event()
         self._iterators = 0
         self._iterated = False  # an ``async for`` has begun (see _deliver)
+        self._waiting_logged = False  # an event waited with no loop running: said once
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[tuple[ev.Notification, trio.Event]](0)
         self._connected = trio.Event()
         self._reconnected = trio.Event()
@@ -697,8 +702,17 @@ class Pipe:
         # Once the application has iterated, an event no handler took waits
         # for its next ``async for`` (the hand-off takes a receiver), as items
         # of a channel do: one that breaks out of a loop and iterates again
-        # later sees what came between, and nothing is acked unseen.
-        if self._iterators or (self._iterated and not handled):
+        # later sees what came between, and nothing is acked unseen. Not the
+        # notices no ``events=`` can leave out (a gap; an auth request with
+        # no callback, which the relay answers itself in time): an
+        # application that stopped iterating would wait for ever.
+        if self._iterators or (self._iterated and not handled and not isinstance(notice, _UNASKED)):
+            if not self._iterators and not self._waiting_logged:
+                self._waiting_logged = True
+                log.warning(
+                    "a %s event waits for an `async for` over the pipe (none is running), and those after it too; "
+                    "iterate again, or take such events with handlers", notice.event,
+                )
             done = trio.Event()
             await self._handoff_send.send((notification, done))
             await done.wait()

@@ -253,6 +253,35 @@ async def test_events_between_two_loops_wait_for_the_second_unless_a_handler_tak
                 assert got == [2, 3] and handled == [1, 3]
 
 
+async def test_after_a_loop_a_gap_never_waits_and_an_event_that_does_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A gap (which no ``events=`` leaves out) with no handler does not wait for a loop: the events
+    behind it go on to their handlers. An event that does wait, with no loop running, says so once."""
+    from pipe_proto.pipe import Gap, SocketOpened
+    from pipe_trio.testing import serve_fake_relay
+
+    opened: list[str] = []
+    app = App(id=APP_ID, key=APP_KEY, secret=APP_SECRET)
+    with trio.fail_after(20):
+        async with (
+            serve_fake_relay(app) as relay,
+            open_pipe(relay.url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET) as pipe,
+        ):
+            await relay.notify(SocketOpened(socket_id="1.1"))
+            async with aclosing(pipe.events()) as notices:
+                async for _ in notices:
+                    break
+            pipe.sockets.on("open", opened.append)
+            await relay.notify(Gap(dropped=3))
+            await relay.notify(SocketOpened(socket_id="1.2"))
+            while opened != ["1.2"]:
+                await trio.testing.wait_all_tasks_blocked()
+            assert not [r for r in caplog.records if "waits for an `async for`" in r.getMessage()]
+            await relay.notify(SocketClosed(socket_id="1.2", code=1000, reason=""))  # no handler: it waits
+            while not [r for r in caplog.records if "waits for an `async for`" in r.getMessage()]:
+                await trio.testing.wait_all_tasks_blocked()
+            assert pipe.last_seq == 3
+
+
 async def _raw_socket(url: str) -> tuple[ClientWebSocket, str]:
     """A bare WebSocket to the relay as a Pusher socket; returns it and its socket id."""
     host, port = url.removeprefix("ws://").split(":")

@@ -68,7 +68,11 @@ def test_kinds_filter() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://hooks.example:80800/pusher", "http:///pusher", "ftp://hooks.example/", "http://a b/"]
+    "url",
+    [
+        "http://hooks.example:80800/pusher", "http:///pusher", "ftp://hooks.example/", "http://a b/",
+        "http://hooks.example/ä", "http://hööks.example/",
+    ],
 )
 def test_a_webhook_url_the_sender_could_not_use_fails_the_configuration(url: str) -> None:
     """A port out of range, no host, another scheme: refused when the app is configured, not at the first webhook."""

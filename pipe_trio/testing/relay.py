@@ -112,8 +112,10 @@ class FakeRelayServer:
             self._wake()
             return
         if self._ws is not None:
+            # As the relay closes a connection whose session another resumed (4203), else 4200.
+            taken_over = outcome.resumed and self._conn is not None and outcome.session is self._conn.session
             with suppress(trio_websocket.ConnectionClosed):
-                await self._ws.aclose(code=4200, reason="replaced by a new connection")
+                await self._ws.aclose(code=4203 if taken_over else 4200, reason="replaced by a new connection")
         ws = await request.accept()
         self._ws, self._conn = ws, outcome
         self.connections += 1
