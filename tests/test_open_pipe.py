@@ -202,22 +202,29 @@ async def test_events_before_the_loop_begins_wait_for_it(relay_server: RelayServ
     """Notifications that arrive before anyone iterates or registers a handler are kept for the loop, not acked."""
     url = url_of(relay_server)
     with trio.fail_after(20):
-        async with open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe:
-            async with connect(url, APP_KEY) as client:
-                for n in range(5):
-                    await client.send_event("n", {"n": n})
-                while pipe.core.last_received < 5:
-                    await trio.testing.wait_all_tasks_blocked()
+        async with (
+            open_pipe(url, app_id=APP_ID, key=APP_KEY, secret=APP_SECRET, events=["socket_message"]) as pipe,
+            connect(url, APP_KEY) as client,
+        ):
+            for n in range(5):
+                await client.send_event("n", {"n": n})
+            while pipe.core.last_received < 5:
                 await trio.testing.wait_all_tasks_blocked()
-                assert pipe.acked_seq == 0 and pipe.last_seq == 0  # nobody has taken them yet
-                got = []
-                async with aclosing(pipe.events()) as notices:
-                    async for notice in notices:
-                        assert isinstance(notice, SocketMessage)
-                        got.append(notice.data["n"])
-                        if len(got) == 5:
-                            break
-            assert got == [0, 1, 2, 3, 4]
+            await trio.testing.wait_all_tasks_blocked()
+            assert pipe.acked_seq == 0 and pipe.last_seq == 0  # nobody has taken them yet
+            assert await numbers_from_a_loop(pipe, 5) == [0, 1, 2, 3, 4]
+
+
+async def numbers_from_a_loop(pipe: Any, count: int) -> list[int]:
+    """The ``n`` of the next ``count`` socket messages, taken by an ``async for`` that then ends."""
+    got: list[int] = []
+    async with aclosing(pipe.events()) as notices:
+        async for notice in notices:
+            assert isinstance(notice, SocketMessage)
+            got.append(notice.data["n"])
+            if len(got) == count:
+                break
+    return got
 
 
 async def test_events_between_two_loops_wait_for_the_second_unless_a_handler_takes_them(
@@ -232,10 +239,7 @@ async def test_events_between_two_loops_wait_for_the_second_unless_a_handler_tak
             pipe.sockets.on("event:handled", lambda socket_id, data: handled.append(data["n"]))
             async with connect(url, APP_KEY) as client:
                 await client.send_event("looped", {"n": 0})
-                async with aclosing(pipe.events()) as notices:
-                    async for notice in notices:
-                        assert isinstance(notice, SocketMessage) and notice.data == {"n": 0}
-                        break
+                assert await numbers_from_a_loop(pipe, 1) == [0]
                 await client.send_event("handled", {"n": 1})
                 await client.send_event("looped", {"n": 2})
                 await client.send_event("handled", {"n": 3})
@@ -243,14 +247,8 @@ async def test_events_between_two_loops_wait_for_the_second_unless_a_handler_tak
                     await trio.testing.wait_all_tasks_blocked()
                 await trio.testing.wait_all_tasks_blocked()
                 assert handled == [1] and pipe.last_seq == 2  # 3 waits for a loop, and 4 behind it
-                got = []
-                async with aclosing(pipe.events()) as notices:
-                    async for notice in notices:
-                        assert isinstance(notice, SocketMessage)
-                        got.append(notice.data["n"])
-                        if len(got) == 2:
-                            break
-                assert got == [2, 3] and handled == [1, 3]
+                assert await numbers_from_a_loop(pipe, 2) == [2, 3]
+                assert handled == [1, 3]
 
 
 async def test_after_a_loop_a_gap_never_waits_and_an_event_that_does_is_logged(caplog: pytest.LogCaptureFixture) -> None:
