@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 import trio_websocket
 
-from pipe_proto import App
+from pipe_proto import App, PipeCode, PusherCode
 from pipe_proto.pipe import Notice, PipeRefused, Request
 from pipe_proto.testing.fake_relay import FakeRelay, PipeConnection
 
@@ -114,8 +114,9 @@ class FakeRelayServer:
         if self._ws is not None:
             # As the relay closes a connection whose session another resumed (4203), else 4200.
             taken_over = outcome.resumed and self._conn is not None and outcome.session is self._conn.session
+            code = PipeCode.SESSION_TAKEN_OVER if taken_over else PusherCode.RECONNECT
             with suppress(trio_websocket.ConnectionClosed):
-                await self._ws.aclose(code=4203 if taken_over else 4200, reason="replaced by a new connection")
+                await self._ws.aclose(code=code, reason="replaced by a new connection")
         ws = await request.accept()
         self._ws, self._conn = ws, outcome
         self.connections += 1
