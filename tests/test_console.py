@@ -204,6 +204,41 @@ async def test_a_watcher_that_does_not_read_gets_dropped_n_and_bounded_memory(nu
         await server.shutdown(5)
 
 
+async def test_a_console_connection_sending_pings_and_reading_no_pongs_is_closed_4101(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The console's own feed drops what a slow watcher cannot take, but pongs are queued like any
+    frame: pings from a watcher that reads none of them close it as a slow consumer (4101)."""
+    import socket
+
+    from pipe_trio._wsframes import masked_frame
+
+    server = await start_relay(nursery, console=True)
+    assert server.console is not None
+    with trio.fail_after(300):
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", server.port))
+        stream = trio.SocketStream(sock)
+        await stream.send_all(UPGRADE)
+        while not server.console._conns:
+            await trio.testing.wait_all_tasks_blocked()
+        watcher = next(iter(server.console._conns.values()))
+        watcher.ws.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # type: ignore[attr-defined]
+        ping = masked_frame(0x89, b"p" * 125, b"\x01\x02\x03\x04")
+        sent = 0
+        while not watcher.ws.closing:
+            assert sent < 100_000, "never closed"
+            await stream.send_all(ping * 100)
+            sent += 100
+            await trio.testing.wait_all_tasks_blocked()
+        received = b""
+        while chunk := await stream.receive_some(1 << 20):
+            received += chunk
+        assert b"\x88\x0f\x10\x05Slow consumer" in received  # the close frame, 4101
+        await stream.aclose()
+
+
 def test_the_upgrade_decision_for_the_console_feed() -> None:
     """/console/socket is 404 unless the console is served; then it is upgraded as a console, unknown to the relay."""
     from pipe_proto import Relay
