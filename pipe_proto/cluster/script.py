@@ -699,18 +699,25 @@ function ops.confirm()
 end
 
 -- The departures node n holds back in app (their webhooks waiting their
--- delay) are due now: n is dead. With only_forgotten, those its resync
--- marked as forgotten (see rs_begin) and nothing has cancelled since.
-local function due_departures(app, n, only_forgotten)
-  local delays = redis.call('HGETALL', akey(app, 'delay'))
+-- delay): their fields, with only_forgotten those its resync marked so
+-- (see rs_begin) and nothing has cancelled since.
+local function held_by(app, n, only_forgotten)
+  local delays, fields = redis.call('HGETALL', akey(app, 'delay')), {}
   for j = 1, #delays, 2 do
     local token = delays[j + 1]
-    local due = token == n .. '|forgotten'
-    if not only_forgotten then due = string.sub(token, 1, #n + 1) == n .. '|' end
-    if due then
-      redis.call('HDEL', akey(app, 'delay'), delays[j])
-      transitions[#transitions + 1] = {'due', app, delays[j]}
+    if only_forgotten and token == n .. '|forgotten'
+        or not only_forgotten and string.sub(token, 1, #n + 1) == n .. '|' then
+      fields[#fields + 1] = delays[j]
     end
+  end
+  return fields
+end
+
+-- Those departures are due now (n is dead, or its resync found them forgotten).
+local function due_departures(app, n, only_forgotten)
+  for _, field in ipairs(held_by(app, n, only_forgotten)) do
+    redis.call('HDEL', akey(app, 'delay'), field)
+    transitions[#transitions + 1] = {'due', app, field}
   end
 end
 
@@ -769,11 +776,8 @@ function ops.rs_begin()
   end
   redis.call('ZADD', P .. ':nodes', now_ms(), node)
   for app in string.gmatch(ARGV[4] or '', '%S+') do
-    local delays = redis.call('HGETALL', akey(app, 'delay'))
-    for j = 1, #delays, 2 do
-      if string.sub(delays[j + 1], 1, #node + 1) == node .. '|' then
-        redis.call('HSET', akey(app, 'delay'), delays[j], node .. '|forgotten')
-      end
+    for _, field in ipairs(held_by(app, node, false)) do
+      redis.call('HSET', akey(app, 'delay'), field, node .. '|forgotten')
     end
   end
   return 1
